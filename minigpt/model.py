@@ -1,0 +1,274 @@
+"""The GPT: token embedding -> positional encoding -> n_layer causal Transformer blocks -> norm -> LM head.
+
+With the default config this is GPT-2, parameter names included, so Hugging Face GPT-2 weights load
+into it (GPT.from_pretrained) and it can write them back (save_pretrained). The other options are
+the modern small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
+attention, untied embeddings, zero-initialised projections and logit soft-capping.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MinigptError
+from .nn import (ACTIVATIONS, NORMS, KVCache, LearnedPositionalEmbedding, RotaryEmbedding,
+                 SinusoidalPositionalEncoding, TransformerBlock, make_norm)
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # the longest context the model sees
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int | None = None  # fewer key/value heads than n_head: grouped-query attention
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms
+    pos_encoding: str = "learned"  # learned | sinusoidal | rope
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | relu | relu2 | swiglu
+    tie_weights: bool = True  # the LM head reuses the token embedding matrix
+    qk_norm: bool = False
+    zero_init_proj: bool = False  # start each residual branch at zero, so every block begins as identity
+    logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
+    rope_base: float = 10000.0
+
+    def validate(self) -> None:
+        """Raise MinigptError for a combination that cannot build a model."""
+        checks = [
+            (self.vocab_size >= 1, f"vocab_size must be at least 1, got {self.vocab_size}"),
+            (self.block_size >= 1, f"block_size must be at least 1, got {self.block_size}"),
+            (self.n_layer >= 1, f"n_layer must be at least 1, got {self.n_layer}"),
+            (self.n_head >= 1 and self.n_embd >= 1, f"n_head and n_embd must be positive, got {self.n_head}, {self.n_embd}"),
+            (self.n_embd % max(self.n_head, 1) == 0,
+             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))}"),
+            (self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
+             f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}), or be null for n_head"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.pos_encoding in POS_ENCODINGS, f"pos_encoding {self.pos_encoding!r} is not one of {', '.join(POS_ENCODINGS)}"),
+            (self.norm in NORMS, f"norm {self.norm!r} is not one of {', '.join(NORMS)}"),
+            (self.mlp in ACTIVATIONS, f"mlp {self.mlp!r} is not one of {', '.join(ACTIVATIONS)}"),
+            (self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
+             f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}"),
+            (self.logit_softcap is None or self.logit_softcap > 0, f"logit_softcap must be positive or null, got {self.logit_softcap}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MinigptError(message)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd),
+            drop=nn.Dropout(c.dropout),
+            h=nn.ModuleList(
+                TransformerBlock(c.n_embd, c.n_head, n_kv_head=c.n_kv_head, dropout=c.dropout, bias=c.bias,
+                                 norm=c.norm, mlp=c.mlp, qk_norm=c.qk_norm)
+                for _ in range(c.n_layer)),
+            ln_f=make_norm(c.norm, c.n_embd, bias=c.bias),
+        ))
+        if c.pos_encoding == "learned":
+            self.transformer.wpe = LearnedPositionalEmbedding(c.block_size, c.n_embd)
+        elif c.pos_encoding == "sinusoidal":
+            self.transformer.wpe = SinusoidalPositionalEncoding(c.block_size, c.n_embd)
+        self.rope = RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2's initialisation, the one place weights are set.
+
+        Every Linear and Embedding weight ~ N(0, 0.02), biases 0, norms 1. The projections that write
+        into the residual stream (attn.c_proj, mlp.c_proj) get std 0.02 / sqrt(2 n_layer), since
+        2 n_layer of them add up along the residual path; with zero_init_proj they start at 0.
+        The output layer is that of a uniform prediction, so the loss starts near ln(vocab_size).
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                if name.endswith("c_proj"):
+                    if self.config.zero_init_proj:
+                        nn.init.zeros_(module.weight)
+                    else:
+                        nn.init.normal_(module.weight, mean=0.0, std=residual_std)
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Embedding, LearnedPositionalEmbedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif hasattr(module, "weight") and isinstance(module.weight, nn.Parameter) and module.weight.dim() == 1:
+                nn.init.ones_(module.weight)  # LayerNorm / RMSNorm gains
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if not self.config.tie_weights and self.config.zero_init_proj:
+            nn.init.zeros_(self.lm_head.weight)
+
+    # ---- forward -----------------------------------------------------------------------------------
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """idx: (B, T) token ids. Returns (logits (B, T, vocab), loss or None).
+
+        loss is the mean cross-entropy over targets, ignoring positions whose target is -100.
+        """
+        x = self._hidden_states(idx)
+        logits = self._logits(x)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def _hidden_states(self, idx, caches=None, need_weights=False):
+        """Run embeddings and blocks; with caches, idx continues the text the caches hold."""
+        B, T = idx.shape
+        offset = caches[0].length if caches else 0
+        if offset + T > self.config.block_size:
+            raise ValueError(f"sequence of {offset + T} tokens is longer than block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(T, offset)
+        x = self.transformer.drop(x)
+        all_weights = []
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, causal=True, rope=self.rope, cache=caches[i] if caches else None, need_weights=need_weights)
+            if need_weights:
+                x, weights = x
+                all_weights.append(weights)
+        x = self.transformer.ln_f(x)
+        return (x, all_weights) if need_weights else x
+
+    def _logits(self, x):
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Self-attention weights of every layer for idx (B, T): a list of (B, n_head, T, T)."""
+        return self._hidden_states(idx, need_weights=True)[1]
+
+    # ---- generation --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, *,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens)."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p,
+                                        generator=generator, use_cache=use_cache))
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None, *,
+                        generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+        """Yield each new (B, 1) token as soon as it is chosen.
+
+        With use_cache, keys and values of the tokens already seen are kept, so each step runs the
+        blocks on one new position. When the text outgrows block_size the oldest tokens are dropped:
+        the cache then restarts from the newest block_size // 2 tokens, so a re-prefill happens once
+        per block_size // 2 tokens. Without the cache every step reruns the last block_size tokens.
+        """
+        block_size = self.config.block_size
+        context = idx
+        caches = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = self._logits(self._hidden_states(context[:, -block_size:])[:, -1])
+            else:
+                if caches is None or caches[0].length == block_size:
+                    keep = context[:, -block_size:] if caches is None else context[:, -(block_size // 2):]
+                    caches = self._new_caches(context.shape[0], context.device)
+                    x = self._hidden_states(keep, caches)
+                else:
+                    x = self._hidden_states(context[:, -1:], caches)
+                logits = self._logits(x[:, -1])
+            token = choose_next_token(logits, temperature, top_k, top_p, generator)
+            context = torch.cat([context, token], dim=1)
+            yield token
+
+    def _new_caches(self, batch_size: int, device) -> list[KVCache]:
+        c = self.config
+        dtype = self.lm_head.weight.dtype
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        return [KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype)
+                for _ in range(c.n_layer)]
+
+    # ---- size and cost -----------------------------------------------------------------------------
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (shared tensors once); optionally without the position/token tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer and isinstance(self.transformer.wpe, LearnedPositionalEmbedding):
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 N for the matmuls with the weights plus
+        12 n_layer n_embd T for attention scores and weighted sums (Kaplan et al.; PaLM appendix B)."""
+        c = self.config
+        n = self.num_params(exclude_embeddings=True)
+        if c.tie_weights:
+            n += c.n_embd * c.vocab_size  # the shared matrix still does a matmul as the LM head
+        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+
+    # ---- Hugging Face GPT-2 weights ----------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str) -> "GPT":
+        """Load a Hugging Face GPT-2: a local folder (config.json + model.safetensors or
+        pytorch_model.bin) or a Hub name such as "gpt2" or "gpt2-medium" (needs the network)."""
+        from .gpt2 import load_gpt2
+        return load_gpt2(cls, path_or_name)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json and model.safetensors in the layout transformers' GPT2LMHeadModel reads."""
+        from .gpt2 import save_gpt2
+        save_gpt2(self, directory)
+
+
+def choose_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row from logits (B, vocab); returns (B, 1).
+
+    temperature 0 is greedy (argmax). Otherwise logits are divided by temperature, then top_k keeps
+    the k likeliest tokens and top_p the smallest set whose probabilities add up to at least p
+    (nucleus sampling); the two combine, and the most likely token always survives both.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # mass before this token already reaches p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

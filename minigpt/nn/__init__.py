@@ -1,0 +1,13 @@
+"""Transformer building blocks in plain PyTorch, each usable on its own in models of your own."""
+
+from .attention import KVCache, MultiHeadAttention, attention_weights, causal_mask, key_padding_mask
+from .block import TransformerBlock
+from .feedforward import ACTIVATIONS, FeedForward
+from .norm import NORMS, LayerNorm, RMSNorm, make_norm
+from .position import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
+
+__all__ = [
+    "ACTIVATIONS", "NORMS", "FeedForward", "KVCache", "LayerNorm", "LearnedPositionalEmbedding",
+    "MultiHeadAttention", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding", "TransformerBlock",
+    "attention_weights", "causal_mask", "key_padding_mask", "make_norm",
+]

@@ -1,0 +1,164 @@
+"""Multi-head attention: self or cross, causal or masked, with grouped-query heads and a KV cache.
+
+For each query vector q, attention returns a weighted average of value vectors v, the weights
+being softmax(q . k / sqrt(d_k)) over the key vectors k:
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V                 (Vaswani et al., eq. 1)
+
+Multi-head attention runs n_head such attentions on d_model / n_head-wide slices of learned
+projections of the input, concatenates them and projects back (eq. 2 of the paper).
+
+Masks follow torch.nn.functional.scaled_dot_product_attention: a boolean tensor broadcastable to
+(B, n_head, T_q, T_k) in which True means "may attend". A query whose every key is masked
+gets zero weights and a zero output instead of the NaN that softmax over nothing would give.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norm import RMSNorm
+from .position import RotaryEmbedding
+
+
+def key_padding_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Turn a (B, T_k) boolean "this key is a real token" tensor into a (B, 1, 1, T_k) mask."""
+    return valid.bool()[:, None, None, :]
+
+
+def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
+    """(T_q, T_k) mask letting each query see its own position and earlier ones.
+
+    The queries are the last T_q of the T_k positions, which is what a KV cache needs
+    (T_q new tokens after T_k - T_q cached ones); with T_q == T_k it is the usual triangle.
+    """
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
+
+
+def attention_weights(q, k, mask=None):
+    """softmax(q k^T / sqrt(d_k)) with masked keys excluded: (B, h, T_q, T_k), rows sum to 1 or 0."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, T_q, T_k)
+    if mask is None:
+        return scores.softmax(dim=-1)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: 0, not NaN
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, so that generating one more token costs one position.
+
+    Preallocated to max_len positions: appending writes in place instead of concatenating.
+    """
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *, device=None, dtype=None):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v of shape (B, n_kv_head, T, hs); return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with one fused input projection, like torch.nn.MultiheadAttention.
+
+    c_attn maps d_model to [queries | keys | values] (n_head + 2 n_kv_head heads of d_model / n_head
+    features); c_proj is the output projection W_O. Self-attention projects x three ways at once;
+    cross-attention takes queries from x and keys/values from `context` with the same weights.
+    n_kv_head < n_head gives grouped-query attention: each group of n_head / n_kv_head query heads
+    shares one key/value head. qk_norm applies RMSNorm to each query and key head (stabilises training).
+    """
+
+    def __init__(self, d_model: int, n_head: int, *, n_kv_head: int | None = None, dropout: float = 0.0,
+                 bias: bool = True, qk_norm: bool = False):
+        super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if d_model % n_head:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
+        if n_kv_head < 1 or n_head % n_kv_head:
+            raise ValueError(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = d_model // n_head
+        self.dropout = dropout
+        self.c_attn = nn.Linear(d_model, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
+        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.q_norm = RMSNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, causal: bool = False,
+                mask: torch.Tensor | None = None, need_weights: bool = False,
+                rope: RotaryEmbedding | None = None, cache: KVCache | None = None):
+        """x: (B, T_q, C) queries; context: (B, T_k, C) keys/values source (None: x itself).
+
+        Returns y of shape (B, T_q, C), or (y, weights) with weights (B, n_head, T_q, T_k) if need_weights.
+        rope rotates queries and keys by position (self-attention only); cache keeps earlier keys/values.
+        """
+        B, T_q, C = x.shape
+        q, k, v = self._project(x, context)  # (B, h, T_q, hs), (B, h_kv, T_k, hs) twice
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        offset = cache.length if cache is not None else 0
+        if rope is not None:
+            q, k = rope(q, offset), rope(k, offset)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if self.n_kv_head != self.n_head:  # give every query head its group's key/value head
+            repeats = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+
+        T_k = k.shape[2]
+        if causal and T_q > 1 and (mask is not None or need_weights or T_q != T_k):
+            mask = causal_mask(T_q, T_k, x.device) if mask is None else mask.bool() & causal_mask(T_q, T_k, x.device)
+            causal = False  # now carried by the mask
+        if mask is not None:
+            mask = mask.bool()
+            mask = mask.view((1,) * (4 - mask.dim()) + mask.shape)  # (B|1, h|1, T_q|1, T_k)
+        dropout_p = self.dropout if self.training else 0.0
+
+        if need_weights:  # the explicit path, step by step
+            weights = attention_weights(q, k, mask)
+            y = F.dropout(weights, dropout_p) @ v
+        else:  # the fused path: flash / memory-efficient kernels where the device has them
+            y = self._fused_attention(q, k, v, mask, causal and T_q > 1, dropout_p)
+        y = y.transpose(1, 2).reshape(B, T_q, C)  # (B, h, T_q, hs) -> (B, T_q, C): concatenate heads
+        y = self.resid_dropout(self.c_proj(y))
+        if mask is not None:  # a query that may see no key at all gets exactly zero, not c_proj's bias
+            y = y.masked_fill((~mask.any(dim=-1)).all(dim=1)[..., None], 0.0)
+        return (y, weights) if need_weights else y
+
+    def _project(self, x, context):
+        """Split c_attn into its query and key/value parts and apply them; returns heads first."""
+        B, T_q, _ = x.shape
+        d_q = self.n_head * self.head_dim
+        if context is None:
+            q, kv = self.c_attn(x).split([d_q, self.c_attn.out_features - d_q], dim=-1)
+        else:
+            weight, bias = self.c_attn.weight, self.c_attn.bias
+            q = F.linear(x, weight[:d_q], None if bias is None else bias[:d_q])
+            kv = F.linear(context, weight[d_q:], None if bias is None else bias[d_q:])
+        k, v = kv.chunk(2, dim=-1)
+        T_k = k.shape[1]
+        q = q.view(B, T_q, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.reshape(B, T_k, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.reshape(B, T_k, self.n_kv_head, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    @staticmethod
+    def _fused_attention(q, k, v, mask, is_causal, dropout_p):
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+        # a query with no visible key would come out NaN: let it see everything, then zero it
+        has_key = mask.any(dim=-1, keepdim=True)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, dropout_p=dropout_p)
+        return y.masked_fill(~has_key, 0.0)

@@ -1,0 +1,49 @@
+"""The position-wise feed-forward network: the same two-layer MLP applied to every token."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
+
+
+class FeedForward(nn.Module):
+    """c_proj(act(c_fc(x))), with dropout on the output.
+
+    activation:
+      gelu   - GPT-2 (tanh approximation, as GPT-2 was trained with)
+      relu   - the original Transformer: max(0, x W1 + b1) W2 + b2
+      relu2  - relu(.)^2, which learns faster in small GPTs (Primer, So et al. 2021)
+      swiglu - silu(x Wg) * (x Wv): a gated unit; c_fc produces both halves (Shazeer 2020)
+    hidden defaults to 4 * d_model, or two thirds of that for swiglu so the parameter count matches.
+    """
+
+    def __init__(self, d_model: int, hidden: int | None = None, *, activation: str = "gelu",
+                 dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+        if hidden is None:
+            hidden = 4 * d_model if activation != "swiglu" else _round_up(8 * d_model // 3, 8)
+        self.activation = activation
+        gated = activation == "swiglu"
+        self.c_fc = nn.Linear(d_model, 2 * hidden if gated else hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.activation == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        elif self.activation == "relu":
+            h = F.relu(h)
+        elif self.activation == "relu2":
+            h = F.relu(h).square()
+        else:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        return self.dropout(self.c_proj(h))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

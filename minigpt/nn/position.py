@@ -1,0 +1,73 @@
+"""Positional encodings: how a Transformer knows the order of its tokens.
+
+Attention by itself is blind to order (permute the tokens and the outputs permute with them),
+so position must be added to the token vectors or folded into queries and keys:
+
+- LearnedPositionalEmbedding: one trained vector per position, added to the tokens (GPT-2).
+- SinusoidalPositionalEncoding: fixed sines and cosines of geometric wavelengths, added to the
+  tokens ("Attention Is All You Need", section 3.5).
+- RotaryEmbedding: rotates each pair of query/key features by an angle proportional to the
+  position, so that q . k depends only on the distance between tokens (RoPE, Su et al. 2021).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """A trained (max_len, d_model) table; row t is added to the token at position t."""
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(max_len, d_model))
+
+    def forward(self, seq_len: int, offset: int = 0) -> torch.Tensor:
+        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1."""
+        return self.weight[offset : offset + seq_len]
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """PE(t, 2i) = sin(t / 10000^(2i/d)), PE(t, 2i+1) = cos(t / 10000^(2i/d)); nothing is learned."""
+
+    def __init__(self, max_len: int, d_model: int, base: float = 10000.0):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+        inv_freq = torch.exp(-math.log(base) * torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(position * inv_freq)
+        table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
+        # not persistent: the table is a pure function of the shape, so checkpoints need not carry it
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, seq_len: int, offset: int = 0) -> torch.Tensor:
+        return self.table[offset : offset + seq_len]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding, applied to queries and keys inside attention.
+
+    Feature i of the first half of a head is paired with feature i of the second half, and the pair
+    is rotated by angle t * base^(-2i/head_dim) at position t. Rotating q at t and k at s gives a
+    dot product that depends only on t - s.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head size, got {head_dim}")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset`."""
+        seq_len = x.shape[-2]
+        if offset + seq_len > self.cos.shape[0]:
+            raise ValueError(f"position {offset + seq_len - 1} is beyond the rotary table of {self.cos.shape[0]}")
+        cos = self.cos[offset : offset + seq_len].to(x.dtype)
+        sin = self.sin[offset : offset + seq_len].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)

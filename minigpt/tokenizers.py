@@ -1,0 +1,274 @@
+"""Tokenizers behind one small interface, rebuilt exactly from a saved spec.
+
+A tokenizer is named by a *spec* string that `prepare` stores in meta.json:
+
+    char          one id per character of the corpus (vocabulary built from it)
+    gpt2          GPT-2's byte-level BPE (tiktoken's r50k_base ranks)
+    cl100k_base   the GPT-3.5/4 BPE from tiktoken
+    o200k_base    the GPT-4o BPE from tiktoken
+    bpe:N         a byte-level BPE with N tokens trained on the corpus
+
+`build_tokenizer(spec, texts)` makes one for a new corpus; `save(dir)` writes
+whatever files it needs next to the token files; `load_tokenizer(spec, dir)`
+rebuilds the very same tokenizer later, for sampling and evaluation.
+
+Trained BPEs are learned with Hugging Face `tokenizers` (fast, well kept) and
+then converted to a `tiktoken.Encoding`, so every tokenizer except `char`
+encodes at tiktoken speed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import tiktoken
+
+from minigpt.errors import MinigptError
+
+EOT_TEXT = "<|endoftext|>"
+# GPT-2's pre-tokenization: contractions, letter runs, digit runs, punctuation
+# runs and whitespace, each optionally led by one space. Trained BPEs use it too.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TIKTOKEN_SPECS = {"gpt2": "r50k_base", "cl100k_base": "cl100k_base", "o200k_base": "o200k_base"}
+ACCEPTED = "char, gpt2, cl100k_base, o200k_base, bpe:N (N >= 257, e.g. bpe:4096)"
+CHAR_FILE = "char_vocab.json"
+BPE_FILE = "bpe.tiktoken"
+
+
+class Tokenizer:
+    """The interface every tokenizer offers (text <-> list of token ids)."""
+
+    spec: str
+    vocab_size: int
+    eot_token: int | None
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def save(self, data_dir: str | os.PathLike) -> list[str]:
+        """Write the files `load_tokenizer` needs into data_dir; return their names."""
+        return []
+
+
+class CharTokenizer(Tokenizer):
+    """One id per distinct character, in sorted order (nanoGPT's shakespeare_char).
+
+    The end-of-text token exists only when the corpus has several documents:
+    a single text such as tiny Shakespeare gets exactly its 65 characters.
+    """
+
+    def __init__(self, chars: list[str], with_eot: bool):
+        self.spec = "char"
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.eot_token = len(self.chars) if with_eot else None
+        self.vocab_size = len(self.chars) + int(with_eot)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
+        chars: set[str] = set()
+        documents = 0
+        for text in texts:
+            chars.update(text)
+            documents += 1
+        return cls(sorted(chars), with_eot=documents > 1)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted(set(text) - self.stoi.keys())
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise MinigptError(
+                f"text contains {len(unknown)} character(s) not in the char vocabulary: "
+                f"{shown}{more}; use only characters of the training corpus or a BPE tokenizer (gpt2)"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in ids)
+
+    def save(self, data_dir: str | os.PathLike) -> list[str]:
+        payload = {"chars": self.chars, "eot": self.eot_token is not None}
+        Path(data_dir, CHAR_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        return [CHAR_FILE]
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike) -> CharTokenizer:
+        payload = json.loads(_read_tokenizer_file(data_dir, CHAR_FILE, "char"))
+        return cls(payload["chars"], with_eot=payload["eot"])
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A `tiktoken.Encoding` (named, or built from trained ranks) with `<|endoftext|>`."""
+
+    def __init__(self, spec: str, encoding: tiktoken.Encoding):
+        self.spec = spec
+        self.encoding = encoding
+        self.eot_token = encoding.eot_token
+        self.vocab_size = encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        # One thread: parallelism comes from prepare's worker processes.
+        return self.encoding.encode_ordinary_batch(texts, num_threads=1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode(list(ids))
+
+    def __reduce__(self):
+        # Named encodings travel to worker processes by name, not by their ranks.
+        if self.spec in TIKTOKEN_SPECS:
+            return (named_tiktoken, (self.spec,))
+        return (TiktokenTokenizer, (self.spec, self.encoding))
+
+
+class BPETokenizer(TiktokenTokenizer):
+    """A byte-level BPE trained on the corpus, saved as tiktoken ranks."""
+
+    def __init__(self, spec: str, ranks: dict[bytes, int]):
+        encoding = tiktoken.Encoding(
+            name=spec.replace(":", "_"),
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens={EOT_TEXT: len(ranks)},
+        )
+        super().__init__(spec, encoding)
+        self.ranks = ranks
+
+    def __reduce__(self):
+        return (BPETokenizer, (self.spec, self.ranks))
+
+    def save(self, data_dir: str | os.PathLike) -> list[str]:
+        # tiktoken's own file format: "base64(token bytes) rank" per line.
+        lines = (f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in self.ranks.items())
+        Path(data_dir, BPE_FILE).write_text("".join(lines), encoding="ascii")
+        return [BPE_FILE]
+
+    @classmethod
+    def load(cls, spec: str, data_dir: str | os.PathLike) -> BPETokenizer:
+        ranks = {}
+        for line in _read_tokenizer_file(data_dir, BPE_FILE, spec).splitlines():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        return cls(spec, ranks)
+
+    @classmethod
+    def train(cls, spec: str, texts: Iterable[str]) -> BPETokenizer:
+        return cls(spec, train_bpe_ranks(texts, _bpe_size(spec)))
+
+
+def train_bpe_ranks(texts: Iterable[str], vocab_size: int) -> dict[bytes, int]:
+    """Learn BPE merges with Hugging Face `tokenizers`; return tiktoken ranks.
+
+    The ranks are: the 256 single bytes (0..255), then each new merge result in
+    the order it was learned, so every token ranks above its two parts, which
+    is what tiktoken's merge-by-lowest-rank loop needs. One id is left for
+    `<|endoftext|>`, so vocab_size counts it. HF's ByteLevel stores bytes as
+    printable unicode stand-ins; they are mapped back to raw bytes here.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[EOT_TEXT],
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer)
+    merges = json.loads(hf.to_str())["model"]["merges"]
+
+    to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+    ranks = {bytes([b]): b for b in range(256)}
+    for merge in merges:
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        token = bytes(to_byte[c] for c in left + right)
+        if token not in ranks and len(ranks) < vocab_size - 1:
+            ranks[token] = len(ranks)
+    return ranks
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from each byte to a printable unicode character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def named_tiktoken(spec: str) -> TiktokenTokenizer:
+    """gpt2 / cl100k_base / o200k_base from tiktoken's cache (or its download)."""
+    try:
+        encoding = tiktoken.get_encoding(TIKTOKEN_SPECS[spec])
+    except Exception as e:  # network errors, missing cache files, hash mismatch
+        raise MinigptError(
+            f"tokenizer {spec!r}: the tiktoken encoding {TIKTOKEN_SPECS[spec]!r} could not be loaded or "
+            f"downloaded ({type(e).__name__}); connect to the network once, or set TIKTOKEN_CACHE_DIR "
+            f"to a folder that holds it"
+        ) from None
+    return TiktokenTokenizer(spec, encoding)
+
+
+def build_tokenizer(spec: str, texts: Iterable[str] = ()) -> Tokenizer:
+    """Make the tokenizer named by spec; char and bpe:N learn from `texts`."""
+    _check_spec(spec)
+    if spec == "char":
+        return CharTokenizer.from_texts(texts)
+    if spec.startswith("bpe:"):
+        return BPETokenizer.train(spec, texts)
+    return named_tiktoken(spec)
+
+
+def load_tokenizer(spec: str, data_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """Rebuild the tokenizer saved by `prepare` (spec from meta.json, files from data_dir)."""
+    _check_spec(spec)
+    if spec in TIKTOKEN_SPECS:
+        return named_tiktoken(spec)
+    if data_dir is None:
+        raise MinigptError(f"tokenizer {spec!r} needs the data folder it was prepared into (it holds its vocabulary)")
+    if spec == "char":
+        return CharTokenizer.load(data_dir)
+    return BPETokenizer.load(spec, data_dir)
+
+
+def _check_spec(spec: str) -> None:
+    if spec == "char" or spec in TIKTOKEN_SPECS:
+        return
+    if spec.startswith("bpe:"):
+        _bpe_size(spec)
+        return
+    raise MinigptError(f"unknown tokenizer {spec!r}; accepted: {ACCEPTED}")
+
+
+def _bpe_size(spec: str) -> int:
+    size = spec.removeprefix("bpe:")
+    if not size.isdigit() or int(size) < 257:
+        raise MinigptError(f"bad tokenizer {spec!r}: bpe:N needs an integer N >= 257 (256 bytes + end-of-text)")
+    return int(size)
+
+
+def _read_tokenizer_file(data_dir: str | os.PathLike, name: str, spec: str) -> str:
+    path = Path(data_dir, name)
+    if not path.is_file():
+        raise MinigptError(f"tokenizer {spec!r}: {path} is missing; re-run `minigpt prepare` for this data folder")
+    return path.read_text(encoding="utf-8")

@@ -1,0 +1,147 @@
+"""GPT and GPTConfig: loss, initialisation, generation with and without the KV cache, GPT-2 weights."""
+
+import math
+
+import pytest
+import torch
+
+from minigpt import GPT, GPTConfig
+from minigpt.errors import MinigptError
+from minigpt.model import choose_next_token
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    config = dict(vocab_size=50, block_size=24, n_layer=2, n_head=4, n_embd=32)
+    return GPT(GPTConfig(**{**config, **overrides})).eval()
+
+
+VARIANTS = [
+    dict(),
+    dict(pos_encoding="sinusoidal"),
+    dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False),
+    dict(pos_encoding="rope", n_kv_head=2, qk_norm=True, mlp="relu2", tie_weights=False, logit_softcap=15.0),
+]
+
+
+def test_loss_at_initialisation_is_that_of_a_uniform_guess():
+    model = tiny(vocab_size=500, n_embd=64)
+    idx = torch.randint(0, 500, (4, 24))
+    targets = torch.randint(0, 500, (4, 24))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (4, 24, 500)
+    assert loss.item() == pytest.approx(math.log(500), abs=0.05)
+
+
+def test_targets_of_minus_100_are_ignored():
+    model = tiny()
+    idx = torch.randint(0, 50, (2, 10))
+    targets = torch.randint(0, 50, (2, 10))
+    partial = targets.clone()
+    partial[:, 5:] = -100
+    logits, loss = model(idx, partial)
+    expected = torch.nn.functional.cross_entropy(logits[:, :5].reshape(-1, 50), targets[:, :5].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    assert model(idx)[1] is None
+
+
+def test_residual_projections_get_the_scaled_initialisation():
+    model = tiny(n_layer=8, n_embd=128, vocab_size=1000)
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    zero = tiny(zero_init_proj=True)
+    assert zero.transformer.h[1].mlp.c_proj.weight.abs().sum() == 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) or "gpt2")
+def test_greedy_generation_with_the_cache_equals_full_recomputation(variant):
+    model = tiny(**variant)
+    prompt = torch.randint(0, 50, (3, 5))
+    cached = model.generate(prompt, 19, temperature=0)  # fills the context exactly: 24 tokens
+    recomputed = model.generate(prompt, 19, temperature=0, use_cache=False)
+    assert cached.shape == (3, 24)
+    assert torch.equal(cached, recomputed)
+
+
+def test_generation_past_block_size_crops_the_context():
+    model = tiny(pos_encoding="learned")
+    prompt = torch.randint(0, 50, (2, 30))  # already longer than block_size 24
+    out = model.generate(prompt, 40, temperature=0)
+    assert out.shape == (2, 70) and torch.equal(out[:, :30], prompt)
+    assert model.generate(prompt, 40, temperature=0, use_cache=False).shape == (2, 70)
+
+
+def test_sampling_controls():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 0.0, 0.0]])
+    greedy = logits.argmax(-1, keepdim=True)
+    assert torch.equal(choose_next_token(logits, temperature=0), greedy)
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(choose_next_token(logits, top_k=1, generator=g), greedy)
+    assert torch.equal(choose_next_token(logits, top_p=1e-6, generator=g), greedy)
+    draws = torch.cat([choose_next_token(logits, top_k=2, generator=g) for _ in range(300)], dim=1)
+    assert set(draws[0].tolist()) == {0, 1}  # only the two likeliest tokens of row 0
+    # top_p=0.7 on row 0: p = [.61, .22, .14, .03] -> {0, 1} reach 0.7
+    draws = torch.cat([choose_next_token(logits, top_p=0.7, generator=g) for _ in range(300)], dim=1)
+    assert set(draws[0].tolist()) == {0, 1}
+
+
+def test_the_same_seed_gives_the_same_samples():
+    model = tiny()
+    prompt = torch.zeros(2, 1, dtype=torch.long)
+    runs = [model.generate(prompt, 15, top_k=10, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_gpt2_parameter_names_and_size():
+    names = set(tiny().state_dict())
+    for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.ln_1.weight",
+                 "transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.c_proj.bias", "transformer.h.1.ln_2.bias",
+                 "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.ln_f.weight",
+                 "lm_head.weight"):
+        assert name in names
+    gpt2 = GPT(GPTConfig())  # GPT-2 small: 124,439,808 parameters, as published for Hugging Face's "gpt2"
+    assert gpt2.num_params() == 124_439_808
+    n = gpt2.num_params(exclude_embeddings=True)
+    assert gpt2.flops_per_token(1024) == 6 * (n + 768 * 50257) + 12 * 12 * 768 * 1024
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(MinigptError, match=r"n_embd \(30\) must be divisible by n_head \(4\)"):
+        GPT(GPTConfig(n_embd=30, n_head=4))
+    with pytest.raises(MinigptError, match=r"n_kv_head \(3\) must divide n_head \(4\)"):
+        GPT(GPTConfig(n_embd=32, n_head=4, n_kv_head=3))
+    with pytest.raises(MinigptError, match="pos_encoding 'alibi' is not one of learned, sinusoidal, rope"):
+        GPT(GPTConfig(pos_encoding="alibi"))
+
+
+def test_attention_maps_have_one_causal_map_per_layer():
+    model = tiny()
+    maps = model.attention_maps(torch.randint(0, 50, (1, 6)))
+    assert len(maps) == 2 and maps[0].shape == (1, 4, 6, 6)
+    torch.testing.assert_close(maps[1].sum(-1), torch.ones(1, 4, 6))
+    assert maps[0][0, :, 0, 1:].abs().sum() == 0
+
+
+def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.GPT2Config(vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4,
+                                        bos_token_id=0, eos_token_id=0)
+    reference = transformers.GPT2LMHeadModel(hf_config).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    model = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    idx = torch.randint(0, 120, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], reference(idx).logits, atol=1e-4, rtol=0)
+        model.save_pretrained(tmp_path / "ours")
+        reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
+        torch.testing.assert_close(reloaded(idx).logits, reference(idx).logits, atol=1e-4, rtol=0)
+
+
+def test_from_pretrained_errors_are_clear(tmp_path):
+    with pytest.raises(MinigptError, match="has no config.json"):
+        GPT.from_pretrained(str(tmp_path))
+    with pytest.raises(MinigptError, match="only the GPT-2 architecture"):
+        tiny(pos_encoding="rope").save_pretrained(tmp_path / "x")

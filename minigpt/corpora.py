@@ -79,7 +79,10 @@ def pydocs_documents() -> Iterator[str]:
 def _c_module_docstrings() -> Iterator[str]:
     """Docstrings of C modules, their classes, functions and methods, by sorted name."""
     for module_name in PYDOCS_C_MODULES:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # not built into this Python (e.g. zlib)
+            continue
         objects = [module] + [obj for name, obj in sorted(vars(module).items()) if not name.startswith("_")]
         for obj in objects:
             yield from _docstring(obj)

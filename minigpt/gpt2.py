@@ -29,14 +29,14 @@ def _resolve(path_or_name: str) -> Path:
     path = Path(path_or_name)
     if path.is_dir():
         return path
-    if path.exists() or "/" in path_or_name and path_or_name.startswith((".", "/")):
+    if path.exists():
         raise MinigptError(f"{path_or_name} is not a folder with config.json and model weights")
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(path_or_name, allow_patterns=["config.json", "*.safetensors"]))
     except Exception as e:  # offline, unknown name, or no hub library: one message for the user
-        raise MinigptError(f"could not download {path_or_name!r} from the Hugging Face Hub ({type(e).__name__}); "
-                           "pass a local folder with config.json and model.safetensors instead") from e
+        raise MinigptError(f"{path_or_name!r} is no local folder and could not be downloaded from the Hugging Face "
+                           f"Hub ({type(e).__name__}); give a run's out_dir, a checkpoint folder or a GPT-2 folder") from None
 
 
 def load_gpt2(cls, path_or_name: str):

@@ -231,7 +231,7 @@ def named_tiktoken(spec: str) -> TiktokenTokenizer:
 
 def build_tokenizer(spec: str, texts: Iterable[str] = ()) -> Tokenizer:
     """Make the tokenizer named by spec; char and bpe:N learn from `texts`."""
-    _check_spec(spec)
+    check_spec(spec)
     if spec == "char":
         return CharTokenizer.from_texts(texts)
     if spec.startswith("bpe:"):
@@ -241,7 +241,7 @@ def build_tokenizer(spec: str, texts: Iterable[str] = ()) -> Tokenizer:
 
 def load_tokenizer(spec: str, data_dir: str | os.PathLike | None = None) -> Tokenizer:
     """Rebuild the tokenizer saved by `prepare` (spec from meta.json, files from data_dir)."""
-    _check_spec(spec)
+    check_spec(spec)
     if spec in TIKTOKEN_SPECS:
         return named_tiktoken(spec)
     if data_dir is None:
@@ -251,7 +251,8 @@ def load_tokenizer(spec: str, data_dir: str | os.PathLike | None = None) -> Toke
     return BPETokenizer.load(spec, data_dir)
 
 
-def _check_spec(spec: str) -> None:
+def check_spec(spec: str) -> None:
+    """Raise MinigptError unless spec names a tokenizer (without loading it)."""
     if spec == "char" or spec in TIKTOKEN_SPECS:
         return
     if spec.startswith("bpe:"):

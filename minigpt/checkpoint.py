@@ -1,0 +1,210 @@
+"""Checkpoints: atomic to write, safe to load, complete enough to resume a run bit for bit.
+
+A checkpoint is a folder out_dir/checkpoints/step_NNNNNNN/ holding
+    model.safetensors  the weights (safetensors cannot carry code)
+    state.pt           optimizer state and RNG states: tensors and plain containers only,
+                       read back with torch.load(weights_only=True), which refuses anything else
+    meta.json          step, config, data loader position, val loss, tokenizer spec
+    <tokenizer files>  so that sampling needs nothing but this folder
+It is written under a temporary name and renamed into place: a run killed at any moment leaves
+only complete checkpoints (and perhaps a temporary folder, removed at the next save).
+checkpoints/best.json names the step with the lowest val loss; it is replaced atomically.
+"""
+
+import json
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import MinigptError
+
+PREFIX = "step_"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict
+    weights: dict
+
+    def state(self) -> dict:
+        """Optimizer and RNG states (loaded only when resuming)."""
+        return safe_torch_load(self.path / "state.pt")
+
+
+def model_state(model) -> dict:
+    """The weights to save: without torch.compile / DDP wrappers and without the tied lm_head copy."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_weights:
+        state.pop("lm_head.weight")
+    return state
+
+
+def save_checkpoint(out_dir: Path, step: int, model, meta: dict, state: dict, tokenizer, *,
+                    keep: int, val_loss: float | None) -> Path:
+    """Write checkpoint `step` atomically, update best.json, prune old ones. Returns its folder."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # left by a run killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / f"{PREFIX}{step:07d}"
+    tmp = root / f".tmp-{PREFIX}{step:07d}"
+    try:
+        tmp.mkdir()
+        save_file(model_state(model), tmp / "model.safetensors")
+        torch.save(state, tmp / "state.pt")
+        tokenizer.save(tmp)
+        _write_json(tmp / "meta.json", {**meta, "step": step, "val_loss": val_loss})
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved again (e.g. a resumed run's final save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        best = read_best(root)
+        if val_loss is not None and (best is None or val_loss < best["val_loss"]):
+            _write_json_atomic(root / "best.json", {"step": step, "val_loss": val_loss})
+        _prune(root, keep)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MinigptError(f"could not save checkpoint to {final} ({e.strerror or e}); "
+                           "the previous checkpoint is intact; free disk space and resume with --resume",
+                           exit_code=1) from e
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    best = read_best(root)
+    steps = list_checkpoints(root)
+    for path in steps[:-keep]:
+        if best is None or path.name != f"{PREFIX}{best['step']:07d}":
+            shutil.rmtree(path)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under root (a checkpoints folder), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+
+
+def read_best(root: Path) -> dict | None:
+    try:
+        return json.loads((root / "best.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def resolve(path: str | Path, latest: bool = False) -> Path:
+    """A run's out_dir (its best checkpoint, or newest with latest=True) or a checkpoint folder -> folder."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    root = path / "checkpoints"
+    steps = list_checkpoints(root)
+    if not path.exists():
+        raise MinigptError(f"{path} does not exist; expected a run's out_dir or a checkpoint folder")
+    if not steps:
+        raise MinigptError(f"{path} holds no checkpoint; expected a run's out_dir (with checkpoints/) "
+                           "or a checkpoint folder (with model.safetensors)")
+    best = None if latest else read_best(root)
+    if best is not None and (root / f"{PREFIX}{best['step']:07d}").is_dir():
+        return root / f"{PREFIX}{best['step']:07d}"
+    return steps[-1]
+
+
+def load_checkpoint(path: str | Path, latest: bool = False) -> Checkpoint:
+    """Read a checkpoint's meta and weights without running any code stored in it."""
+    folder = resolve(path, latest)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        weights = load_file(folder / "model.safetensors")
+    except FileNotFoundError as e:
+        raise MinigptError(f"checkpoint {folder} is incomplete: {Path(e.filename).name} is missing") from None
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MinigptError(f"checkpoint {folder} is corrupted ({e}); use an earlier one in {folder.parent}") from None
+    return Checkpoint(folder, meta, weights)
+
+
+def safe_torch_load(path: Path):
+    """torch.load that only accepts tensors and plain containers: a malicious pickle is refused, not run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MinigptError(f"{path} is missing") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MinigptError(f"refusing to load {path}: it is not a plain tensor file ({first[:160]})") from None
+
+
+def load_weights(model, weights: dict, source) -> None:
+    """Load saved weights into model; a mismatch names the first differing tensor."""
+    expected = model.state_dict()
+    if model.config.tie_weights:
+        expected.pop("lm_head.weight")
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise MinigptError(f"checkpoint {source} does not match the model: it has no {name}")
+        if weights[name].shape != tensor.shape:
+            raise MinigptError(f"checkpoint {source} does not match the model: {name} is "
+                               f"{tuple(weights[name].shape)} there and {tuple(tensor.shape)} here")
+    extra = set(weights) - set(expected)
+    if extra:
+        raise MinigptError(f"checkpoint {source} does not match the model: unexpected {sorted(extra)[0]}")
+    model.load_state_dict(weights, strict=False)
+
+
+def _write_json(path: Path, values: dict) -> None:
+    path.write_text(json.dumps(values, indent=2))
+
+
+def _write_json_atomic(path: Path, values: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    _write_json(tmp, values)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_model(path: str | Path, *, latest: bool = False, device: str = "cpu"):
+    """The model and tokenizer behind PATH, ready for inference; returns (model, tokenizer, checkpoint meta).
+
+    PATH is a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or Hub name
+    (a folder with config.json but no meta.json, or a name that is no local path).
+    """
+    from .model import GPT, GPTConfig
+    from .tokenizers import load_tokenizer
+
+    folder = Path(path)
+    is_gpt2 = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
+    if is_gpt2 or not folder.exists():  # a name that is no local path may be on the Hub
+        model = GPT.from_pretrained(str(path))
+        return model.to(device).eval(), load_tokenizer("gpt2"), {"source": str(path), "tokenizer": "gpt2"}
+    checkpoint = load_checkpoint(folder, latest)
+    config = GPTConfig.from_dict(checkpoint.meta["config"]["model"])
+    model = GPT(config)
+    load_weights(model, checkpoint.weights, checkpoint.path)
+    tokenizer = load_tokenizer(checkpoint.meta["tokenizer"], checkpoint.path)
+    return model.to(device).eval(), tokenizer, {**checkpoint.meta, "path": str(checkpoint.path)}

@@ -1,0 +1,200 @@
+"""Run configuration: YAML files read into dataclasses, dotted command-line overrides, validation.
+
+A config has three sections, `model` (GPTConfig's fields), `data` and `train`, and a few top-level
+keys. Every key is checked: a typo or a value of the wrong type stops the run before any work,
+with a message that names the key and the nearest valid ones.
+"""
+
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import MinigptError
+from .model import GPTConfig
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/pydocs"  # a folder made by `minigpt prepare`
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 12  # sequences per micro-step (per process)
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 2000
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    lr: float = 1e-3  # peak learning rate of AdamW
+    muon_lr: float = 0.02  # peak learning rate of Muon, when optimizer is muon
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | wsd (warmup, stable, then linear decay)
+    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying
+    weight_decay: float = 0.1  # applied to matrices only, never to biases, norms
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    eval_interval: int = 250
+    eval_steps: int = 20  # fixed val batches per evaluation
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2  # the newest K are kept, and the best
+    log_interval: int = 10
+    on_nan: str = "stop"  # stop | skip: what a non-finite loss does
+    progress: bool = True  # tqdm progress bar
+    tensorboard: bool = False  # log to out_dir/tensorboard if tensorboard is installed
+    wandb_project: str | None = None  # log to Weights & Biases if wandb is installed
+
+
+@dataclass
+class RunConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "out/run"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: str = "auto"  # auto | true | false
+    seed: int = 1337
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        del values["model"]["vocab_size"]  # taken from the data, never from the config
+        return values
+
+
+CHOICES = {
+    "device": None, "dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "true", "false"),
+    "train.optimizer": ("adamw", "muon"), "train.schedule": ("cosine", "linear", "wsd"),
+    "train.on_nan": ("stop", "skip"),
+}
+POSITIVE = ("train.batch_size", "train.grad_accum", "train.max_steps", "train.eval_interval", "train.eval_steps",
+            "train.checkpoint_interval", "train.log_interval", "train.keep_checkpoints")
+NOT_NEGATIVE = ("train.lr", "train.muon_lr", "train.warmup_steps", "train.weight_decay", "train.grad_clip")
+HIDDEN = {"model.vocab_size": "vocab_size comes from the prepared data (meta.json), not from the config"}
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults, for None), apply `key=value` overrides, validate."""
+    values = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MinigptError(f"override {item!r} is not of the form key=value, e.g. train.max_steps=200")
+        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    config = _build(RunConfig, values, prefix="")
+    validate(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise MinigptError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
+                           + "; pass a YAML file such as configs/quickstart.yaml")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise MinigptError(f"config {path} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise MinigptError(f"config {path} must be a mapping of keys (model:, data:, train:, out_dir: ...), "
+                           f"not a {type(values).__name__}")
+    return values
+
+
+def _set_dotted(values: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MinigptError(f"cannot set {key}: {part} is not a section")
+    node[leaf] = value
+
+
+def _build(cls, values, prefix: str):
+    if not isinstance(values, dict):
+        raise MinigptError(f"{prefix.rstrip('.')} must be a section of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if dotted in HIDDEN:
+            raise MinigptError(f"{dotted} cannot be set: {HIDDEN[dotted]}")
+        if key not in names:
+            valid = [f"{prefix}{n}" for n in names if f"{prefix}{n}" not in HIDDEN]
+            close = difflib.get_close_matches(dotted, valid, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"valid keys: {', '.join(valid)}"
+            raise MinigptError(f"unknown config key {dotted!r}; {hint}")
+        kind = hints[key]
+        kwargs[key] = _build(kind, value, f"{dotted}.") if is_dataclass(kind) else _coerce(value, kind, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(value, kind, key: str):
+    """Check value against the field's type; accept ints for floats and numeric strings like 1e-3."""
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is float and isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-3 (no dot) as a string
+            except ValueError:
+                pass
+        if t is str and isinstance(value, (str, bool)) and key == "compile":
+            return str(value).lower()  # compile: true / false / auto
+        if t is str and isinstance(value, str):
+            return value
+    expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise MinigptError(f"{key} must be {expected}, got {value!r}")
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    flat = _flatten(config.to_dict())
+    for key, choices in CHOICES.items():
+        if choices and flat[key] not in choices:
+            raise MinigptError(f"{key} is {flat[key]!r}; expected one of {', '.join(choices)}")
+    for key in POSITIVE:
+        if flat[key] < 1:
+            raise MinigptError(f"{key} must be at least 1, got {flat[key]}")
+    for key in NOT_NEGATIVE:
+        if flat[key] < 0:
+            raise MinigptError(f"{key} must not be negative, got {flat[key]}")
+    if not 0 <= config.train.min_lr_ratio <= 1:
+        raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
+    if not 0 < config.train.decay_fraction <= 1:
+        raise MinigptError(f"train.decay_fraction must be in (0, 1], got {config.train.decay_fraction}")
+    device = config.device
+    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise MinigptError(f"device is {device!r}; expected auto, cpu, cuda, cuda:N or mps")
+    config.model.vocab_size = 1  # a placeholder until the data says; validates the rest of the model
+    config.model.validate()
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,59 @@
+"""Choosing the device and the precision, and the autocast context that applies the precision."""
+
+import contextlib
+
+import torch
+
+from .errors import MinigptError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto picks CUDA, then Apple's MPS, then the CPU; a device that is not there is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MinigptError(f"device {name!r} was asked for but this machine has no CUDA GPU; use device=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise MinigptError("device 'mps' was asked for but this machine has no Apple GPU; use device=cpu or auto")
+    if name not in ("cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise MinigptError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise MinigptError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), which makes autocast pay off."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on GPUs that have it (fp16 on older ones), bf16 on CPUs with bf16 units, else float32."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise MinigptError(f"unknown dtype {name!r}; expected auto, float32, bfloat16 or float16")
+        if name == "float16" and device.type == "cpu":
+            raise MinigptError("dtype float16 is for GPUs; on the CPU use bfloat16 or float32")
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for the forward pass: matmuls in dtype, weights and reductions in float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

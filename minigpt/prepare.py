@@ -1,0 +1,452 @@
+"""Turn a text corpus into token files: train.bin, val.bin and meta.json.
+
+    prepare("shakespeare", "char", "data/shakespeare_char")
+
+SOURCE is a built-in corpus (`shakespeare`, `pydocs`), a local file, folder or
+glob of .txt/.md/.jsonl/.json/.parquet files, or a Hugging Face Hub dataset
+name (`owner/name`, streamed, so `max_chars` can take a slice of a corpus
+bigger than the disk). A .txt or .md file is one document; in json and
+parquet files every row's `text_column` is one.
+
+The token files are flat arrays of ids (uint16 when the vocabulary fits,
+else uint32), read later through np.memmap. Documents are separated by the
+tokenizer's end-of-text token, appended after each document.
+
+Validation split (deterministic, and it needs no corpus size up front):
+- a corpus of ONE document (tiny Shakespeare): the last `val_fraction` of its
+  characters goes to val, the rest to train, like nanoGPT;
+- several documents: whole documents go to val, evenly spaced by index:
+  document i (counting from 0 in corpus order) is in val exactly when
+  floor((i + 1) * val_fraction) > floor(i * val_fraction), i.e. every tenth
+  document for 0.1. A stream can be split as it goes, and the fraction is exact.
+
+Safety: nothing is created until the input checked out; everything is
+written into a staging folder inside `out` and moved into place at the end,
+meta.json last, so a folder with meta.json is always complete and an
+interrupted run leaves nothing that looks finished (rerunning works).
+
+Speed: documents are cut into pieces at places where no tokenizer merges
+across, batched into jobs of ~256K characters and encoded by `num_proc`
+worker processes, which return numpy arrays (cheap to send back). At most
+2 * num_proc jobs are in flight, so memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from minigpt.corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
+from minigpt.errors import MinigptError
+from minigpt.tokenizers import Tokenizer, build_tokenizer, check_spec
+
+TEXT_SUFFIXES = (".txt", ".md")  # one file = one document, read by us
+TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # rows, read by `datasets`
+ACCEPTED_FILES = ".txt, .md, .jsonl, .json or .parquet"
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+STAGING = ".prepare-staging"
+JOB_CHARS = 1 << 18  # characters sent to a worker at once: big enough to hide IPC costs
+PIECE_CHARS = 1 << 16  # long documents are cut into pieces of about this size
+# A newline that ends a non-blank line, followed by a letter: GPT-2, cl100k and
+# o200k pre-tokenization all start a new piece there, so cutting changes no token.
+SAFE_CUT = re.compile(r"(?<=\S\n)(?=[^\W\d_])")
+
+
+@dataclass
+class Corpus:
+    """Where documents come from. `documents()` starts a fresh pass each call.
+
+    `read` yields the raw documents and records invalid UTF-8 bytes it replaced
+    (per file) in the dict it is given.
+    """
+
+    source: str
+    read: Callable[[dict[str, int]], Iterator[str]]
+    invalid_bytes: dict[str, int] = field(default_factory=dict)
+
+    def documents(self, max_chars: int | None = None) -> Iterator[str]:
+        self.invalid_bytes.clear()
+        docs = (doc for doc in self.read(self.invalid_bytes) if doc)
+        return docs if max_chars is None else _truncate(docs, max_chars)
+
+
+@dataclass
+class Job:
+    """Text pieces of one split, encoded together by a worker."""
+
+    split: str
+    pieces: list[str] = field(default_factory=list)
+    ends: list[bool] = field(default_factory=list)  # piece ends a document
+    chars: int = 0
+
+
+def prepare(
+    source: str,
+    tokenizer: str,
+    out: str | os.PathLike,
+    *,
+    val_fraction: float = 0.1,
+    text_column: str = "text",
+    split: str = "train",
+    config: str | None = None,
+    num_proc: int | None = None,
+    max_chars: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Tokenize SOURCE into `out` (train.bin, val.bin, meta.json, tokenizer files); return the meta dict.
+
+    `split` and `config` select a Hub dataset's split and configuration (its
+    `name=`); `max_chars` stops after that many characters; `cache_dir` is
+    where built-in corpora are downloaded (default $MINIGPT_CACHE or
+    ~/.cache/minigpt). See the module docstring for the validation split rule.
+    """
+    _check_options(val_fraction, num_proc, max_chars)
+    check_spec(tokenizer)
+    out = Path(out)
+    if (out / "meta.json").exists():
+        raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
+    if out.exists() and not out.is_dir():
+        raise MinigptError(f"--out {out} is a file; give a folder path")
+    corpus = open_corpus(source, text_column=text_column, split=split, config=config, cache_dir=cache_dir)
+    head = list(itertools.islice(corpus.documents(max_chars), 2))
+    if not head:
+        raise MinigptError(f"no text found in {source!r} (every document is empty)")
+    single = len(head) == 1
+    if progress and (tokenizer == "char" or tokenizer.startswith("bpe:")):
+        print(f"building the {tokenizer} tokenizer from {source} ...", file=sys.stderr)
+    tok = build_tokenizer(tokenizer, corpus.documents(max_chars))
+
+    new_root = _first_missing(out)  # removed again if anything fails
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    staging.mkdir(parents=True)
+    try:
+        meta = _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress)
+        meta.update(source=source, split=split, config=config, text_column=text_column, max_chars=max_chars)
+        _check_splits(meta, single, val_fraction)
+        meta["tokenizer_files"] = tok.save(staging)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        for name in ["train.bin", "val.bin", *meta["tokenizer_files"], "meta.json"]:
+            os.replace(staging / name, out / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if new_root is not None:
+            shutil.rmtree(new_root, ignore_errors=True)
+        raise
+    staging.rmdir()
+    _warn_invalid_bytes(corpus.invalid_bytes)
+    return meta
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None if it exists)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def _check_options(val_fraction: float, num_proc: int | None, max_chars: int | None) -> None:
+    if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise MinigptError(f"val_fraction must be in [0, 1), e.g. 0.1; got {val_fraction!r}")
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise MinigptError(f"num_proc must be a whole number >= 1; got {num_proc!r}")
+    if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
+        raise MinigptError(f"max_chars must be a whole number >= 1; got {max_chars!r}")
+
+
+def _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress) -> dict:
+    """Stream the corpus through the workers into staging/{train,val}.bin; return the counts."""
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    eot = None if single else tok.eot_token
+    segments = _segments(corpus.documents(max_chars), val_fraction, single)
+    counts = {"train_tokens": 0, "val_tokens": 0, "train_bytes": 0, "val_bytes": 0, "documents": 0}
+    start = time.perf_counter()
+    with (
+        open(staging / "train.bin", "wb") as train_file,
+        open(staging / "val.bin", "wb") as val_file,
+        tqdm(desc=f"tokenizing {corpus.source}", unit=" docs", disable=not progress, file=sys.stderr) as bar,
+    ):
+        files = {"train": train_file, "val": val_file}
+        for split, tokens, nbytes, ndocs in _encode_jobs(_jobs(segments), tok, eot, dtype, num_proc):
+            tokens.tofile(files[split])
+            counts[f"{split}_tokens"] += len(tokens)
+            counts[f"{split}_bytes"] += nbytes
+            counts["documents"] += ndocs
+            megabytes = (counts["train_bytes"] + counts["val_bytes"]) / 1e6
+            bar.set_postfix_str(f"{megabytes:.1f} MB, {megabytes / (time.perf_counter() - start):.1f} MB/s", refresh=False)
+            bar.update(ndocs)
+    return {
+        "tokenizer": tok.spec,
+        "vocab_size": tok.vocab_size,
+        "eot_token": tok.eot_token,
+        "dtype": np.dtype(dtype).name,
+        **counts,
+        "val_fraction": val_fraction,
+        "invalid_utf8_bytes": sum(corpus.invalid_bytes.values()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "minigpt_version": _version(),
+    }
+
+
+def _check_splits(meta: dict, single: bool, val_fraction: float) -> None:
+    if val_fraction == 0:
+        return
+    if meta["train_tokens"] == 0:
+        raise MinigptError(f"the train split is empty: the corpus is too small for val_fraction {val_fraction}")
+    if meta["val_tokens"] == 0:
+        n = meta["documents"]
+        hint = "" if single else f" (1 in {1 / val_fraction:.3g} documents goes to val; the corpus has {n})"
+        raise MinigptError(
+            f"the val split is empty{hint}; raise --val-fraction (at least {1 / max(n, 2):.2g}) or add data"
+        )
+
+
+def _segments(docs: Iterator[str], val_fraction: float, single: bool) -> Iterator[tuple[str, str, bool]]:
+    """(split, text, ends_document) in corpus order, by the rule in the module docstring."""
+    if single:
+        text = next(docs)
+        cut = int(len(text) * (1 - val_fraction))
+        yield "train", text[:cut], False
+        yield "val", text[cut:], True
+        return
+    for i, doc in enumerate(docs):
+        in_val = int((i + 1) * val_fraction) > int(i * val_fraction)
+        yield ("val" if in_val else "train"), doc, True
+
+
+def _jobs(segments: Iterable[tuple[str, str, bool]]) -> Iterator[Job]:
+    """Group text pieces into jobs of about JOB_CHARS characters, one split per job, in order."""
+    pending = {"train": Job("train"), "val": Job("val")}
+    for split, text, ends_document in segments:
+        pieces = _pieces(text)
+        for k, piece in enumerate(pieces):
+            job = pending[split]
+            job.pieces.append(piece)
+            job.ends.append(ends_document and k == len(pieces) - 1)
+            job.chars += len(piece)
+            if job.chars >= JOB_CHARS:
+                yield job
+                pending[split] = Job(split)
+    yield from (job for job in pending.values() if job.pieces)
+
+
+def _pieces(text: str) -> list[str]:
+    """Cut a long text at SAFE_CUT places roughly every PIECE_CHARS characters.
+
+    This lets one big document (a whole book) be encoded by several workers;
+    the tokens are identical to encoding it whole.
+    """
+    pieces, start = [], 0
+    while len(text) - start > 2 * PIECE_CHARS:
+        match = SAFE_CUT.search(text, start + PIECE_CHARS)
+        if match is None:
+            break
+        pieces.append(text[start : match.start()])
+        start = match.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+# --- workers -----------------------------------------------------------------
+
+_worker: tuple[Tokenizer, int | None, type] | None = None
+
+
+def _init_worker(tok: Tokenizer, eot: int | None, dtype: type) -> None:
+    global _worker
+    _worker = (tok, eot, dtype)
+
+
+def _encode_job(job: Job) -> tuple[str, np.ndarray, int, int]:
+    """Encode a job's pieces, appending the end-of-text token after each document."""
+    tok, eot, dtype = _worker
+    ids = tok.encode_batch(job.pieces)
+    if eot is not None:
+        for piece_ids, ends in zip(ids, job.ends):
+            if ends:
+                piece_ids.append(eot)
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids)))
+    nbytes = sum(len(piece.encode("utf-8")) for piece in job.pieces)
+    return job.split, tokens, nbytes, sum(job.ends)
+
+
+def _encode_jobs(jobs: Iterator[Job], tok: Tokenizer, eot: int | None, dtype: type, num_proc: int | None):
+    """Results of `_encode_job` in job order, computed by `num_proc` processes.
+
+    Rather than Pool.imap (whose feeder thread would read the whole corpus
+    ahead into memory), keep a window of at most 2 * num_proc jobs in flight.
+    """
+    num_proc = num_proc or os.cpu_count() or 1
+    if num_proc == 1:
+        _init_worker(tok, eot, dtype)
+        yield from map(_encode_job, jobs)
+        return
+    with multiprocessing.Pool(num_proc, _init_worker, (tok, eot, dtype)) as pool:
+        window: deque = deque()
+        for job in jobs:
+            window.append(pool.apply_async(_encode_job, (job,)))
+            if len(window) >= 2 * num_proc:
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+
+# --- sources -----------------------------------------------------------------
+
+
+def open_corpus(
+    source: str,
+    *,
+    text_column: str = "text",
+    split: str = "train",
+    config: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Corpus:
+    """Resolve SOURCE: a built-in name first, then a local path or glob, then a Hub name."""
+    if source == "shakespeare":
+        return _files_corpus(source, [shakespeare_path(cache_dir)], text_column)
+    if source == "pydocs":
+        return Corpus(source, lambda invalid: pydocs_documents())
+    files = _local_files(source)
+    if files is not None:
+        return _files_corpus(source, files, text_column)
+    if HUB_NAME.fullmatch(source) and Path(source).suffix.lower() not in (*TEXT_SUFFIXES, *TABLE_SUFFIXES):
+        return Corpus(source, lambda invalid: _texts(_hub_rows(source, config, split), text_column, source))
+    raise MinigptError(
+        f"source {source!r} not found: give a file, folder or glob of {ACCEPTED_FILES} files, "
+        f"a built-in corpus ({', '.join(BUILTIN_CORPORA)}) or a Hub dataset name such as roneneldan/TinyStories"
+    )
+
+
+def _local_files(source: str) -> list[Path] | None:
+    """The corpus files SOURCE names, in sorted order; None if it names no local path."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in (*TEXT_SUFFIXES, *TABLE_SUFFIXES):
+            raise MinigptError(f"unsupported file type {path.suffix!r} for {source}; accepted: {ACCEPTED_FILES}")
+        return [path]
+    if path.is_dir():
+        candidates = [p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    elif glob.has_magic(source):
+        candidates = [Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True)]
+    else:
+        return None
+    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in (*TEXT_SUFFIXES, *TABLE_SUFFIXES))
+    if not files:
+        raise MinigptError(f"no {ACCEPTED_FILES} files found in {source!r}")
+    return files
+
+
+def _files_corpus(source: str, files: list[Path], text_column: str) -> Corpus:
+    """Local files in sorted order; consecutive json/parquet files are read as one dataset."""
+
+    def read(invalid: dict[str, int]) -> Iterator[str]:
+        for kind, group in itertools.groupby(files, key=lambda p: TABLE_SUFFIXES.get(p.suffix.lower(), "text")):
+            if kind == "text":
+                yield from (_read_text_file(p, invalid) for p in group)
+            else:
+                yield from _table_texts(kind, list(group), text_column)
+
+    return Corpus(source, read)
+
+
+def _read_text_file(path: Path, invalid: dict[str, int]) -> str:
+    """The file as text; bytes that are not UTF-8 become U+FFFD (counted, not fatal)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        # surrogateescape maps each bad byte to one lone surrogate: count, then replace.
+        text = data.decode("utf-8", errors="surrogateescape")
+        text, count = re.subn("[\udc80-\udcff]", "\ufffd", text)
+        invalid[str(path)] = count
+        return text
+
+
+def _warn_invalid_bytes(invalid: dict[str, int]) -> None:
+    if invalid:
+        first = next(iter(invalid))
+        print(
+            f"warning: {sum(invalid.values())} bytes that are not UTF-8 were replaced with U+FFFD "
+            f"in {len(invalid)} file(s), first {first}",
+            file=sys.stderr,
+        )
+
+
+def _table_texts(kind: str, files: list[Path], text_column: str) -> Iterator[str]:
+    """The text column of json/jsonl/parquet files, streamed by `datasets`."""
+    from datasets import load_dataset
+
+    where = files[0].name if len(files) == 1 else f"{len(files)} {kind} files"
+    try:
+        rows = load_dataset(kind, data_files=[str(p) for p in files], split="train", streaming=True)
+        yield from _texts(rows, text_column, where)
+    except MinigptError:
+        raise
+    except Exception as e:  # malformed files: report which, in one line
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MinigptError(f"could not read {where} as {kind}: {message}") from None
+
+
+def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:
+    """Rows of a Hub dataset, streamed (nothing is downloaded in full)."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        yield from load_dataset(name, name=config, split=split, streaming=True)
+    except ConnectionError:
+        raise MinigptError(
+            f"cannot reach the Hugging Face Hub for dataset {name!r} (network unreachable or HF_DATASETS_OFFLINE=1); "
+            f"download its .jsonl/.parquet files where there is network and pass their folder as SOURCE"
+        ) from None
+    except DatasetNotFoundError:
+        raise MinigptError(f"dataset {name!r} was not found on the Hugging Face Hub (check the name)") from None
+    except ValueError as e:  # unknown config or split
+        raise MinigptError(f"dataset {name!r}: {str(e).strip().splitlines()[0]}") from None
+
+
+def _texts(rows: Iterable[dict], text_column: str, where: str) -> Iterator[str]:
+    """The text column of each row; the first row decides whether the column fits."""
+    for i, row in enumerate(rows):
+        text = row.get(text_column)
+        if i == 0 and (text_column not in row or not isinstance(text, (str, type(None)))):
+            columns = ", ".join(f"{c!r} ({type(v).__name__})" for c, v in row.items())
+            raise MinigptError(f"{where} has no text column {text_column!r}; columns: {columns}; choose one with --text-column")
+        if text:
+            yield text
+
+
+def _truncate(docs: Iterator[str], max_chars: int) -> Iterator[str]:
+    """Stop after max_chars characters (the last document is cut short)."""
+    left = max_chars
+    for doc in docs:
+        yield doc[:left]
+        left -= len(doc)
+        if left <= 0:
+            return
+
+
+def _version() -> str:
+    import minigpt
+
+    return getattr(minigpt, "__version__", "unknown")

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml ('-': defaults only)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=200")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     p.set_defaults(run=_train)

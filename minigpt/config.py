@@ -78,8 +78,8 @@ HIDDEN = {"model.vocab_size": "vocab_size comes from the prepared data (meta.jso
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or the defaults, for None), apply `key=value` overrides, validate."""
-    values = _read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML config (or the defaults, for None or "-"), apply `key=value` overrides, validate."""
+    values = _read_yaml(Path(path)) if path not in (None, "-") else {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -137,6 +137,9 @@ def run_eval(args) -> None:
         data_dir = meta.get("config", {}).get("data", {}).get("dir")
         if data_dir is None:
             raise MinigptError(f"{args.path} records no data folder; pass --data DIR or --text-file FILE")
+        if not Path(data_dir).is_dir():
+            raise MinigptError(f"the data folder recorded in the checkpoint, {data_dir}, does not exist here; "
+                               "pass --data DIR or --text-file FILE")
     result = evaluate(model, tokenizer, data_dir=data_dir, text_file=args.text_file, batch_size=args.batch_size,
                       device=device, dtype=dtype)
     if args.json:

@@ -2,15 +2,17 @@
 
     prepare("shakespeare", "char", "data/shakespeare_char")
 
-SOURCE is a built-in corpus (`shakespeare`, `pydocs`), a local file, folder or
-glob of .txt/.md/.jsonl/.json/.parquet files, or a Hugging Face Hub dataset
-name (`owner/name`, streamed, so `max_chars` can take a slice of a corpus
-bigger than the disk). A .txt or .md file is one document; in json and
-parquet files every row's `text_column` is one.
+SOURCE is, in this order of precedence, a built-in corpus (`shakespeare`,
+`pydocs`), a local file, folder (recursively, hidden entries skipped) or glob
+of .txt/.md/.jsonl/.json/.parquet files, or a Hugging Face Hub dataset name
+`owner/name` whose `owner` is not a local folder (streamed, so `max_chars`
+can take a slice of a corpus bigger than the disk). A .txt or .md file is one
+document; in json and parquet files every row's `text_column` is one. Files
+are read in sorted path order.
 
 The token files are flat arrays of ids (uint16 when the vocabulary fits,
-else uint32), read later through np.memmap. Documents are separated by the
-tokenizer's end-of-text token, appended after each document.
+else uint32), read later through np.memmap. The tokenizer's end-of-text
+token is appended after each document (a one-document corpus has none).
 
 Validation split (deterministic, and it needs no corpus size up front):
 - a corpus of ONE document (tiny Shakespeare): the last `val_fraction` of its
@@ -23,7 +25,8 @@ Validation split (deterministic, and it needs no corpus size up front):
 Safety: nothing is created until the input checked out; everything is
 written into a staging folder inside `out` and moved into place at the end,
 meta.json last, so a folder with meta.json is always complete and an
-interrupted run leaves nothing that looks finished (rerunning works).
+interrupted run leaves nothing that looks finished (rerunning works). A
+folder that has a meta.json is never written to.
 
 Speed: documents are cut into pieces at places where no tokenizer merges
 across, batched into jobs of ~256K characters and encoded by `num_proc`
@@ -33,6 +36,7 @@ worker processes, which return numpy arrays (cheap to send back). At most
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
@@ -46,6 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +119,11 @@ def prepare(
     `split` and `config` select a Hub dataset's split and configuration (its
     `name=`); `max_chars` stops after that many characters; `cache_dir` is
     where built-in corpora are downloaded (default $MINIGPT_CACHE or
-    ~/.cache/minigpt). See the module docstring for the validation split rule.
+    ~/.cache/minigpt).
+
+    Validation split: one document -> its last `val_fraction` of characters;
+    several -> document i goes to val iff floor((i+1)*f) > floor(i*f)
+    (evenly spaced whole documents; see the module docstring).
     """
     _check_options(val_fraction, num_proc, max_chars)
     check_spec(tokenizer)
@@ -173,26 +182,38 @@ def _check_options(val_fraction: float, num_proc: int | None, max_chars: int | N
         raise MinigptError(f"max_chars must be a whole number >= 1; got {max_chars!r}")
 
 
-def _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress) -> dict:
+def _write_splits(
+    corpus: Corpus,
+    tok: Tokenizer,
+    staging: Path,
+    single: bool,
+    val_fraction: float,
+    max_chars: int | None,
+    num_proc: int | None,
+    progress: bool,
+) -> dict:
     """Stream the corpus through the workers into staging/{train,val}.bin; return the counts."""
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     eot = None if single else tok.eot_token
+    num_proc = num_proc or os.cpu_count() or 1
     segments = _segments(corpus.documents(max_chars), val_fraction, single)
     counts = {"train_tokens": 0, "val_tokens": 0, "train_bytes": 0, "val_bytes": 0, "documents": 0}
     start = time.perf_counter()
     with (
+        _worker_pool(tok, eot, dtype, num_proc) as pool,  # first: fork before tqdm starts a thread
         open(staging / "train.bin", "wb") as train_file,
         open(staging / "val.bin", "wb") as val_file,
         tqdm(desc=f"tokenizing {corpus.source}", unit=" docs", disable=not progress, file=sys.stderr) as bar,
     ):
         files = {"train": train_file, "val": val_file}
-        for split, tokens, nbytes, ndocs in _encode_jobs(_jobs(segments), tok, eot, dtype, num_proc):
+        for split, tokens, nbytes, ndocs in _encode_jobs(_jobs(segments), pool, window_size=2 * num_proc):
             tokens.tofile(files[split])
             counts[f"{split}_tokens"] += len(tokens)
             counts[f"{split}_bytes"] += nbytes
             counts["documents"] += ndocs
             megabytes = (counts["train_bytes"] + counts["val_bytes"]) / 1e6
-            bar.set_postfix_str(f"{megabytes:.1f} MB, {megabytes / (time.perf_counter() - start):.1f} MB/s", refresh=False)
+            speed = megabytes / (time.perf_counter() - start)
+            bar.set_postfix_str(f"{megabytes:.1f} MB, {speed:.1f} MB/s", refresh=False)
             bar.update(ndocs)
     return {
         "tokenizer": tok.spec,
@@ -279,35 +300,44 @@ def _init_worker(tok: Tokenizer, eot: int | None, dtype: type) -> None:
 def _encode_job(job: Job) -> tuple[str, np.ndarray, int, int]:
     """Encode a job's pieces, appending the end-of-text token after each document."""
     tok, eot, dtype = _worker
-    ids = tok.encode_batch(job.pieces)
-    if eot is not None:
-        for piece_ids, ends in zip(ids, job.ends):
-            if ends:
-                piece_ids.append(eot)
-    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids)))
+    parts = []
+    for ids, ends in zip(tok.encode_arrays(job.pieces), job.ends):
+        parts.append(ids)
+        if ends and eot is not None:
+            parts.append(np.array([eot], dtype=np.uint32))
+    tokens = np.concatenate(parts).astype(dtype)
     nbytes = sum(len(piece.encode("utf-8")) for piece in job.pieces)
     return job.split, tokens, nbytes, sum(job.ends)
 
 
-def _encode_jobs(jobs: Iterator[Job], tok: Tokenizer, eot: int | None, dtype: type, num_proc: int | None):
-    """Results of `_encode_job` in job order, computed by `num_proc` processes.
-
-    Rather than Pool.imap (whose feeder thread would read the whole corpus
-    ahead into memory), keep a window of at most 2 * num_proc jobs in flight.
-    """
-    num_proc = num_proc or os.cpu_count() or 1
+def _worker_pool(
+    tok: Tokenizer, eot: int | None, dtype: type, num_proc: int
+) -> contextlib.AbstractContextManager[Pool | None]:
+    """A pool of num_proc workers; None for one process (encode in this one)."""
     if num_proc == 1:
         _init_worker(tok, eot, dtype)
+        return contextlib.nullcontext()
+    return multiprocessing.Pool(num_proc, _init_worker, (tok, eot, dtype))
+
+
+def _encode_jobs(
+    jobs: Iterator[Job], pool: Pool | None, window_size: int
+) -> Iterator[tuple[str, np.ndarray, int, int]]:
+    """Results of `_encode_job` in job order.
+
+    Rather than Pool.imap (whose feeder thread would read the whole corpus
+    ahead into memory), keep a window of at most window_size jobs in flight.
+    """
+    if pool is None:
         yield from map(_encode_job, jobs)
         return
-    with multiprocessing.Pool(num_proc, _init_worker, (tok, eot, dtype)) as pool:
-        window: deque = deque()
-        for job in jobs:
-            window.append(pool.apply_async(_encode_job, (job,)))
-            if len(window) >= 2 * num_proc:
-                yield window.popleft().get()
-        while window:
+    window: deque = deque()
+    for job in jobs:
+        window.append(pool.apply_async(_encode_job, (job,)))
+        if len(window) >= window_size:
             yield window.popleft().get()
+    while window:
+        yield window.popleft().get()
 
 
 # --- sources -----------------------------------------------------------------
@@ -329,11 +359,21 @@ def open_corpus(
     files = _local_files(source)
     if files is not None:
         return _files_corpus(source, files, text_column)
-    if HUB_NAME.fullmatch(source) and Path(source).suffix.lower() not in (*TEXT_SUFFIXES, *TABLE_SUFFIXES):
+    if _looks_like_hub_name(source):
         return Corpus(source, lambda invalid: _texts(_hub_rows(source, config, split), text_column, source))
     raise MinigptError(
         f"source {source!r} not found: give a file, folder or glob of {ACCEPTED_FILES} files, "
         f"a built-in corpus ({', '.join(BUILTIN_CORPORA)}) or a Hub dataset name such as roneneldan/TinyStories"
+    )
+
+
+def _looks_like_hub_name(source: str) -> bool:
+    """owner/name, not a file name, and `owner` is not a local folder (then it is a mistyped path)."""
+    path = Path(source)
+    return (
+        bool(HUB_NAME.fullmatch(source))
+        and path.suffix.lower() not in (*TEXT_SUFFIXES, *TABLE_SUFFIXES)
+        and not path.parent.is_dir()
     )
 
 
@@ -417,7 +457,8 @@ def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:
     except ConnectionError:
         raise MinigptError(
             f"cannot reach the Hugging Face Hub for dataset {name!r} (network unreachable or HF_DATASETS_OFFLINE=1); "
-            f"download its .jsonl/.parquet files where there is network and pass their folder as SOURCE"
+            f"download its .jsonl/.parquet files where there is network and pass their folder as SOURCE "
+            f"(if you meant a local path: it does not exist)"
         ) from None
     except DatasetNotFoundError:
         raise MinigptError(f"dataset {name!r} was not found on the Hugging Face Hub (check the name)") from None
@@ -431,7 +472,10 @@ def _texts(rows: Iterable[dict], text_column: str, where: str) -> Iterator[str]:
         text = row.get(text_column)
         if i == 0 and (text_column not in row or not isinstance(text, (str, type(None)))):
             columns = ", ".join(f"{c!r} ({type(v).__name__})" for c, v in row.items())
-            raise MinigptError(f"{where} has no text column {text_column!r}; columns: {columns}; choose one with --text-column")
+            problem = "holds no text" if text_column in row else "does not exist"
+            raise MinigptError(
+                f"{where}: column {text_column!r} {problem}; columns: {columns}; choose one with --text-column"
+            )
         if text:
             yield text
 

@@ -32,7 +32,8 @@ def check_sampling_options(*, num_samples: int = 1, max_new_tokens: int = 200, t
     checks = [
         (num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}"),
         (max_new_tokens >= 0, f"--max-new-tokens must be 0 or more, got {max_new_tokens}"),
-        (temperature >= 0 and math.isfinite(temperature), f"--temperature must be 0 (greedy) or positive, got {temperature}"),
+        (temperature >= 0 and math.isfinite(temperature),
+         f"--temperature must be 0 (greedy) or a positive number, got {temperature}"),
         (top_k is None or top_k >= 1, f"--top-k must be at least 1, got {top_k}"),
         (top_p is None or 0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
     ]
@@ -137,7 +138,7 @@ def generate_text(model, tokenizer, prompt: str | list[int], *, num_samples: int
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
     """Continue `prompt` num_samples times; return the continuations (without the prompt).
 
-    prompt is text (see encode_prompt for the empty prompt and cropping) or ids already encoded.
+    prompt is text (see encode_prompt for the empty prompt and cropping) or ids, used as given.
     All samples run as one batch: the prompt repeated num_samples times. A seed makes the result
     reproducible (a torch.Generator on the device; without one, torch's global RNG is used).
     Each sample ends before the first occurrence of any stop string in its generated text; the

@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 from minigpt.errors import MinigptError
@@ -51,6 +52,10 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Like encode_batch, as uint32 arrays: what `prepare` writes to disk."""
+        return [np.array(ids, dtype=np.uint32) for ids in self.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
@@ -96,7 +101,7 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in ids)
+        return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in _int_list(ids))
 
     def save(self, data_dir: str | os.PathLike) -> list[str]:
         payload = {"chars": self.chars, "eot": self.eot_token is not None}
@@ -125,8 +130,13 @@ class TiktokenTokenizer(Tokenizer):
         # One thread: parallelism comes from prepare's worker processes.
         return self.encoding.encode_ordinary_batch(texts, num_threads=1)
 
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        # Straight from tiktoken's buffer, skipping Python int lists (~20% faster).
+        # With no special token allowed or disallowed, "<|endoftext|>" in text is ordinary text.
+        return [self.encoding.encode_to_numpy(t, disallowed_special=()) for t in texts]
+
     def decode(self, ids: Iterable[int]) -> str:
-        return self.encoding.decode(list(ids))
+        return self.encoding.decode(_int_list(ids))
 
     def __reduce__(self):
         # Named encodings travel to worker processes by name, not by their ranks.
@@ -266,6 +276,11 @@ def _bpe_size(spec: str) -> int:
     if not size.isdigit() or int(size) < 257:
         raise MinigptError(f"bad tokenizer {spec!r}: bpe:N needs an integer N >= 257 (256 bytes + end-of-text)")
     return int(size)
+
+
+def _int_list(ids: Iterable[int]) -> list[int]:
+    """Plain Python ints from a list, numpy array or torch tensor."""
+    return ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]
 
 
 def _read_tokenizer_file(data_dir: str | os.PathLike, name: str, spec: str) -> str:

@@ -179,7 +179,8 @@ class Trainer:
             loss, grad_norm = self._train_step()
             self.step += 1
             log_now = self.step % t.log_interval == 0 or self.step == t.max_steps
-            done = self.step == t.max_steps or self.stop_signal is not None
+            stopping = self.stop_signal  # read once: a signal arriving later is handled after the next step
+            done = self.step == t.max_steps or stopping is not None
             save_now = self.step % t.checkpoint_interval == 0 or done
             if (check_each_step or log_now or save_now) and not torch.isfinite(grad_norm):
                 self._non_finite(loss)  # raises, or skips this update
@@ -205,8 +206,8 @@ class Trainer:
             if save_now:
                 self._save(bar)
                 window_start = time.perf_counter()
-            if self.stop_signal is not None:
-                _print(f"stopped by {self.stop_signal} at step {self.step}; checkpoint saved. Continue with --resume")
+            if stopping is not None:
+                _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
                 break
         bar.close()
         for writer in self.writers:
@@ -280,7 +281,7 @@ class Trainer:
         self._log({"step": self.step, "time": self._clock(), "val_loss": val_loss,
                    "val_perplexity": math.exp(min(val_loss, 50))})
         if self.main:
-            bar.write(f"step {self.step}: val loss {val_loss:.4f}")
+            _print(f"step {self.step}: val loss {val_loss:.4f}")
         return val_loss
 
     def _save(self, bar) -> None:
@@ -333,22 +334,24 @@ class Trainer:
 
 
 def _rng_state() -> dict:
-    """Every RNG a step may draw from, as tensors and plain values (loadable with weights_only)."""
+    """Every RNG a step may draw from, as plain Python values (loadable with weights_only, and
+    sendable between ranks)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def _peak_flops(device: torch.device) -> float | None:

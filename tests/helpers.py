@@ -1,0 +1,26 @@
+"""Helpers shared by the end-to-end tests: a small prepared corpus and running the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a model small enough to train a few dozen steps in a second or two
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
+        "train.eval_steps=2", "train.progress=false", "train.warmup_steps=5", "dtype=float32"]
+
+
+def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m minigpt ARGS` in a fresh process, as a user would run it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "minigpt", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def read_metrics(out_dir: Path, drop=("time", "tokens_per_s", "mfu")) -> list[dict]:
+    """metrics.jsonl without the fields that depend on wall-clock time."""
+    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines if line.strip()]

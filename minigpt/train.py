@@ -174,18 +174,13 @@ class Trainer:
         window_start, window_step = time.perf_counter(), self.step
         self.model.train()
         while self.step < t.max_steps:
-            lr = lr_multiplier(self.step, t)
-            set_lr(self.optimizers, lr)
-            loss, grad_norm = self._train_step()
-            self.step += 1
-            log_now = self.step % t.log_interval == 0 or self.step == t.max_steps
+            next_step = self.step + 1
+            log_now = next_step % t.log_interval == 0 or next_step == t.max_steps
+            save_now = next_step % t.checkpoint_interval == 0 or next_step == t.max_steps
+            loss = self.train_step(check_finite=check_each_step or log_now or save_now)
             stopping = self.stop_signal  # read once: a signal arriving later is handled after the next step
             done = self.step == t.max_steps or stopping is not None
-            save_now = self.step % t.checkpoint_interval == 0 or done
-            if (check_each_step or log_now or save_now) and not torch.isfinite(grad_norm):
-                self._non_finite(loss)  # raises, or skips this update
-            else:
-                self._optimizer_step()
+            save_now = save_now or done
             bar.update(1)
             if log_now:
                 loss_value = self._global_mean(loss)
@@ -193,7 +188,7 @@ class Trainer:
                 tokens_per_s = self.tokens_per_step * (self.step - window_step) / max(now - window_start, 1e-9)
                 window_start, window_step = now, self.step
                 record = {"step": self.step, "time": self._clock(), "train_loss": loss_value,
-                          "lr": lr * self.train_cfg.lr, "tokens_per_s": round(tokens_per_s, 1)}
+                          "lr": lr_multiplier(self.step - 1, t) * t.lr, "tokens_per_s": round(tokens_per_s, 1)}
                 if self.peak_flops:
                     record["mfu"] = round(self.flops_per_token * tokens_per_s / self.peak_flops, 4)
                 self._log(record)
@@ -214,7 +209,22 @@ class Trainer:
             writer.close()
         return summary
 
-    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, check_finite: bool = True) -> torch.Tensor:
+        """One optimizer step: set the learning rate, accumulate gradients, clip, update.
+
+        Returns the step's mean loss as a tensor (reading it is left to the caller: on a GPU that is
+        a sync). With check_finite, a non-finite gradient stops the run or skips the update.
+        """
+        set_lr(self.optimizers, lr_multiplier(self.step, self.train_cfg))
+        loss, grad_norm = self._accumulate_gradients()
+        self.step += 1
+        if check_finite and not torch.isfinite(grad_norm):
+            self._non_finite(loss)  # raises, or skips this update
+        else:
+            self._optimizer_step()
+        return loss
+
+    def _accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """grad_accum forward/backward passes; returns (mean loss, gradient norm) as tensors."""
         accum = self.train_cfg.grad_accum
         loss_sum = torch.zeros((), device=self.device)

@@ -1,0 +1,81 @@
+"""`minigpt bench`: how fast this machine trains, generates and prepares data with minigpt.
+
+Training throughput runs the real Trainer's step on random tokens (speed does not depend on what
+the tokens say) and reports the median tokens/s over several timed windows after a warm-up,
+for a plain float32 eager baseline and for the settings `auto` picks (bf16 autocast where the
+hardware has it, torch.compile where it pays).
+"""
+
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import load_config
+from .device import resolve_device
+
+
+def write_random_data(folder: Path, vocab_size: int, n_tokens: int = 2_000_000, seed: int = 0) -> Path:
+    """A data folder of random tokens in the layout `minigpt prepare` writes, for timing only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_tokens), ("val", n_tokens // 10)):
+        rng.integers(0, vocab_size, n, dtype=np.uint16).tofile(folder / f"{split}.bin")
+    chars = [chr(32 + i) for i in range(vocab_size)]
+    (folder / "char_vocab.json").write_text(json.dumps({"chars": chars, "eot": False}))
+    meta = {"tokenizer": "char", "vocab_size": vocab_size, "eot_token": None, "dtype": "uint16",
+            "train_tokens": n_tokens, "val_tokens": n_tokens // 10, "tokenizer_files": ["char_vocab.json"]}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def bench_training(config_path: str, overrides: list[str] = (), *, vocab_size: int = 65, warmup_steps: int = 3,
+                   windows: int = 5, steps_per_window: int = 5) -> dict:
+    """Median training tokens/s of the Trainer for a config (plus overrides) on random tokens."""
+    from .train import Trainer  # the real step, not a copy of it
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_random_data(Path(tmp) / "data", vocab_size)
+        config = load_config(config_path, [*overrides, f"data.dir={data}", f"out_dir={Path(tmp) / 'out'}",
+                                           "train.progress=false", "model.dropout=0"])
+        trainer = Trainer(config, resume=False, rank=0, world_size=1, local_rank=0)
+        sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+        for _ in range(warmup_steps):  # first steps pay for allocation and compilation
+            trainer.train_step(check_finite=False)
+        sync()
+        rates = []
+        for _ in range(windows):
+            start = time.perf_counter()
+            for _ in range(steps_per_window):
+                loss = trainer.train_step(check_finite=False)
+            loss.item()
+            sync()
+            rates.append(trainer.tokens_per_step * steps_per_window / (time.perf_counter() - start))
+        tokens_per_s = statistics.median(rates)
+        result = {"config": config_path, "overrides": list(overrides), "dtype": str(trainer.dtype).removeprefix("torch."),
+                  "compile": trainer.forward_model is not trainer.model, "params": trainer.model.num_params(),
+                  "tokens_per_step": trainer.tokens_per_step, "tokens_per_s": round(tokens_per_s, 1),
+                  "windows": [round(r, 1) for r in rates]}
+        if trainer.peak_flops:
+            result["mfu"] = round(trainer.flops_per_token * tokens_per_s / trainer.peak_flops, 4)
+        return result
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def machine() -> str:
+    device = resolve_device("auto")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -1,0 +1,27 @@
+"""The README's examples run as written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_the_blocks_example_runs_and_prints_what_it_says():
+    [example] = [block for block in python_blocks() if "TransformerBlock" in block]
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch.Size([2, 7, 64])"
+
+
+def test_the_quickstart_and_test_commands_are_the_ones_ci_runs():
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in text and "python -m pytest -q" in ci
+    assert 'pip install torch==2.13.0 && pip install -e ".[dev,plot]"' in text
+    assert "pip install --quiet torch==2.13.0" in ci and 'pip install --quiet -e ".[dev,plot]"' in ci

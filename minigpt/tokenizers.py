@@ -140,9 +140,7 @@ class TiktokenTokenizer(Tokenizer):
 
     def __reduce__(self):
         # Named encodings travel to worker processes by name, not by their ranks.
-        if self.spec in TIKTOKEN_SPECS:
-            return (named_tiktoken, (self.spec,))
-        return (TiktokenTokenizer, (self.spec, self.encoding))
+        return (named_tiktoken, (self.spec,))
 
 
 class BPETokenizer(TiktokenTokenizer):

@@ -1,0 +1,48 @@
+"""Shared test setup: offline environment, the tiny Shakespeare corpus, a network guard."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+
+# Set before tiktoken or datasets are imported by any test module.
+os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken_cache")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def shakespeare_file() -> Path:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} is not available")
+    return SHAKESPEARE
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(shakespeare_file) -> str:
+    return shakespeare_file.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def minigpt_cache(tmp_path, monkeypatch, shakespeare_file) -> Path:
+    """A download cache (MINIGPT_CACHE) that already holds tiny Shakespeare."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tinyshakespeare.txt").write_bytes(shakespeare_file.read_bytes())
+    monkeypatch.setenv("MINIGPT_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any attempt to resolve or connect to a host (local pipes still work)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access is blocked in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)

@@ -1,0 +1,234 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiktoken
+
+from minigpt import prepare as prepare_module
+from minigpt.errors import MinigptError
+from minigpt.prepare import SAFE_CUT, _pieces, prepare
+from minigpt.tokenizers import load_tokenizer
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+def read_split(out, split, meta):
+    return np.fromfile(out / f"{split}.bin", dtype=meta["dtype"])
+
+
+def assert_nothing_written(out):
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A small mixed corpus: two text files, a markdown file, jsonl and parquet rows."""
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("First file.\nIt has two lines.\n")
+    (root / "b.md").write_text("# Title\n\nSome *markdown* text, naïve café 🙂.\n")
+    (root / "sub" / "c.txt").write_text("A third document, in a subfolder.\n")
+    rows = [{"text": f"json row {i}: the quick brown fox", "id": i} for i in range(4)]
+    (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.table({"text": ["parquet row one", "parquet row two"], "n": [1, 2]}), root / "e.parquet")
+    (root / "notes.csv").write_text("ignored,file\n")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "x.txt").write_text("ignored hidden file\n")
+    return root
+
+
+def test_shakespeare_char(tmp_path, minigpt_cache, shakespeare_text):
+    out = tmp_path / "sc"
+    meta = prepare("shakespeare", "char", out, num_proc=2, progress=False)
+    assert meta["vocab_size"] == 65 and meta["eot_token"] is None and meta["dtype"] == "uint16"
+    assert meta["train_tokens"] + meta["val_tokens"] == 1_115_394
+    assert meta["train_bytes"] + meta["val_bytes"] == len(shakespeare_text.encode())
+    assert meta["documents"] == 1
+    assert json.loads((out / "meta.json").read_text()) == meta
+    assert sorted(p.name for p in out.iterdir()) == ["char_vocab.json", "meta.json", "train.bin", "val.bin"]
+    tok = load_tokenizer(meta["tokenizer"], out)
+    train, val = tok.decode(read_split(out, "train", meta)), tok.decode(read_split(out, "val", meta))
+    cut = int(len(shakespeare_text) * 0.9)  # the last 10% of the text is val
+    assert (train, val) == (shakespeare_text[:cut], shakespeare_text[cut:])
+
+
+def test_shakespeare_gpt2_matches_tiktoken(tmp_path, minigpt_cache, shakespeare_text):
+    out = tmp_path / "sg"
+    meta = prepare("shakespeare", "gpt2", out, num_proc=2, progress=False)
+    enc = tiktoken.get_encoding("r50k_base")
+    cut = int(len(shakespeare_text) * 0.9)
+    assert read_split(out, "train", meta).tolist() == enc.encode_ordinary(shakespeare_text[:cut])
+    assert read_split(out, "val", meta).tolist() == enc.encode_ordinary(shakespeare_text[cut:])
+    assert meta["vocab_size"] == 50257 and meta["eot_token"] == 50256
+
+
+@pytest.mark.parametrize("encoding", ["r50k_base", "cl100k_base"])
+def test_cutting_into_pieces_changes_no_token(shakespeare_text, encoding):
+    enc = tiktoken.get_encoding(encoding)
+    pieces = _pieces(shakespeare_text)
+    assert len(pieces) > 5 and "".join(pieces) == shakespeare_text
+    assert [t for p in pieces for t in enc.encode_ordinary(p)] == enc.encode_ordinary(shakespeare_text)
+    assert SAFE_CUT.search("word\nNext").start() == 5
+    # Whitespace before the newline or a blank line would merge differently when cut.
+    assert SAFE_CUT.search("word \nNext") is None and SAFE_CUT.search("word\n\nNext") is None
+
+
+def test_folder_of_mixed_files(tmp_path, folder):
+    out = tmp_path / "mixed"
+    meta = prepare(str(folder), "gpt2", out, val_fraction=0.5, num_proc=2, progress=False)
+    docs = [
+        (folder / "a.txt").read_text(),
+        (folder / "b.md").read_text(),
+        *[f"json row {i}: the quick brown fox" for i in range(4)],
+        "parquet row one",
+        "parquet row two",
+        (folder / "sub" / "c.txt").read_text(),
+    ]
+    assert meta["documents"] == len(docs) == 9
+    enc = tiktoken.get_encoding("r50k_base")
+    expected = {"train": [], "val": []}
+    for i, doc in enumerate(docs):  # every second document goes to val for 0.5
+        expected["val" if i % 2 else "train"] += enc.encode_ordinary(doc) + [enc.eot_token]
+    for split in ("train", "val"):
+        assert read_split(out, split, meta).tolist() == expected[split]
+    assert meta["train_bytes"] + meta["val_bytes"] == sum(len(d.encode()) for d in docs)
+
+
+def test_glob_and_single_jsonl_with_char(tmp_path, folder):
+    meta = prepare(str(folder / "*.jsonl"), "char", tmp_path / "g", val_fraction=0.25, num_proc=1, progress=False)
+    assert meta["documents"] == 4 and meta["eot_token"] == meta["vocab_size"] - 1
+    tok = load_tokenizer("char", tmp_path / "g")
+    val = tok.decode(read_split(tmp_path / "g", "val", meta))
+    assert val == "json row 3: the quick brown fox<|endoftext|>"
+
+
+def test_pydocs_offline_and_deterministic(tmp_path):
+    first = prepare("pydocs", "gpt2", tmp_path / "p1", max_chars=200_000, num_proc=2, progress=False)
+    second = prepare("pydocs", "gpt2", tmp_path / "p2", max_chars=200_000, num_proc=1, progress=False)
+    assert first["train_bytes"] + first["val_bytes"] >= 200_000 and first["documents"] > 20
+    assert 0 < first["val_tokens"] < first["train_tokens"]
+    assert {k: v for k, v in first.items() if k != "created"} == {k: v for k, v in second.items() if k != "created"}
+    for name in ("train.bin", "val.bin"):
+        assert (tmp_path / "p1" / name).read_bytes() == (tmp_path / "p2" / name).read_bytes()
+
+
+def test_trained_bpe_is_saved_with_the_data(tmp_path, folder):
+    meta = prepare(str(folder), "bpe:300", tmp_path / "b", val_fraction=0.5, num_proc=1, progress=False)
+    assert meta["tokenizer_files"] == ["bpe.tiktoken"] and meta["vocab_size"] <= 300
+    tok = load_tokenizer("bpe:300", tmp_path / "b")
+    text = tok.decode(read_split(tmp_path / "b", "train", meta))
+    assert text.startswith("First file.\nIt has two lines.\n<|endoftext|>")
+
+
+def test_invalid_utf8_is_replaced_with_a_warning(tmp_path, capsys):
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"valid text " + b"\xff\xfe" + b" more valid text\n" * 20)
+    meta = prepare(str(src), "char", tmp_path / "o", progress=False, num_proc=1)
+    assert meta["invalid_utf8_bytes"] == 2
+    assert "warning: 2 bytes that are not UTF-8 were replaced" in capsys.readouterr().err
+    tok = load_tokenizer("char", tmp_path / "o")
+    assert tok.decode(read_split(tmp_path / "o", "train", meta)).startswith("valid text \ufffd\ufffd more")
+
+
+@pytest.mark.parametrize(
+    "source, tokenizer, options, message",
+    [
+        ("missing/file.txt", "char", {}, "source 'missing/file.txt' not found"),
+        ("TYPO", "char", {}, "source '.*two_docs' not found"),  # an existing folder/typo is no Hub name
+        ("EMPTY", "char", {}, "no text found"),
+        ("GOOD", "wordpiece", {}, "unknown tokenizer 'wordpiece'; accepted: char, gpt2"),
+        ("GOOD", "char", {"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+        ("GOOD", "char", {"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+        ("JSONL", "char", {}, r"column 'text' does not exist; columns: 'content' \(str\), 'id' \(int\)"),
+        ("JSONL", "char", {"text_column": "id"}, r"column 'id' holds no text"),
+        ("BAD_JSONL", "char", {}, "could not read bad.jsonl as json: JSON parse error"),
+        ("JSONL", "char", {"val_fraction": 0.1}, None),  # control: works with the right column
+        ("TWO_DOCS", "char", {"val_fraction": 0.1}, "the val split is empty"),
+        ("roneneldan/TinyStories", "gpt2", {}, "cannot reach the Hugging Face Hub.*HF_DATASETS_OFFLINE"),
+        ("GOOD", "char", {"num_proc": 0}, "num_proc must be"),
+    ],
+)
+def test_bad_input_writes_nothing(tmp_path, source, tokenizer, options, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "good.txt").write_text("some text\n" * 10)
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "1.txt").write_text("one")
+    (tmp_path / "two" / "2.txt").write_text("two")
+    (tmp_path / "rows.jsonl").write_text('{"content": "a row", "id": 1}\n' * 20)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{broken\n')
+    paths = {"EMPTY": "empty.txt", "GOOD": "good.txt", "JSONL": "rows.jsonl", "BAD_JSONL": "bad.jsonl"}
+    paths |= {"TWO_DOCS": "two", "TYPO": "two_docs"}
+    source = str(tmp_path / paths[source]) if source in paths else source
+    out = tmp_path / "new" / "out"
+    if message is None:
+        prepare(source, tokenizer, out, text_column="content", progress=False, num_proc=1, **options)
+        assert (out / "meta.json").is_file()
+        return
+    with pytest.raises(MinigptError, match=message) as info:
+        prepare(source, tokenizer, out, progress=False, **{"num_proc": 1, **options})
+    assert "\n" not in str(info.value)
+    assert_nothing_written(tmp_path / "new")
+
+
+def test_existing_data_is_never_overwritten(tmp_path):
+    src = tmp_path / "good.txt"
+    src.write_text("some text\n" * 10)
+    out = tmp_path / "out"
+    prepare(str(src), "char", out, progress=False, num_proc=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    src.write_text("different text\n" * 10)
+    with pytest.raises(MinigptError, match="already holds prepared data.*choose another --out or delete it"):
+        prepare(str(src), "char", out, progress=False, num_proc=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch, minigpt_cache, error):
+    out = tmp_path / "out"
+    out.mkdir()  # an existing (empty) folder must survive, without our files
+    real_encode, calls = prepare_module._encode_job, []
+
+    def failing(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise error("stopped midway")
+        return real_encode(job)
+
+    monkeypatch.setattr(prepare_module, "_encode_job", failing)
+    with pytest.raises(error):
+        prepare("shakespeare", "char", out, num_proc=1, progress=False)
+    assert out.is_dir() and list(out.iterdir()) == []
+    monkeypatch.setattr(prepare_module, "_encode_job", real_encode)
+    meta = prepare("shakespeare", "char", out, num_proc=1, progress=False)
+    assert meta["train_tokens"] + meta["val_tokens"] == 1_115_394
+
+
+def test_rerun_after_a_killed_run(tmp_path):
+    """A run killed hard leaves only its staging folder, which the next run replaces."""
+    src = tmp_path / "good.txt"
+    src.write_text("some text\n" * 10)
+    out = tmp_path / "out"
+    (out / prepare_module.STAGING).mkdir(parents=True)
+    (out / prepare_module.STAGING / "train.bin").write_bytes(b"partial")
+    prepare(str(src), "char", out, num_proc=1, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["char_vocab.json", "meta.json", "train.bin", "val.bin"]
+
+
+def test_shakespeare_without_cache_or_network_says_where_to_put_it(tmp_path):
+    cache = tmp_path / "empty_cache"
+    message = r"could not download tiny Shakespeare.*put the file at .*tinyshakespeare.txt"
+    with pytest.raises(MinigptError, match=message):
+        prepare("shakespeare", "char", tmp_path / "out", cache_dir=cache, progress=False)
+    assert not (tmp_path / "out").exists() and not (cache / "tinyshakespeare.txt").exists()
+
+
+def test_throughput_measurement_runs(tmp_path, shakespeare_text):
+    from minigpt.bench_data import measure_prepare_throughput
+
+    src = tmp_path / "small.txt"
+    src.write_text(shakespeare_text[:100_000])
+    result = measure_prepare_throughput(src, "gpt2", num_proc=1)
+    assert result["documents"] == 1 and result["megabytes"] == pytest.approx(0.1, rel=0.01)
+    assert all(result[k] > 0 for k in ("bare_mb_s", "bare_threads_mb_s", "prepare_mb_s", "ratio", "cpu_efficiency"))

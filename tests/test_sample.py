@@ -1,0 +1,223 @@
+"""minigpt.sample: seeds, greedy decoding, stop strings, streaming, prompts and option errors."""
+
+import dataclasses
+import io
+import os
+
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", "/work/shared/tiktoken_cache")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from minigpt import GPT, GPTConfig
+from minigpt.checkpoint import load_model, save_checkpoint
+from minigpt.cli import main
+from minigpt.data import load_meta
+from minigpt.errors import MinigptError
+from minigpt.prepare import prepare
+from minigpt.sample import _SampleText, generate_text
+from minigpt.tokenizers import load_tokenizer
+
+SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder with one checkpoint of a tiny, untrained char model."""
+    root = tmp_path_factory.mktemp("sample")
+    text_file = root / "text.txt"
+    text_file.write_text(open(SHAKESPEARE, encoding="utf-8").read(50_000), encoding="utf-8")
+    data_dir = root / "data"
+    prepare(str(text_file), "char", data_dir, num_proc=1, progress=False)
+    data_meta = load_meta(data_dir)
+    tokenizer = load_tokenizer("char", data_dir)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    widen_weights(model)
+    meta = {"config": {"model": dataclasses.asdict(model.config), "data": {"dir": str(data_dir)}},
+            "tokenizer": tokenizer.spec, "data": data_meta}
+    save_checkpoint(root / "run", 30, model, meta, {}, tokenizer, keep=2, val_loss=2.5)
+    return root / "run"
+
+
+def widen_weights(model, std=0.5):
+    """Redraw the weight matrices wide, so that even greedy text varies from token to token.
+
+    At GPT-2's initialisation the logits are nearly uniform and greedy decoding repeats one
+    character; wide random weights vary as a trained model does, without the cost of training.
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std)
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    model, tokenizer, _ = load_model(run_dir)
+    return model, tokenizer
+
+
+def sample(loaded, prompt="ROMEO:", **options):
+    model, tokenizer = loaded
+    return generate_text(model, tokenizer, prompt, **{"max_new_tokens": 40, "temperature": 1.0, **options})
+
+
+def test_same_seed_same_text_and_other_seeds_differ(loaded):
+    first = sample(loaded, num_samples=3, seed=7)
+    assert sample(loaded, num_samples=3, seed=7) == first
+    assert sample(loaded, num_samples=3, seed=8) != first
+    assert len(set(first)) == 3  # the rows of one batch are sampled independently
+    assert all(len(text) == 40 for text in first)  # one character per token
+
+
+def test_greedy_matches_gpt_generate(loaded):
+    model, tokenizer = loaded
+    ids = tokenizer.encode("ROMEO:")
+    expected = model.generate(torch.tensor([ids]), 60, temperature=0)[0, len(ids):].tolist()
+    assert sample(loaded, max_new_tokens=60, temperature=0, num_samples=2) == [tokenizer.decode(expected)] * 2
+
+
+def test_tiny_top_p_is_greedy(loaded):
+    greedy = sample(loaded, temperature=0)
+    assert sample(loaded, top_p=1e-6, seed=1) == greedy
+    assert sample(loaded, top_k=1, seed=1) == greedy
+
+
+def test_stop_strings_cut_at_the_first_occurrence_and_end_generation(loaded):
+    model, _ = loaded
+    full = sample(loaded, max_new_tokens=80, temperature=0)[0]
+    stops = [full[30:32], full[20:23]]
+    end = min(full.find(s) + len(s) for s in stops)  # where the first stop string is complete
+    cut = min(full.find(s) for s in stops if full.find(s) + len(s) == end)
+    steps = []
+    original = model.generate_stream
+
+    def counting(*args, **kwargs):
+        for token in original(*args, **kwargs):
+            steps.append(1)
+            yield token
+
+    model.generate_stream = counting
+    try:
+        texts = sample(loaded, max_new_tokens=80, temperature=0, stop=stops, num_samples=2)
+    finally:
+        del model.generate_stream
+    assert 0 < cut < 30 and texts == [full[:cut]] * 2
+    assert len(steps) == end  # the batch ended as soon as both rows had stopped
+
+
+def test_a_seeded_sample_stops_like_its_unstopped_twin(loaded):
+    full = sample(loaded, max_new_tokens=80, seed=3, num_samples=4)
+    stopped = sample(loaded, max_new_tokens=80, seed=3, num_samples=4, stop=["e", "\n"])
+    cuts = [min(i for i in (t.find("e"), t.find("\n"), len(t)) if i >= 0) for t in full]
+    assert stopped == [t[:cut] for t, cut in zip(full, cuts)]
+
+
+def test_incremental_decoding_never_splits_a_multibyte_character():
+    tokenizer = load_tokenizer("gpt2")
+    text = "naïve café — 日本語のテキスト 🙂!"
+    ids = tokenizer.encode(text)
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some tokens are partial characters
+    tracker = _SampleText(tokenizer, stops=["テキ"])
+    shown = []
+    for i in ids:
+        tracker.add(i)
+        shown.append(tracker.printable())
+    tracker.finish()
+    assert tracker.text == text[:text.find("テキ")]
+    assert not any("\ufffd" in s for s in shown)
+
+
+def test_long_prompt_keeps_its_last_block_size_tokens(loaded, capsys):
+    model, tokenizer = loaded
+    prompt = "ROMEO: " * 10  # 70 characters, block_size is 32
+    assert sample(loaded, prompt, temperature=0) == sample(loaded, tokenizer.encode(prompt)[-32:], temperature=0)
+    assert "keeping its last 32" in capsys.readouterr().err
+
+
+def test_empty_prompt_starts_at_a_newline_for_a_char_model_without_eot(loaded):
+    model, tokenizer = loaded
+    assert tokenizer.eot_token is None
+    assert sample(loaded, "", seed=1) == sample(loaded, "\n", seed=1)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (dict(temperature=-0.5), "--temperature"),
+    (dict(temperature=float("nan")), "--temperature"),
+    (dict(top_p=0.0), "--top-p"),
+    (dict(top_p=1.5), "--top-p"),
+    (dict(top_k=0), "--top-k"),
+    (dict(max_new_tokens=-1), "--max-new-tokens"),
+    (dict(num_samples=0), "--num-samples"),
+])
+def test_out_of_range_options_are_refused(loaded, options, fragment):
+    with pytest.raises(MinigptError, match=fragment):
+        sample(loaded, **options)
+
+
+def cli(capsys, *argv):
+    """Run `minigpt sample`; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(["sample", *map(str, argv)])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+    (["--temperature", "-1"], "--temperature"),
+    (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file /nonexistent/prompt.txt does not exist"),
+    (["--prompt", "Hello 日本"], "'日', '本'"),
+])
+def test_cli_errors_are_one_line_with_exit_code_2(run_dir, capsys, argv, fragment):
+    code, out, err = cli(capsys, run_dir, "--device", "cpu", *argv)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err
+
+
+def test_cli_prints_prompt_and_samples_with_separators(run_dir, loaded, capsys):
+    code, out, _ = cli(capsys, run_dir, "--prompt", "ROMEO:", "--num-samples", "2", "--seed", "5",
+                       "--max-new-tokens", "30", "--temperature", "1.0", "--device", "cpu", "--dtype", "float32")
+    texts = sample(loaded, num_samples=2, seed=5, max_new_tokens=30)
+    assert code == 0
+    assert out == "".join(f"---------- sample {i + 1} ----------\nROMEO:{t}\n" for i, t in enumerate(texts))
+
+
+def test_cli_stream_prints_the_same_text(run_dir, capsys):
+    argv = [run_dir, "--prompt", "ROMEO:", "--seed", "5", "--max-new-tokens", "50", "--stop", "\n\n", "e",
+            "--device", "cpu", "--dtype", "float32"]
+    _, plain, _ = cli(capsys, *argv)
+    _, streamed, _ = cli(capsys, *argv, "--stream")
+    assert streamed == plain
+
+
+def test_prompt_file(run_dir, tmp_path, capsys):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("JULIET:\n", encoding="utf-8")
+    code, out, _ = cli(capsys, run_dir, "--prompt-file", prompt, "--max-new-tokens", "5", "--temperature", "0",
+                       "--device", "cpu")
+    assert code == 0 and out.startswith("JULIET:\n") and len(out) == len("JULIET:\n") + 5 + 1
+
+
+def test_stream_writes_the_first_sample_piece_by_piece(loaded):
+    class Recorder(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.pieces = []
+
+        def write(self, text):
+            self.pieces.append(text)
+            return super().write(text)
+
+    out = Recorder()
+    texts = sample(loaded, num_samples=2, seed=2, stop=["\n"], max_new_tokens=30, stream_to=out)
+    assert out.getvalue() == texts[0]
+    assert len(out.pieces) == len(texts[0])  # one character per token, written as it came

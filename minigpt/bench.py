@@ -79,3 +79,63 @@ def machine() -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+NANOGPT_CPU = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=64", "train.batch_size=12"]
+BASELINE = ["dtype=float32", "compile=false"]  # a straightforward float32 eager loop
+
+
+def run_bench(args) -> dict:
+    """Training, generation and prepare speed, and peak memory; prints a table and JSON."""
+    device = resolve_device("auto")
+    windows = dict(warmup_steps=2, windows=3, steps_per_window=3) if args.quick else {}
+    results = {"machine": machine(), "training": [], "generation": None, "prepare": None}
+    for name, overrides in ((args.config, []), ("nanoGPT CPU recipe", NANOGPT_CPU)):
+        config = args.config
+        base = bench_training(config, [*overrides, *BASELINE], **windows)
+        fast = bench_training(config, overrides, **windows)
+        results["training"].append({"name": name, "baseline": base, "auto": fast,
+                                    "speedup": round(fast["tokens_per_s"] / base["tokens_per_s"], 2)})
+        _progress(f"training {name}: {base['tokens_per_s']:,.0f} -> {fast['tokens_per_s']:,.0f} tokens/s")
+
+    from .bench_generate import bench_generation
+    results["generation"] = bench_generation(device=str(device), new_tokens=300 if args.quick else 1000,
+                                             recompute_tokens=200 if args.quick else None)
+    _progress(f"generation: {results['generation']['cache_speedup']:.1f}x with the KV cache")
+
+    text = Path(args.text) if args.text else None
+    if text is not None and text.is_file():
+        from .bench_data import measure_prepare_throughput
+        results["prepare"] = measure_prepare_throughput(text, "gpt2")
+    results["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+    print(format_table(results))
+    print(json.dumps(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"machine: {results['machine']}", "",
+             "| training | float32 eager tokens/s | auto tokens/s (dtype, compile) | speedup |", "|---|---|---|---|"]
+    for row in results["training"]:
+        fast = row["auto"]
+        mfu = f", MFU {fast['mfu']:.1%}" if "mfu" in fast else ""
+        lines.append(f"| {row['name']} | {row['baseline']['tokens_per_s']:,.0f} | {fast['tokens_per_s']:,.0f} "
+                     f"({fast['dtype']}, compile {str(fast['compile']).lower()}{mfu}) | {row['speedup']:.2f}x |")
+    g = results["generation"]
+    lines += ["", f"generation ({g['params'] / 1e6:.1f}M params, {g['new_tokens']} new tokens): "
+              f"{g['cache_tokens_per_s']:,.1f} tokens/s with the KV cache, {g['recompute_tokens_per_s']:,.1f} without "
+              f"({g['cache_speedup']:.1f}x); ms/token with the cache, first vs last 100: "
+              f"{g['cache_first_ms_per_token']:.1f} vs {g['cache_last_ms_per_token']:.1f}; "
+              f"8 samples cost {g.get('batch_time_ratio', float('nan')):.2f}x one"]
+    p = results["prepare"]
+    if p:
+        lines.append(f"prepare (gpt2, {p['megabytes']:.1f} MB, {p['num_proc']} processes): {p['prepare_mb_s']:.1f} MB/s; "
+                     f"bare tiktoken {p['bare_mb_s']:.1f} MB/s in one process; ratio to bare x cores {p['ratio']:.2f}")
+    lines.append(f"peak memory: {results['peak_memory_mb']:,.0f} MB")
+    return "\n".join(lines)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="measure training, generation and prepare speed on this machine")
     p.add_argument("--config", default="configs/shakespeare_char.yaml", help="the model to measure training with")
     p.add_argument("--quick", action="store_true", help="fewer and shorter timing windows")
+    p.add_argument("--text", default=None, help="a text file to time `prepare` on (e.g. tiny Shakespeare)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(run=_bench)
     return parser

@@ -64,14 +64,19 @@ def _layer_maps(weights, layer):
 
 
 def _heatmap(ax, weights, labels, vmax, fontsize):
-    """Draw one (T, T) map: queries down the y axis, keys along the x axis."""
-    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
+    """Draw one (T, T) map: queries down the y axis, keys along the x axis.
+
+    The colours follow the square root of the weight: the first query of a causal map always puts
+    weight 1 on itself, and on a linear scale the small weights of longer prompts all look alike.
+    """
+    from matplotlib.colors import PowerNorm
+
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+    image = ax.imshow(weights.numpy(), cmap="viridis", norm=norm, interpolation="nearest")
     T = len(labels)
     ticks = list(range(0, T, math.ceil(T / MAX_TICK_LABELS)))
     ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=fontsize)
     ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=fontsize)
-    ax.set_xlabel("key (attended to)", fontsize=fontsize + 1)
-    ax.set_ylabel("query (attending)", fontsize=fontsize + 1)
     return image
 
 
@@ -92,22 +97,42 @@ def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=No
     heads = list(range(n_head)) if head is None else [head]
     vmax = max(maps[heads].max().item(), 1e-6)  # one colour scale for every panel, so they compare
 
-    # Size each panel by the number of tokens, within limits, and shrink labels as tokens get denser.
-    panel = min(max(3.0, 0.22 * T), 12.0 if head is not None else 7.0)
-    fontsize = max(5, min(10, int(panel * 72 / min(T, MAX_TICK_LABELS) * 0.6)))
+    # Size each panel by the number of tokens, within limits; tick labels get smaller as tokens get
+    # denser (a label may be about 3/4 of the space one token has), the titles stay readable.
+    panel = min(max(3.5, 0.22 * T), 12.0 if head is not None else 7.0)
+    fontsize = max(5, min(10, int(0.75 * panel * 72 / min(T, MAX_TICK_LABELS))))
     cols = math.ceil(math.sqrt(len(heads)))
     rows = math.ceil(len(heads) / cols)
     fig = _figure(figsize=(cols * panel + 1.5, rows * panel + 1.0), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, h in zip(axes, heads):
+    for i, (ax, h) in enumerate(zip(axes, heads)):
         image = _heatmap(ax, maps[h], labels, vmax, fontsize)
-        ax.set_title(f"layer {layer} head {h}", fontsize=fontsize + 3)
+        ax.set_title(f"layer {layer} head {h}", fontsize=13)
+        if i % cols == 0:  # axis names on the outer panels only
+            ax.set_ylabel("query (attending)", fontsize=11)
+        if i >= len(heads) - cols:
+            ax.set_xlabel("key (attended to)", fontsize=11)
     for ax in axes[len(heads):]:
         ax.set_visible(False)  # the grid's leftover cells
-    fig.colorbar(image, ax=axes[: len(heads)].tolist(), shrink=0.8, label="attention weight")
+    colorbar = fig.colorbar(image, ax=axes[: len(heads)].tolist(), shrink=0.8)
+    colorbar.set_label("attention weight (square-root scale)", fontsize=11)
     if title is not None:
-        fig.suptitle(title, fontsize=fontsize + 5)
+        fig.suptitle(title, fontsize=15)
     return _save(fig, out_path)
+
+
+def run_attention(args) -> None:
+    """`minigpt attention PATH --prompt TEXT --out FILE [--layer L] [--head H] [--latest]`."""
+    from .checkpoint import load_model
+    from .sample import encode_prompt
+
+    model, tokenizer, _ = load_model(args.path, latest=args.latest, device="cpu")  # small maps: CPU is enough
+    ids = encode_prompt(tokenizer, args.prompt, model.config.block_size)
+    weights = model.attention_maps(torch.tensor([ids]))  # n_layer x (1, n_head, T, T)
+    tokens = [tokenizer.decode([i]) for i in ids]
+    path = plot_attention(weights, tokens, args.out, layer=args.layer, head=args.head,
+                          title=f"{Path(args.path).name}: {args.prompt!r}")
+    print(f"wrote {path}")
 
 
 # ---- losses ------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train)
 
     p = commands.add_parser("sample", help="generate text from a trained model or GPT-2")
-    p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or name")
+    _add_model_arguments(p, dtype="auto")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default=None, help="text to continue (default: start of a document)")
     prompt.add_argument("--prompt-file", default=None, help="read the prompt from this file")
@@ -55,20 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", nargs="+", default=None, metavar="STR", help="end a sample at any of these strings")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
     p.set_defaults(run=_sample)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
-    p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or name")
+    _add_model_arguments(p, dtype="float32")  # float32: numbers comparable across machines
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", default=None, help="a prepared data folder (default: the run's own)")
     source.add_argument("--text-file", default=None, help="any text file, encoded with the model's tokenizer")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_eval)
 
@@ -94,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(run=_bench)
     return parser
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
+    """PATH, --latest, --device and --dtype: how sample and eval find and run a model."""
+    p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or name")
+    p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default=dtype, help=f"auto | float32 | bfloat16 | float16 (default {dtype})")
 
 
 def _prepare(args):

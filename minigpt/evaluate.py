@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .checkpoint import load_model
 from .data import IGNORE_INDEX, eval_windows, load_meta, windows_to_batch
 from .device import autocast, resolve_device, resolve_dtype
-from .errors import MinigptError
+from .errors import MinigptError, read_user_text
 from .tokenizers import load_tokenizer
 
 
@@ -79,14 +79,7 @@ def _check_data(data_dir, tokenizer) -> dict:
 
 def _encode_file(path, tokenizer) -> tuple[np.ndarray, int]:
     """A text file's token ids and UTF-8 byte count."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MinigptError(f"text file {path} does not exist") from None
-    except UnicodeDecodeError:
-        raise MinigptError(f"text file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise MinigptError(f"cannot read text file {path} ({e.strerror or e})") from None
+    text = read_user_text(path, "text file")
     if not text:
         raise MinigptError(f"text file {path} is empty")
     tokens = np.array(tokenizer.encode(text), dtype=np.int64)  # a char tokenizer names unknown characters

@@ -6,9 +6,8 @@ the modern small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm
 attention, untied embeddings, zero-initialised projections and logit soft-capping.
 """
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 

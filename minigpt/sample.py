@@ -14,14 +14,13 @@ complete, so the text built piece by piece equals decoding all the ids at once.
 
 import math
 import sys
-from pathlib import Path
 from typing import TextIO
 
 import torch
 
 from .checkpoint import load_model
 from .device import autocast, resolve_device, resolve_dtype
-from .errors import MinigptError
+from .errors import MinigptError, read_user_text
 
 REPLACEMENT_CHAR = "\ufffd"  # what an incomplete UTF-8 character decodes to
 
@@ -46,14 +45,7 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     """The prompt text: --prompt, the contents of --prompt-file (UTF-8, used as is), or ""."""
     if prompt_file is None:
         return prompt or ""
-    try:
-        return Path(prompt_file).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MinigptError(f"prompt file {prompt_file} does not exist") from None
-    except UnicodeDecodeError:
-        raise MinigptError(f"prompt file {prompt_file} is not UTF-8 text") from None
-    except OSError as e:
-        raise MinigptError(f"cannot read prompt file {prompt_file} ({e.strerror or e})") from None
+    return read_user_text(prompt_file, "prompt file")
 
 
 def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +65,10 @@ def save_checkpoint(out_dir: Path, step: int, model, meta: dict, state: dict, to
         tokenizer.save(tmp)
         _write_json(tmp / "meta.json", {**meta, "step": step, "val_loss": val_loss})
         _fsync_tree(tmp)
-        if final.exists():  # the same step saved again (e.g. a resumed run's final save)
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again: set the old one aside whole, never half-deleted
+            os.replace(final, root / f".tmp-old-{final.name}")
         os.replace(tmp, final)
+        shutil.rmtree(root / f".tmp-old-{final.name}", ignore_errors=True)
         _fsync_dir(root)
         best = read_best(root)
         if val_loss is not None and (best is None or val_loss < best["val_loss"]):
@@ -136,7 +138,9 @@ def load_checkpoint(path: str | Path, latest: bool = False) -> Checkpoint:
 def safe_torch_load(path: Path):
     """torch.load that only accepts tensors and plain containers: a malicious pickle is refused, not run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. about the pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MinigptError(f"{path} is missing") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:

@@ -96,6 +96,8 @@ def _read_yaml(path: Path) -> dict:
                            + "; pass a YAML file such as configs/quickstart.yaml")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MinigptError(f"cannot read config {path} ({e.strerror or e}); pass a readable YAML file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

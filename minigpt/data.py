@@ -13,6 +13,7 @@ every rank of a distributed run sees different ones.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,10 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
     missing = [name for name in ("meta.json", "train.bin", "val.bin") if not (data_dir / name).is_file()]
     if missing:
         raise MinigptError(f"data folder {data_dir} has no {', '.join(missing)}; {hint}")
-    return json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    try:
+        return json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MinigptError(f"{data_dir / 'meta.json'} is unreadable or not valid JSON ({e}); {hint} again") from None
 
 
 def open_tokens(path: str | os.PathLike, dtype: str | np.dtype, min_tokens: int = 2) -> np.memmap:
@@ -84,6 +88,8 @@ class BatchLoader:
         if not 0 <= rank < world_size:
             raise MinigptError(f"rank must be in [0, world_size={world_size}); got {rank}")
         self.tokens = open_tokens(path, dtype, block_size + 1)
+        if hasattr(mmap, "MADV_RANDOM"):  # random windows: no read-ahead of pages no batch will use
+            self.tokens._mmap.madvise(mmap.MADV_RANDOM)
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = device

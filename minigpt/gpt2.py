@@ -8,8 +8,6 @@ carry a causal-mask buffer we do not need; and the tied lm_head is left out of t
 import json
 from pathlib import Path
 
-import torch
-
 from .errors import MinigptError
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -64,11 +62,15 @@ def load_gpt2(cls, path_or_name: str):
 
 def _read_weights(folder: Path) -> dict:
     if (folder / "model.safetensors").is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(folder / "model.safetensors")
+        try:
+            return load_file(folder / "model.safetensors")
+        except SafetensorError as e:
+            raise MinigptError(f"{folder / 'model.safetensors'} is corrupted ({e}); download it again") from None
     if (folder / "pytorch_model.bin").is_file():
-        # weights_only: a pickle from the internet may not run code
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        from .checkpoint import safe_torch_load  # weights_only: a pickle from the internet may not run code
+        return safe_torch_load(folder / "pytorch_model.bin")
     raise MinigptError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
 
 

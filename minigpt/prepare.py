@@ -411,7 +411,13 @@ def _files_corpus(source: str, files: list[Path], text_column: str) -> Corpus:
 
 def _read_text_file(path: Path, invalid: dict[str, int]) -> str:
     """The file as text; bytes that are not UTF-8 become U+FFFD (counted, not fatal)."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MinigptError(f"cannot read {path} ({e.strerror or e}); give a readable {ACCEPTED_FILES} file") from None
+    if b"\x00" in data:
+        raise MinigptError(f"{path} is not a text file (it holds NUL bytes: binary data or UTF-16); "
+                           f"give UTF-8 text, or convert it first") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -435,8 +441,11 @@ def _warn_invalid_bytes(invalid: dict[str, int]) -> None:
 def _table_texts(kind: str, files: list[Path], text_column: str) -> Iterator[str]:
     """The text column of json/jsonl/parquet files, streamed by `datasets`."""
     from datasets import load_dataset
+    from datasets.utils import logging as datasets_logging
 
     where = files[0].name if len(files) == 1 else f"{len(files)} {kind} files"
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its error log line would repeat ours
     try:
         rows = load_dataset(kind, data_files=[str(p) for p in files], split="train", streaming=True)
         yield from _texts(rows, text_column, where)
@@ -445,6 +454,8 @@ def _table_texts(kind: str, files: list[Path], text_column: str) -> Iterator[str
     except Exception as e:  # malformed files: report which, in one line
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MinigptError(f"could not read {where} as {kind}: {message}") from None
+    finally:
+        datasets_logging.set_verbosity(verbosity)
 
 
 def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:

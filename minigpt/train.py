@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import list_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, load_weights, read_best, save_checkpoint
 from .config import RunConfig, save_config
 from .data import BatchLoader, fixed_batches, load_meta
 from .device import autocast, resolve_device, resolve_dtype
@@ -143,8 +143,17 @@ class Trainer:
                                f"{self.config.data.dir} holds {self.data_meta['tokenizer']!r} data")
         load_weights(self.model, checkpoint.weights, checkpoint.path)
         state = checkpoint.state()
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+        try:
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                configured = [{k: group[k] for k in ("peak_lr", "weight_decay", "betas") if k in group}
+                              for group in optimizer.param_groups]
+                optimizer.load_state_dict(saved)
+                for group, values in zip(optimizer.param_groups, configured):
+                    group.update(values)  # the config's learning rate and decay apply to the resumed run
+        except ValueError:
+            raise MinigptError(f"the optimizer state in {checkpoint.path} does not fit train.optimizer="
+                               f"{self.train_cfg.optimizer}; resume with the optimizer the run was trained with, "
+                               f"{meta['config']['train']['optimizer']}") from None
         self.loader.load_state_dict(meta["loader"][self.rank] if self.rank < len(meta["loader"]) else meta["loader"][0])
         self.step, self.elapsed = meta["step"], meta["elapsed"]
         self.best_val = meta["best_val_loss"] if meta["best_val_loss"] is not None else math.inf
@@ -152,7 +161,7 @@ class Trainer:
         if self.main:  # forget what was logged after the checkpoint: the resumed run logs it again
             metrics = self.out_dir / "metrics.jsonl"
             kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step] if metrics.exists() else []
+                    if _logged_step(line) <= self.step] if metrics.exists() else []
             tmp = metrics.with_name("metrics.jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, metrics)
@@ -261,7 +270,10 @@ class Trainer:
             _print(f"{where}: step skipped (train.on_nan=skip)")
             return
         last = list_checkpoints(self.out_dir / "checkpoints")
-        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
+        kept = f"the newest checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
+        best = read_best(self.out_dir / "checkpoints")
+        if best and last and last[-1].name != f"step_{best['step']:07d}":  # the newest may hold diverged weights
+            kept += f", the best is step {best['step']} (val loss {best['val_loss']:.4g})"
         raise MinigptError(f"{where}; stopped, {kept}. Lower train.lr, or set train.on_nan=skip", exit_code=1)
 
     def _clock(self) -> float:
@@ -325,8 +337,12 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.main:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: one line, and the last checkpoint is still there to resume from
+            raise MinigptError(f"could not write {self.out_dir / 'metrics.jsonl'} ({e.strerror or e}); "
+                               "free disk space and resume with --resume", exit_code=1) from e
         for writer in self.writers:
             writer.log(record)
 
@@ -362,6 +378,14 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a blank line or one a kill cut short (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _peak_flops(device: torch.device) -> float | None:

@@ -46,3 +46,14 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory, shakespeare_text):
+    """The first 200k characters of tiny Shakespeare, prepared at character level."""
+    from minigpt.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "corpus.txt").write_text(shakespeare_text[:200_000])
+    prepare(str(root / "corpus.txt"), "char", root / "char", num_proc=1, progress=False)
+    return root / "char"

@@ -15,17 +15,7 @@ from minigpt.checkpoint import list_checkpoints, load_checkpoint
 from minigpt.config import load_config
 from minigpt.errors import MinigptError
 from minigpt.optim import lr_multiplier
-from minigpt.prepare import prepare
 from minigpt.train import train
-
-
-@pytest.fixture(scope="session")
-def char_data(tmp_path_factory, shakespeare_text):
-    """The first 200k characters of tiny Shakespeare, prepared at character level."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "corpus.txt").write_text(shakespeare_text[:200_000])
-    prepare(str(root / "corpus.txt"), "char", root / "char", num_proc=1, progress=False)
-    return root / "char"
 
 
 def config_for(data_dir, out_dir, *overrides):

@@ -20,7 +20,7 @@ def build_optimizers(model, train: TrainConfig, device: torch.device) -> list[to
     if train.optimizer == "muon":
         hidden = [p for n, p in named if p.dim() == 2 and n.startswith("transformer.h.")]
         rest = [p for n, p in named if not (p.dim() == 2 and n.startswith("transformer.h."))]
-        muon = torch.optim.Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay, adjust_lr_fn="match_rms_adamw")
+        muon = torch.optim.Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay)
         adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": train.weight_decay},
                                    {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=train.lr, betas=betas, fused=fused)

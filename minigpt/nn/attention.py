@@ -156,6 +156,12 @@ class MultiHeadAttention(nn.Module):
 
     @staticmethod
     def _fused_attention(q, k, v, mask, is_causal, dropout_p):
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # PyTorch's CPU attention kernels are slower in bf16 than in float32 (the backward above
+            # all), while the matmuls around them gain from bf16: run attention itself in float32.
+            with torch.autocast("cpu", enabled=False):
+                y = MultiHeadAttention._fused_attention(q.float(), k.float(), v.float(), mask, is_causal, dropout_p)
+            return y.to(q.dtype)
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
         # a query with no visible key would come out NaN: let it see everything, then zero it

@@ -24,3 +24,19 @@ def read_metrics(out_dir: Path, drop=("time", "tokens_per_s", "mfu")) -> list[di
     """metrics.jsonl without the fields that depend on wall-clock time."""
     lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines if line.strip()]
+
+
+def save_untrained_run(run_dir: Path, model, tokenizer, data_dir: Path | None = None, *, step: int = 1,
+                       val_loss: float | None = None) -> Path:
+    """A run folder with one checkpoint of `model` as it is (no training), as `minigpt train` would save it."""
+    import dataclasses
+
+    from minigpt.checkpoint import save_checkpoint
+    from minigpt.data import load_meta
+
+    meta = {"config": {"model": dataclasses.asdict(model.config)}, "tokenizer": tokenizer.spec}
+    if data_dir is not None:
+        meta["config"]["data"] = {"dir": str(data_dir)}
+        meta["data"] = load_meta(data_dir)
+    save_checkpoint(run_dir, step, model, meta, {}, tokenizer, keep=2, val_loss=val_loss)
+    return run_dir

@@ -1,20 +1,16 @@
 """minigpt.evaluate: exact, repeatable loss / perplexity / bits per byte over a whole split or file."""
 
-import dataclasses
 import json
 import math
-import os
-
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", "/work/shared/tiktoken_cache")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import save_untrained_run
 from minigpt import GPT, GPTConfig
-from minigpt.checkpoint import load_model, save_checkpoint
+from minigpt.checkpoint import load_model
 from minigpt.cli import main
 from minigpt.data import load_meta
 from minigpt.errors import MinigptError
@@ -22,24 +18,16 @@ from minigpt.evaluate import evaluate
 from minigpt.prepare import prepare
 from minigpt.tokenizers import load_tokenizer
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
-
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """A char data folder over 50k characters of Shakespeare and a run with an untrained tiny model."""
+def root(tmp_path_factory, char_data):
+    """A folder with the char data (data/) and a run with an untrained tiny model (run/)."""
     root = tmp_path_factory.mktemp("evaluate")
-    text_file = root / "text.txt"
-    text_file.write_text(open(SHAKESPEARE, encoding="utf-8").read(50_000), encoding="utf-8")
-    data_dir = root / "data"
-    prepare(str(text_file), "char", data_dir, num_proc=1, progress=False)
-    data_meta = load_meta(data_dir)
-    tokenizer = load_tokenizer("char", data_dir)
+    shutil.copytree(char_data, root / "data")
+    tokenizer = load_tokenizer("char", root / "data")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
-    meta = {"config": {"model": dataclasses.asdict(model.config), "data": {"dir": str(data_dir)}},
-            "tokenizer": tokenizer.spec, "data": data_meta}
-    save_checkpoint(root / "run", 1, model, meta, {}, tokenizer, keep=2, val_loss=None)
+    save_untrained_run(root / "run", model, tokenizer, root / "data")
     return root
 
 

@@ -1,45 +1,28 @@
 """minigpt.sample: seeds, greedy decoding, stop strings, streaming, prompts and option errors."""
 
-import dataclasses
 import io
-import os
-
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", "/work/shared/tiktoken_cache")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
 
+from helpers import save_untrained_run
 from minigpt import GPT, GPTConfig
-from minigpt.checkpoint import load_model, save_checkpoint
+from minigpt.checkpoint import load_model
 from minigpt.cli import main
-from minigpt.data import load_meta
 from minigpt.errors import MinigptError
-from minigpt.prepare import prepare
 from minigpt.sample import _SampleText, generate_text
 from minigpt.tokenizers import load_tokenizer
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, char_data):
     """A run folder with one checkpoint of a tiny, untrained char model."""
-    root = tmp_path_factory.mktemp("sample")
-    text_file = root / "text.txt"
-    text_file.write_text(open(SHAKESPEARE, encoding="utf-8").read(50_000), encoding="utf-8")
-    data_dir = root / "data"
-    prepare(str(text_file), "char", data_dir, num_proc=1, progress=False)
-    data_meta = load_meta(data_dir)
-    tokenizer = load_tokenizer("char", data_dir)
+    tokenizer = load_tokenizer("char", char_data)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
     widen_weights(model)
-    meta = {"config": {"model": dataclasses.asdict(model.config), "data": {"dir": str(data_dir)}},
-            "tokenizer": tokenizer.spec, "data": data_meta}
-    save_checkpoint(root / "run", 30, model, meta, {}, tokenizer, keep=2, val_loss=2.5)
-    return root / "run"
+    return save_untrained_run(tmp_path_factory.mktemp("sample") / "run", model, tokenizer, char_data,
+                              step=30, val_loss=2.5)
 
 
 def widen_weights(model, std=0.5):

@@ -1,6 +1,5 @@
 """minigpt.viz: attention heatmaps and loss curves come out as real PNG files; mistakes are MinigptErrors."""
 
-import dataclasses
 import json
 import struct
 import sys
@@ -10,8 +9,8 @@ import torch
 
 pytest.importorskip("matplotlib")
 
+from helpers import save_untrained_run
 from minigpt import GPT, GPTConfig
-from minigpt.checkpoint import save_checkpoint
 from minigpt.cli import main
 from minigpt.errors import MinigptError
 from minigpt.tokenizers import build_tokenizer
@@ -104,8 +103,7 @@ def test_tokens_are_shown_visibly():
 def test_attention_command_draws_a_saved_model(tmp_path, capsys):
     tokenizer = build_tokenizer("char", ["To be, or not to be:\nthat is the question."])
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16))
-    meta = {"config": {"model": dataclasses.asdict(model.config)}, "tokenizer": tokenizer.spec}
-    save_checkpoint(tmp_path / "run", 1, model, meta, {}, tokenizer, keep=1, val_loss=None)
+    save_untrained_run(tmp_path / "run", model, tokenizer)
 
     main(["attention", str(tmp_path / "run"), "--prompt", "To be,\nor", "--out", str(tmp_path / "a.png")])
     assert "a.png" in capsys.readouterr().out

@@ -40,3 +40,16 @@ def save_untrained_run(run_dir: Path, model, tokenizer, data_dir: Path | None = 
         meta["data"] = load_meta(data_dir)
     save_checkpoint(run_dir, step, model, meta, {}, tokenizer, keep=2, val_loss=val_loss)
     return run_dir
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    """`minigpt ARGV` in this process; returns (exit code, stdout, stderr)."""
+    from minigpt.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

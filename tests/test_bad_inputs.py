@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, run_cli
+from helpers import TINY, run_cli, run_main
 from minigpt.checkpoint import list_checkpoints, safe_torch_load
-from minigpt.cli import main
 from minigpt.config import load_config
 from minigpt.errors import MinigptError
 from minigpt.prepare import prepare
@@ -264,13 +263,7 @@ def check_error(code, stderr: str, expected_code: int, fragment: str) -> None:
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(capsys, *argv)
 
 
 def _marks(name: str) -> list:

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import save_untrained_run
+from helpers import run_main, save_untrained_run
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
-from minigpt.cli import main
 from minigpt.data import load_meta
 from minigpt.errors import MinigptError
 from minigpt.evaluate import evaluate
@@ -84,13 +83,7 @@ def test_a_data_folder_with_another_tokenizer_is_refused(root, loaded, tmp_path)
 
 def cli(capsys, *argv):
     """Run `minigpt eval`; return (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(["eval", *map(str, argv)])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(capsys, "eval", *argv)
 
 
 def test_cli_json_defaults_to_the_runs_own_data(root, loaded, capsys):

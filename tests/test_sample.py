@@ -5,10 +5,9 @@ import io
 import pytest
 import torch
 
-from helpers import save_untrained_run
+from helpers import run_main, save_untrained_run
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
-from minigpt.cli import main
 from minigpt.errors import MinigptError
 from minigpt.sample import _SampleText, generate_text
 from minigpt.tokenizers import load_tokenizer
@@ -144,13 +143,7 @@ def test_out_of_range_options_are_refused(loaded, options, fragment):
 
 def cli(capsys, *argv):
     """Run `minigpt sample`; return (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(["sample", *map(str, argv)])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(capsys, "sample", *argv)
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -145,3 +145,29 @@ def test_from_pretrained_errors_are_clear(tmp_path):
         GPT.from_pretrained(str(tmp_path))
     with pytest.raises(MinigptError, match="only the GPT-2 architecture"):
         tiny(pos_encoding="rope").save_pretrained(tmp_path / "x")
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    model = tiny(qk_norm=True)
+    idx = torch.randint(0, 50, (2, 12))
+    before = model(idx)[0]
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[: 2 * 32] *= 7.0  # queries and keys only (n_kv_head = n_head here)
+            block.attn.c_attn.bias[: 2 * 32] *= 7.0
+    torch.testing.assert_close(model(idx)[0], before, atol=1e-4, rtol=1e-4)
+
+
+def test_logit_softcap_bounds_the_logits_and_untied_heads_are_separate():
+    capped = tiny(logit_softcap=2.0, tie_weights=False)
+    with torch.no_grad():
+        capped.lm_head.weight.normal_(0, 10.0)  # logits far beyond the cap
+    idx = torch.randint(0, 50, (2, 12))
+    logits = capped(idx)[0]
+    capped.config.logit_softcap = None
+    raw = capped(idx)[0]
+    assert raw.abs().max() > 10 and logits.abs().max() <= 2.0
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(raw / 2.0))
+    assert capped.lm_head.weight.data_ptr() != capped.transformer.wte.weight.data_ptr()
+    tied = tiny()
+    assert tied.lm_head.weight is tied.transformer.wte.weight

@@ -140,3 +140,28 @@ def test_torch_compile_gives_the_same_logits_on_cpu():
     idx = torch.randint(0, 40, (2, 16))
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(idx)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    from minigpt import GPT, GPTConfig
+    from minigpt.optim import build_optimizers
+
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False))
+    muon, adamw = build_optimizers(model, load_config(None, ["train.optimizer=muon"]).train, torch.device("cpu"))
+    in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    for name, p in model.named_parameters():
+        hidden_matrix = p.dim() == 2 and name.startswith("transformer.h.")
+        assert (id(p) in in_muon) == hidden_matrix, name
+    decayed = {id(p) for p in adamw.param_groups[0]["params"]}
+    assert id(model.lm_head.weight) in decayed and id(model.transformer.ln_f.weight) not in decayed
+
+
+def test_missing_logging_extras_only_add_a_note(char_data, tmp_path, capsys):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    summary = train(config_for(char_data, tmp_path / "run", "train.max_steps=2", "train.tensorboard=true"))
+    assert summary["step"] == 2
+    assert "tensorboard is not installed" in capsys.readouterr().err

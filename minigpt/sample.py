@@ -195,9 +195,16 @@ def run_sample(args) -> None:
         print(prompt, end="", flush=True)
     texts = generate_text(model, tokenizer, ids, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                          stop=args.stop, stream_to=sys.stdout if args.stream else None, device=device, dtype=dtype)
+                          stop=_unescape(args.stop), stream_to=sys.stdout if args.stream else None, device=device, dtype=dtype)
     if args.stream:
         print()
     for i in range(1 if args.stream else 0, len(texts)):
         header(i)
         print(prompt + texts[i])
+
+
+def _unescape(stops: list[str] | None) -> list[str] | None:
+    r"""Let `--stop "\n\n"` mean two newlines, as a user typing it in a shell means."""
+    if stops is None:
+        return None
+    return [s.replace("\\n", "\n").replace("\\t", "\t") for s in stops]

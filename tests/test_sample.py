@@ -99,6 +99,14 @@ def test_a_seeded_sample_stops_like_its_unstopped_twin(loaded):
     assert stopped == [t[:cut] for t, cut in zip(full, cuts)]
 
 
+def test_the_command_line_reads_backslash_n_in_stop_strings_as_a_newline(loaded, run_dir, capsys):
+    full = sample(loaded, prompt="A", max_new_tokens=200, seed=3)[0]
+    assert "\n" in full
+    code, out, _ = cli(capsys, run_dir, "--prompt", "A", "--max-new-tokens", 200, "--temperature", 1.0,
+                       "--seed", 3, "--stop", "\\n", "--device", "cpu", "--dtype", "float32")
+    assert code == 0 and out == "A" + full[: full.find("\n")] + "\n"
+
+
 def test_incremental_decoding_never_splits_a_multibyte_character():
     tokenizer = load_tokenizer("gpt2")
     text = "naïve café — 日本語のテキスト 🙂!"

@@ -1,4 +1,4 @@
-"""How fast is `prepare` compared with bare tiktoken? (used by scripts/bench_prepare.py)
+"""How fast is `prepare` compared with bare tiktoken? (used by scripts/bench_prepare.py and `minigpt bench`)
 
 The yardstick is tiktoken's `encode_ordinary_batch` on the same documents
 in one process and one thread: the pure tokenization cost per core. An ideal
@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from minigpt.errors import MinigptError
 from minigpt.prepare import open_corpus, prepare
 from minigpt.tokenizers import TiktokenTokenizer, build_tokenizer
 
@@ -32,7 +33,8 @@ def measure_prepare_throughput(
     """
     num_proc = num_proc or os.cpu_count() or 1
     tok = build_tokenizer(tokenizer)
-    assert isinstance(tok, TiktokenTokenizer), "the bare baseline needs a tiktoken tokenizer"
+    if not isinstance(tok, TiktokenTokenizer):
+        raise MinigptError(f"tokenizer {tokenizer!r} has no bare-tiktoken baseline; use gpt2, cl100k_base or bpe:N")
     docs = list(open_corpus(str(text_path)).documents())
     megabytes = sum(len(doc.encode("utf-8")) for doc in docs) / 1e6
 

@@ -40,9 +40,7 @@ class Checkpoint:
 
 
 def model_state(model) -> dict:
-    """The weights to save: without torch.compile / DDP wrappers and without the tied lm_head copy."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
+    """The weights of a plain GPT (not a compiled or DDP wrapper) to save, without the tied lm_head copy."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_weights:
         state.pop("lm_head.weight")
@@ -73,12 +71,12 @@ def save_checkpoint(out_dir: Path, step: int, model, meta: dict, state: dict, to
         best = read_best(root)
         if val_loss is not None and (best is None or val_loss < best["val_loss"]):
             _write_json_atomic(root / "best.json", {"step": step, "val_loss": val_loss})
-        _prune(root, keep)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise MinigptError(f"could not save checkpoint to {final} ({e.strerror or e}); "
                            "the previous checkpoint is intact; free disk space and resume with --resume",
                            exit_code=1) from e
+    _prune(root, keep)
     return final
 
 
@@ -87,7 +85,7 @@ def _prune(root: Path, keep: int) -> None:
     steps = list_checkpoints(root)
     for path in steps[:-keep]:
         if best is None or path.name != f"{PREFIX}{best['step']:07d}":
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)  # one left behind is only disk space, not a failed save
 
 
 def list_checkpoints(root: Path) -> list[Path]:

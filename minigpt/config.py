@@ -5,7 +5,9 @@ keys. Every key is checked: a typo or a value of the wrong type stops the run be
 with a message that names the key and the nearest valid ones.
 """
 
+import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .device import check_device_name
 from .errors import MinigptError
 from .model import GPTConfig
 
@@ -67,7 +70,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "device": None, "dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "true", "false"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "true", "false"),
     "train.optimizer": ("adamw", "muon"), "train.schedule": ("cosine", "linear", "wsd"),
     "train.on_nan": ("stop", "skip"),
 }
@@ -150,13 +153,14 @@ def _coerce(value, kind, key: str):
             return value
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is float and isinstance(value, str):
+        if t is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)  # YAML reads 1e-3 (no dot) as a string
+                number = float(value)  # YAML reads 1e-3 (no dot) as a string
             except ValueError:
-                pass
+                continue
+            if not math.isfinite(number):
+                raise MinigptError(f"{key} must be a finite number, got {value!r}")
+            return number
         if t is str and isinstance(value, (str, bool)) and key == "compile":
             return str(value).lower()  # compile: true / false / auto
         if t is str and isinstance(value, str):
@@ -181,11 +185,8 @@ def validate(config: RunConfig) -> None:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:
         raise MinigptError(f"train.decay_fraction must be in (0, 1], got {config.train.decay_fraction}")
-    device = config.device
-    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise MinigptError(f"device is {device!r}; expected auto, cpu, cuda, cuda:N or mps")
-    config.model.vocab_size = 1  # a placeholder until the data says; validates the rest of the model
-    config.model.validate()
+    check_device_name(config.device)
+    dataclasses.replace(config.model, vocab_size=1).validate()  # the vocabulary comes later, from the data
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

@@ -114,15 +114,14 @@ class BatchLoader:
 
 
 def eval_windows(
-    path: str | os.PathLike,
-    dtype: str | np.dtype,
+    tokens: np.ndarray,
     block_size: int,
     batch_size: int,
     *,
     max_batches: int | None = None,
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every token of a split except the first, predicted exactly once, in order.
+    """Every token of `tokens` (a split's memmap, or an array) except the first, predicted exactly once, in order.
 
     Window k holds tokens [k*T, k*T + T] (T + 1 of them), so consecutive windows
     share one token and the targets tile the split without overlap. The last
@@ -130,8 +129,7 @@ def eval_windows(
     (ignored by the loss). Batches hold batch_size windows (the last may hold
     fewer); `max_batches` stops early for a quick estimate.
     """
-    tokens = open_tokens(path, dtype, 2)
-    n_windows = -(-(len(tokens) - 1) // block_size)  # ceil
+    n_windows = _count_windows(len(tokens), block_size)
     for b, first in enumerate(range(0, n_windows, batch_size)):
         if max_batches is not None and b >= max_batches:
             return
@@ -142,6 +140,15 @@ def eval_windows(
             chunk = tokens[start : start + block_size + 1]
             windows[row, : len(chunk)] = chunk
         yield windows_to_batch(windows, device)
+
+
+def count_eval_batches(n_tokens: int, block_size: int, batch_size: int) -> int:
+    """How many batches eval_windows yields for n_tokens tokens."""
+    return -(-_count_windows(n_tokens, block_size) // batch_size)
+
+
+def _count_windows(n_tokens: int, block_size: int) -> int:
+    return -(-(n_tokens - 1) // block_size)  # ceil: the last window may be short
 
 
 def fixed_batches(

@@ -1,6 +1,7 @@
 """Choosing the device and the precision, and the autocast context that applies the precision."""
 
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -9,8 +10,15 @@ from .errors import MinigptError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_device_name(name: str) -> None:
+    """A device name minigpt accepts, whether or not this machine has that device."""
+    if name not in ("auto", "cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise MinigptError(f"device is {name!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """auto picks CUDA, then Apple's MPS, then the CPU; a device that is not there is an error."""
+    check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -21,8 +29,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MinigptError(f"device {name!r} was asked for but this machine has no CUDA GPU; use device=cpu or auto")
     if name == "mps" and not torch.backends.mps.is_available():
         raise MinigptError("device 'mps' was asked for but this machine has no Apple GPU; use device=cpu or auto")
-    if name not in ("cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise MinigptError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise MinigptError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
@@ -31,7 +37,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_has_bf16() -> bool:
     """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), which makes autocast pay off."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_model
-from .data import IGNORE_INDEX, eval_windows, load_meta, windows_to_batch
+from .data import IGNORE_INDEX, count_eval_batches, eval_windows, load_meta, open_tokens
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import MinigptError, read_user_text
-from .tokenizers import load_tokenizer
+from .tokenizers import check_same_vocabulary, load_tokenizer
 
 
 def evaluate(model, tokenizer, *, data_dir: str | Path | None = None, text_file: str | Path | None = None,
@@ -49,16 +49,17 @@ def evaluate(model, tokenizer, *, data_dir: str | Path | None = None, text_file:
         n_tokens, n_bytes, source = meta["val_tokens"], meta["val_bytes"], f"{data_dir} (val split)"
         if n_tokens < 2:
             raise MinigptError(f"the val split of {data_dir} holds {n_tokens} token(s); at least 2 are needed")
-        batches = eval_windows(Path(data_dir) / "val.bin", meta["dtype"], block_size, batch_size, device=device)
+        tokens = open_tokens(Path(data_dir) / "val.bin", meta["dtype"])
     else:
         tokens, n_bytes = _encode_file(text_file, tokenizer)
         n_tokens, source = len(tokens), str(text_file)
-        batches = _windows(tokens, block_size, batch_size, device)
-    n_batches = -(-_n_windows(n_tokens, block_size) // batch_size)
+    batches = eval_windows(tokens, block_size, batch_size, device=device)
+    n_batches = count_eval_batches(n_tokens, block_size, batch_size)
     total, count = _total_loss(model, tqdm(batches, total=n_batches, desc="eval", unit="batch",
                                            file=sys.stderr, disable=not progress), device, dtype)
     loss = total / count
-    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": total / (n_bytes * math.log(2)),
+    # min(): a diverged model's perplexity is huge, not an OverflowError
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": total / (n_bytes * math.log(2)),
             "tokens": count, "bytes": n_bytes, "source": source}
 
 
@@ -68,12 +69,7 @@ def _check_data(data_dir, tokenizer) -> dict:
     if meta["tokenizer"] != tokenizer.spec:
         raise MinigptError(f"data in {data_dir} was prepared with tokenizer {meta['tokenizer']!r} "
                            f"but the model uses {tokenizer.spec!r}; evaluate on data prepared with {tokenizer.spec!r}")
-    # char and bpe:N vocabularies are learned from the corpus: the same spec can mean other ids.
-    theirs = load_tokenizer(meta["tokenizer"], data_dir)
-    for attribute in ("chars", "ranks"):
-        if getattr(theirs, attribute, None) != getattr(tokenizer, attribute, None):
-            raise MinigptError(f"data in {data_dir} was prepared with a different {tokenizer.spec!r} vocabulary "
-                               f"({theirs.vocab_size} tokens) than the model's ({tokenizer.vocab_size} tokens)")
+    check_same_vocabulary(load_tokenizer(meta["tokenizer"], data_dir), tokenizer, f"data in {data_dir}")
     return meta
 
 
@@ -86,22 +82,6 @@ def _encode_file(path, tokenizer) -> tuple[np.ndarray, int]:
     if len(tokens) < 2:
         raise MinigptError(f"text file {path} is a single token; at least 2 are needed to predict one")
     return tokens, len(text.encode("utf-8"))
-
-
-def _n_windows(n_tokens: int, block_size: int) -> int:
-    return -(-(n_tokens - 1) // block_size)
-
-
-def _windows(tokens: np.ndarray, block_size: int, batch_size: int, device):
-    """eval_windows' tiling for tokens in memory: window k holds tokens [k*T, k*T + T]."""
-    n_windows = _n_windows(len(tokens), block_size)
-    for first in range(0, n_windows, batch_size):
-        count = min(batch_size, n_windows - first)
-        windows = np.full((count, block_size + 1), IGNORE_INDEX, dtype=np.int64)
-        for row in range(count):
-            chunk = tokens[(first + row) * block_size:(first + row + 1) * block_size + 1]
-            windows[row, :len(chunk)] = chunk
-        yield windows_to_batch(windows, device)
 
 
 @torch.inference_mode()

@@ -187,7 +187,8 @@ class GPT(nn.Module):
         With use_cache, keys and values of the tokens already seen are kept, so each step runs the
         blocks on one new position. When the text outgrows block_size the oldest tokens are dropped:
         the cache then restarts from the newest block_size // 2 tokens, so a re-prefill happens once
-        per block_size // 2 tokens. Without the cache every step reruns the last block_size tokens.
+        per block_size // 2 tokens. Without the cache every step reruns the last block_size tokens, so
+        past block_size the two see different amounts of context and may choose differently.
         """
         block_size = self.config.block_size
         context = idx
@@ -197,7 +198,7 @@ class GPT(nn.Module):
                 logits = self._logits(self._hidden_states(context[:, -block_size:])[:, -1])
             else:
                 if caches is None or caches[0].length == block_size:
-                    keep = context[:, -block_size:] if caches is None else context[:, -(block_size // 2):]
+                    keep = context[:, -block_size:] if caches is None else context[:, -max(1, block_size // 2):]
                     caches = self._new_caches(context.shape[0], context.device)
                     x = self._hidden_states(keep, caches)
                 else:

@@ -14,21 +14,17 @@ from .config import TrainConfig
 
 
 def build_optimizers(model, train: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fused = device.type == "cuda"  # one kernel for all parameters instead of several per tensor
-    betas = (train.beta1, train.beta2)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizers = []
     if train.optimizer == "muon":
-        hidden = [p for n, p in named if p.dim() == 2 and n.startswith("transformer.h.")]
-        rest = [p for n, p in named if not (p.dim() == 2 and n.startswith("transformer.h."))]
-        muon = torch.optim.Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay)
-        adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": train.weight_decay},
-                                   {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=train.lr, betas=betas, fused=fused)
-        optimizers = [muon, adamw]
-    else:
-        groups = [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": train.weight_decay},
-                  {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}]
-        optimizers = [torch.optim.AdamW(groups, lr=train.lr, betas=betas, fused=fused)]
+        hidden = [p for n, p in params if p.dim() == 2 and n.startswith("transformer.h.")]
+        optimizers.append(torch.optim.Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay))
+        params = [(n, p) for n, p in params if not (p.dim() == 2 and n.startswith("transformer.h."))]
+    groups = [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+              {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # fused: one kernel for all parameters instead of several per tensor
+    optimizers.append(torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                                        fused=device.type == "cuda"))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]

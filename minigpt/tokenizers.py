@@ -259,6 +259,17 @@ def load_tokenizer(spec: str, data_dir: str | os.PathLike | None = None) -> Toke
     return BPETokenizer.load(spec, data_dir)
 
 
+def check_same_vocabulary(theirs: Tokenizer, ours: Tokenizer, where: str) -> None:
+    """Refuse token ids from another vocabulary: char and bpe:N are learned from a corpus, so the same
+    spec can mean other ids."""
+    if theirs.spec != ours.spec:
+        raise MinigptError(f"{where} was prepared with tokenizer {theirs.spec!r} but the model uses {ours.spec!r}")
+    for attribute in ("chars", "ranks"):
+        if getattr(theirs, attribute, None) != getattr(ours, attribute, None):
+            raise MinigptError(f"{where} was prepared with a different {ours.spec!r} vocabulary "
+                               f"({theirs.vocab_size} tokens) than the model's ({ours.vocab_size} tokens)")
+
+
 def check_spec(spec: str) -> None:
     """Raise MinigptError unless spec names a tokenizer (without loading it)."""
     if spec == "char" or spec in TIKTOKEN_SPECS:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -33,9 +34,11 @@ from .device import autocast, resolve_device, resolve_dtype
 from .errors import MinigptError
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
-from .tokenizers import load_tokenizer
+from .tokenizers import check_same_vocabulary, load_tokenizer
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+# dense bf16 peak FLOP/s by GPU model name, for MFU (the longest matching name wins)
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+              "4090": 165e12}
 
 
 def train(config: RunConfig, resume: bool = False) -> dict:
@@ -94,6 +97,7 @@ class Trainer:
             self._restore()
         elif self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "checkpoints" / "best.json").unlink(missing_ok=True)  # left beside deleted checkpoints
             save_config(config, self.out_dir / "config.yaml")
             (self.out_dir / "metrics.jsonl").write_text("")
 
@@ -109,7 +113,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.tokens_per_step = t.batch_size * block * t.grad_accum * world_size
         self.flops_per_token = self.model.flops_per_token(block)
-        self.peak_flops = _peak_flops(self.device) * world_size if self.device.type == "cuda" else None
+        peak = _peak_flops(self.device) if self.device.type == "cuda" else None
+        self.peak_flops = peak * world_size if peak else None  # no MFU for GPUs missing from PEAK_FLOPS
         self.stop_signal = None
         self.writers = _extra_writers(t, self.out_dir, config) if self.main else []
 
@@ -138,9 +143,11 @@ class Trainer:
             if saved_model.get(key) != value:
                 raise MinigptError(f"the checkpoint in {checkpoint.path} was trained with model.{key}="
                                    f"{saved_model.get(key)!r} but the config says {value!r}; resume with the same model")
-        if meta["tokenizer"] != self.data_meta["tokenizer"]:
-            raise MinigptError(f"the checkpoint was trained on tokenizer {meta['tokenizer']!r} data but "
-                               f"{self.config.data.dir} holds {self.data_meta['tokenizer']!r} data")
+        check_same_vocabulary(self.tokenizer, load_tokenizer(meta["tokenizer"], checkpoint.path),
+                              f"the data in {self.config.data.dir}")
+        if meta["world_size"] != self.world_size:
+            raise MinigptError(f"the checkpoint was written by {meta['world_size']} process(es); resume with the "
+                               f"same number (now {self.world_size}) so that every process continues its own batches")
         load_weights(self.model, checkpoint.weights, checkpoint.path)
         state = checkpoint.state()
         try:
@@ -154,10 +161,10 @@ class Trainer:
             raise MinigptError(f"the optimizer state in {checkpoint.path} does not fit train.optimizer="
                                f"{self.train_cfg.optimizer}; resume with the optimizer the run was trained with, "
                                f"{meta['config']['train']['optimizer']}") from None
-        self.loader.load_state_dict(meta["loader"][self.rank] if self.rank < len(meta["loader"]) else meta["loader"][0])
+        self.loader.load_state_dict(meta["loader"][self.rank])
         self.step, self.elapsed = meta["step"], meta["elapsed"]
         self.best_val = meta["best_val_loss"] if meta["best_val_loss"] is not None else math.inf
-        _set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
+        _set_rng_state(state["rng"][self.rank])
         if self.main:  # forget what was logged after the checkpoint: the resumed run logs it again
             metrics = self.out_dir / "metrics.jsonl"
             kept = [line for line in metrics.read_text().splitlines()
@@ -170,13 +177,18 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        with self._stop_on_signals():
-            return self._loop()
-
-    def _loop(self) -> dict:
-        t = self.train_cfg
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (self.main and t.progress),
+        bar = tqdm(total=self.train_cfg.max_steps, initial=self.step, disable=not (self.main and self.train_cfg.progress),
                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0, unit="step")
+        try:
+            with self._stop_on_signals():
+                return self._loop(bar)
+        finally:  # also when a NaN or a full disk stops the run: flush the logs
+            bar.close()
+            for writer in self.writers:
+                writer.close()
+
+    def _loop(self, bar) -> dict:
+        t = self.train_cfg
         check_each_step = self.device.type != "cuda" or t.on_nan == "skip"  # a check is a host sync on GPU
         summary = {"step": self.step}
         self.started = time.perf_counter() - self.elapsed  # wall-clock, carried across resumes
@@ -187,7 +199,7 @@ class Trainer:
             log_now = next_step % t.log_interval == 0 or next_step == t.max_steps
             save_now = next_step % t.checkpoint_interval == 0 or next_step == t.max_steps
             loss = self.train_step(check_finite=check_each_step or log_now or save_now)
-            stopping = self.stop_signal  # read once: a signal arriving later is handled after the next step
+            stopping = self._agreed_stop()  # read once: a signal arriving later is handled after the next step
             done = self.step == t.max_steps or stopping is not None
             save_now = save_now or done
             bar.update(1)
@@ -204,18 +216,15 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
                                 **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
                 summary = {"step": self.step, "train_loss": loss_value}
+            paused = time.perf_counter()
             if self.step % t.eval_interval == 0 or (done and self.val_batches):
-                summary["val_loss"] = self._evaluate(bar)
-                window_start = time.perf_counter()  # evaluating is not training throughput
+                summary["val_loss"] = self._evaluate()
             if save_now:
-                self._save(bar)
-                window_start = time.perf_counter()
+                self._save()
+            window_start += time.perf_counter() - paused  # evaluating and saving are not training throughput
             if stopping is not None:
                 _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
                 break
-        bar.close()
-        for writer in self.writers:
-            writer.close()
         return summary
 
     def train_step(self, check_finite: bool = True) -> torch.Tensor:
@@ -276,6 +285,14 @@ class Trainer:
             kept += f", the best is step {best['step']} (val loss {best['val_loss']:.4g})"
         raise MinigptError(f"{where}; stopped, {kept}. Lower train.lr, or set train.on_nan=skip", exit_code=1)
 
+    def _agreed_stop(self) -> str | None:
+        """The stop signal, agreed by every rank: all of them must save and stop after the same step."""
+        if self.world_size == 1:
+            return self.stop_signal
+        flag = torch.tensor([1.0 if self.stop_signal else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return (self.stop_signal or "a signal to another process") if flag.item() else None
+
     def _clock(self) -> float:
         """Wall-clock seconds of this run so far, evaluation and checkpoints included."""
         return round(time.perf_counter() - self.started, 3)
@@ -288,7 +305,7 @@ class Trainer:
         return value.item()
 
     @torch.no_grad()
-    def _evaluate(self, bar) -> float | None:
+    def _evaluate(self) -> float | None:
         """Mean loss over the fixed val batches (the same windows every time, on every rank)."""
         if not self.val_batches:
             return None
@@ -306,9 +323,9 @@ class Trainer:
             _print(f"step {self.step}: val loss {val_loss:.4f}")
         return val_loss
 
-    def _save(self, bar) -> None:
+    def _save(self) -> None:
         if self.last_val is None or self.last_val[0] != self.step:
-            self._evaluate(bar)  # every checkpoint knows its val loss, so "best" is well defined
+            self._evaluate()  # every checkpoint knows its val loss, so "best" is well defined
         val_loss = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
         if val_loss is not None and math.isfinite(val_loss):
             self.best_val = min(self.best_val, val_loss)
@@ -319,6 +336,7 @@ class Trainer:
         meta = {"config": {**self.config.to_dict(), "model": {**self.config.to_dict()["model"],
                                                               "vocab_size": self.config.model.vocab_size}},
                 "tokenizer": self.tokenizer.spec, "data": self.data_meta, "loader": loader_states,
+                "world_size": self.world_size,
                 "elapsed": self._clock(), "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                 "minigpt_version": __version__}
         state = {"optimizers": [o.state_dict() for o in self.optimizers], "rng": rng_states}
@@ -351,6 +369,7 @@ class Trainer:
         """SIGINT / SIGTERM (Ctrl-C, preemption) finish the current step, save, and exit cleanly."""
         def request_stop(signum, frame):
             self.stop_signal = signal.Signals(signum).name
+            signal.signal(signum, previous[signum])  # a second Ctrl-C interrupts at once
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
@@ -391,7 +410,8 @@ def _logged_step(line: str) -> float:
 def _peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the GPU, for MFU; None for GPUs not in the table."""
     name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    matches = [key for key in PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)]
+    return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
 def _print(message: str) -> None:

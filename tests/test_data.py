@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.data import IGNORE_INDEX, BatchLoader, eval_windows, fixed_batches, load_meta
+from minigpt.data import IGNORE_INDEX, BatchLoader, eval_windows, fixed_batches, load_meta, open_tokens
 from minigpt.errors import MinigptError
 
 N_TOKENS = 10_007  # prime, so no window size divides it
@@ -66,7 +66,7 @@ def test_too_short_file_says_how_many_tokens(tmp_path):
 @pytest.mark.parametrize("block_size, batch_size", [(16, 5), (100, 3), (N_TOKENS - 1, 2)])
 def test_eval_windows_predict_every_token_once(token_file, block_size, batch_size):
     predicted = []
-    for x, y in eval_windows(token_file, "uint16", block_size, batch_size):
+    for x, y in eval_windows(open_tokens(token_file, "uint16"), block_size, batch_size):
         assert x.shape == y.shape and x.shape[1] == block_size and x.shape[0] <= batch_size
         assert x.min() >= 0
         real = y != IGNORE_INDEX
@@ -78,8 +78,8 @@ def test_eval_windows_predict_every_token_once(token_file, block_size, batch_siz
 
 
 def test_eval_windows_are_deterministic_and_can_stop_early(token_file):
-    first = list(eval_windows(token_file, "uint16", 32, 4, max_batches=3))
-    again = list(eval_windows(token_file, "uint16", 32, 4, max_batches=3))
+    first = list(eval_windows(open_tokens(token_file, "uint16"), 32, 4, max_batches=3))
+    again = list(eval_windows(open_tokens(token_file, "uint16"), 32, 4, max_batches=3))
     assert len(first) == 3
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
 

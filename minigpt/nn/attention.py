@@ -123,7 +123,7 @@ class MultiHeadAttention(nn.Module):
             causal = False  # now carried by the mask
         if mask is not None:
             mask = mask.bool()
-            mask = mask.view((1,) * (4 - mask.dim()) + mask.shape)  # (B|1, h|1, T_q|1, T_k)
+            mask = mask.reshape((1,) * (4 - mask.dim()) + mask.shape)  # (B|1, h|1, T_q|1, T_k)
         dropout_p = self.dropout if self.training else 0.0
 
         if need_weights:  # the explicit path, step by step

@@ -40,6 +40,8 @@ def test_yaml_sections_and_dotted_overrides(tmp_path):
     ("model.n_embd=100", "n_embd (100) must be divisible by n_head (12)"),
     ("model.n_kv_head=5", "n_kv_head (5) must divide n_head (12)"),
     ("train.max_steps", "override 'train.max_steps' is not of the form key=value"),
+    ("train.lr=nan", "train.lr must be a finite number, got 'nan'"),
+    ("train.grad_clip=.inf", "train.grad_clip must be a finite number, got inf"),
 ])
 def test_mistakes_are_named(override, message):
     with pytest.raises(MinigptError) as error:

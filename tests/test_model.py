@@ -171,3 +171,10 @@ def test_logit_softcap_bounds_the_logits_and_untied_heads_are_separate():
     assert capped.lm_head.weight.data_ptr() != capped.transformer.wte.weight.data_ptr()
     tied = tiny()
     assert tied.lm_head.weight is tied.transformer.wte.weight
+
+
+def test_generation_with_a_context_of_one_token():
+    model = tiny(block_size=1)
+    out = model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=0)
+    assert out.shape == (2, 6)
+    assert torch.equal(out, model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=0, use_cache=False))

@@ -53,6 +53,11 @@ def test_a_fresh_run_never_overwrites_one_with_checkpoints(char_data, tmp_path):
         train(config_for(char_data, tmp_path / "empty", "train.max_steps=5"), resume=True)
     with pytest.raises(MinigptError, match=r"trained with model.n_layer=2 but the config says 3"):
         train(config_for(char_data, out, "train.max_steps=10", "model.n_layer=3"), resume=True)
+    meta_file = list_checkpoints(out / "checkpoints")[-1] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "world_size": 2}))
+    with pytest.raises(MinigptError, match=r"written by 2 process\(es\); resume with the same number \(now 1\)"):
+        train(config_for(char_data, out, "train.max_steps=10"), resume=True)
 
 
 def test_sigkill_then_resume_reproduces_every_loss_bitwise(char_data, tmp_path):

@@ -223,7 +223,8 @@ class Trainer:
                 self._save()
             window_start += time.perf_counter() - paused  # evaluating and saving are not training throughput
             if stopping is not None:
-                _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
+                if self.main:
+                        _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
                 break
         return summary
 

@@ -224,7 +224,7 @@ class Trainer:
             window_start += time.perf_counter() - paused  # evaluating and saving are not training throughput
             if stopping is not None:
                 if self.main:
-                        _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
+                    _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
                 break
         return summary
 

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import MinigptError
+from .errors import MinigptError, first_line
 
 PREFIX = "step_"
 
@@ -142,8 +142,7 @@ def safe_torch_load(path: Path):
     except FileNotFoundError:
         raise MinigptError(f"{path} is missing") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinigptError(f"refusing to load {path}: it is not a plain tensor file ({first[:160]})") from None
+        raise MinigptError(f"refusing to load {path}: it is not a plain tensor file ({first_line(e)[:160]})") from None
 
 
 def load_weights(model, weights: dict, source) -> None:

@@ -16,6 +16,12 @@ class MinigptError(Exception):
         self.exit_code = exit_code
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def read_user_text(path, what: str) -> str:
     """The UTF-8 text of a file the user named; a missing, unreadable or binary file is a MinigptError."""
     try:

@@ -100,8 +100,6 @@ def _total_loss(model, batches, device, dtype) -> tuple[float, int]:
 
 def run_eval(args) -> None:
     """`minigpt eval`: a short table, or one JSON object with --json; the progress bar on stderr."""
-    if args.batch_size < 1:
-        raise MinigptError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer, meta = load_model(args.path, latest=args.latest, device=device)

@@ -57,7 +57,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
-from minigpt.errors import MinigptError
+from minigpt.errors import MinigptError, first_line
 from minigpt.tokenizers import Tokenizer, build_tokenizer, check_spec
 
 TEXT_SUFFIXES = (".txt", ".md")  # one file = one document, read by us
@@ -452,8 +452,7 @@ def _table_texts(kind: str, files: list[Path], text_column: str) -> Iterator[str
     except MinigptError:
         raise
     except Exception as e:  # malformed files: report which, in one line
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinigptError(f"could not read {where} as {kind}: {message}") from None
+        raise MinigptError(f"could not read {where} as {kind}: {first_line(e)}") from None
     finally:
         datasets_logging.set_verbosity(verbosity)
 
@@ -474,7 +473,7 @@ def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:
     except DatasetNotFoundError:
         raise MinigptError(f"dataset {name!r} was not found on the Hugging Face Hub (check the name)") from None
     except ValueError as e:  # unknown config or split
-        raise MinigptError(f"dataset {name!r}: {str(e).strip().splitlines()[0]}") from None
+        raise MinigptError(f"dataset {name!r}: {first_line(e)}") from None
 
 
 def _texts(rows: Iterable[dict], text_column: str, where: str) -> Iterator[str]:

@@ -30,14 +30,28 @@ def write_random_data(folder: Path, vocab_size: int, n_tokens: int = 2_000_000, 
         rng.integers(0, vocab_size, n, dtype=np.uint16).tofile(folder / f"{split}.bin")
     chars = [chr(32 + i) for i in range(vocab_size)]
     (folder / "char_vocab.json").write_text(json.dumps({"chars": chars, "eot": False}))
-    meta = {"tokenizer": "char", "vocab_size": vocab_size, "eot_token": None, "dtype": "uint16",
-            "train_tokens": n_tokens, "val_tokens": n_tokens // 10, "tokenizer_files": ["char_vocab.json"]}
+    meta = {
+        "tokenizer": "char",
+        "vocab_size": vocab_size,
+        "eot_token": None,
+        "dtype": "uint16",
+        "train_tokens": n_tokens,
+        "val_tokens": n_tokens // 10,
+        "tokenizer_files": ["char_vocab.json"],
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
 
-def bench_training(config_path: str, overrides: list[str] = (), *, vocab_size: int = 65, warmup_steps: int = 2,
-                   windows: int = 5, window_seconds: float = 3.0) -> dict:
+def bench_training(
+    config_path: str,
+    overrides: list[str] = (),
+    *,
+    vocab_size: int = 65,
+    warmup_steps: int = 2,
+    windows: int = 5,
+    window_seconds: float = 3.0,
+) -> dict:
     """Median training tokens/s of the Trainer for a config (plus overrides) on random tokens.
 
     Each timed window runs as many whole steps as fit in about window_seconds (at least one).
@@ -46,8 +60,10 @@ def bench_training(config_path: str, overrides: list[str] = (), *, vocab_size: i
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_random_data(Path(tmp) / "data", vocab_size)
-        config = load_config(config_path, [*overrides, f"data.dir={data}", f"out_dir={Path(tmp) / 'out'}",
-                                           "train.progress=false", "model.dropout=0"])
+        config = load_config(
+            config_path,
+            [*overrides, f"data.dir={data}", f"out_dir={Path(tmp) / 'out'}", "train.progress=false", "model.dropout=0"],
+        )
         trainer = Trainer(config, resume=False, rank=0, world_size=1, local_rank=0)
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
         for _ in range(warmup_steps):  # first steps pay for allocation and compilation
@@ -66,10 +82,16 @@ def bench_training(config_path: str, overrides: list[str] = (), *, vocab_size: i
             sync()
             rates.append(trainer.tokens_per_step * steps_per_window / (time.perf_counter() - start))
         tokens_per_s = statistics.median(rates)
-        result = {"config": config_path, "overrides": list(overrides), "dtype": str(trainer.dtype).removeprefix("torch."),
-                  "compile": trainer.forward_model is not trainer.model, "params": trainer.model.num_params(),
-                  "tokens_per_step": trainer.tokens_per_step, "tokens_per_s": round(tokens_per_s, 1),
-                  "windows": [round(r, 1) for r in rates]}
+        result = {
+            "config": config_path,
+            "overrides": list(overrides),
+            "dtype": str(trainer.dtype).removeprefix("torch."),
+            "compile": trainer.forward_model is not trainer.model,
+            "params": trainer.model.num_params(),
+            "tokens_per_step": trainer.tokens_per_step,
+            "tokens_per_s": round(tokens_per_s, 1),
+            "windows": [round(r, 1) for r in rates],
+        }
         if trainer.peak_flops:
             result["mfu"] = round(trainer.flops_per_token * tokens_per_s / trainer.peak_flops, 4)
         return result
@@ -100,20 +122,29 @@ def run_bench(args) -> dict:
     for name, overrides in ((args.config, []), ("nanoGPT CPU recipe", NANOGPT_CPU)):
         base = bench_training(args.config, [*overrides, *BASELINE], **windows)
         fast = bench_training(args.config, overrides, **windows)
-        results["training"].append({"name": name, "baseline": base, "auto": fast,
-                                    "speedup": round(fast["tokens_per_s"] / base["tokens_per_s"], 2)})
+        results["training"].append(
+            {
+                "name": name,
+                "baseline": base,
+                "auto": fast,
+                "speedup": round(fast["tokens_per_s"] / base["tokens_per_s"], 2),
+            }
+        )
         _progress(f"training {name}: {base['tokens_per_s']:,.0f} -> {fast['tokens_per_s']:,.0f} tokens/s")
 
     from .bench_generate import bench_generation
+
     # recomputation slows to seconds per token on long texts: it is timed on fewer tokens (shorter
     # texts favour it, so the reported speedup of the cache is, if anything, too small)
-    results["generation"] = bench_generation(device=str(device), new_tokens=300 if args.quick else 1000,
-                                             recompute_tokens=100 if args.quick else 300)
+    results["generation"] = bench_generation(
+        device=str(device), new_tokens=300 if args.quick else 1000, recompute_tokens=100 if args.quick else 300
+    )
     _progress(f"generation: {results['generation']['cache_speedup']:.1f}x with the KV cache")
 
     text = Path(args.text) if args.text else None
     if text is not None and text.is_file():
         from .bench_data import measure_prepare_throughput
+
         results["prepare"] = measure_prepare_throughput(text, "gpt2", repeats=3)
     results["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     print(format_table(results))
@@ -124,23 +155,34 @@ def run_bench(args) -> dict:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"machine: {results['machine']}", "",
-             "| training | float32 eager tokens/s | auto tokens/s (dtype, compile) | speedup |", "|---|---|---|---|"]
+    lines = [
+        f"machine: {results['machine']}",
+        "",
+        "| training | float32 eager tokens/s | auto tokens/s (dtype, compile) | speedup |",
+        "|---|---|---|---|",
+    ]
     for row in results["training"]:
         fast = row["auto"]
         mfu = f", MFU {fast['mfu']:.1%}" if "mfu" in fast else ""
-        lines.append(f"| {row['name']} | {row['baseline']['tokens_per_s']:,.0f} | {fast['tokens_per_s']:,.0f} "
-                     f"({fast['dtype']}, compile {str(fast['compile']).lower()}{mfu}) | {row['speedup']:.2f}x |")
+        lines.append(
+            f"| {row['name']} | {row['baseline']['tokens_per_s']:,.0f} | {fast['tokens_per_s']:,.0f} "
+            f"({fast['dtype']}, compile {str(fast['compile']).lower()}{mfu}) | {row['speedup']:.2f}x |"
+        )
     g = results["generation"]
-    lines += ["", f"generation ({g['params'] / 1e6:.1f}M params, {g['new_tokens']} new tokens): "
-              f"{g['cache_tokens_per_s']:,.1f} tokens/s with the KV cache, {g['recompute_tokens_per_s']:,.1f} without "
-              f"({g['cache_speedup']:.1f}x); ms/token with the cache, first vs last 100: "
-              f"{g['cache_first_ms_per_token']:.1f} vs {g['cache_last_ms_per_token']:.1f}; "
-              f"8 samples cost {g.get('batch_time_ratio', float('nan')):.2f}x one"]
+    lines += [
+        "",
+        f"generation ({g['params'] / 1e6:.1f}M params, {g['new_tokens']} new tokens): "
+        f"{g['cache_tokens_per_s']:,.1f} tokens/s with the KV cache, {g['recompute_tokens_per_s']:,.1f} without "
+        f"({g['cache_speedup']:.1f}x); ms/token with the cache, first vs last 100: "
+        f"{g['cache_first_ms_per_token']:.1f} vs {g['cache_last_ms_per_token']:.1f}; "
+        f"8 samples cost {g.get('batch_time_ratio', float('nan')):.2f}x one",
+    ]
     p = results["prepare"]
     if p:
-        lines.append(f"prepare (gpt2, {p['megabytes']:.1f} MB, {p['num_proc']} processes): {p['prepare_mb_s']:.1f} MB/s; "
-                     f"bare tiktoken {p['bare_mb_s']:.1f} MB/s in one process; ratio to bare x cores {p['ratio']:.2f}")
+        lines.append(
+            f"prepare (gpt2, {p['megabytes']:.1f} MB, {p['num_proc']} processes): {p['prepare_mb_s']:.1f} MB/s; "
+            f"bare tiktoken {p['bare_mb_s']:.1f} MB/s in one process; ratio to bare x cores {p['ratio']:.2f}"
+        )
     lines.append(f"peak memory: {results['peak_memory_mb']:,.0f} MB")
     return "\n".join(lines)
 

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from minigpt.errors import MinigptError
-from minigpt.prepare import open_corpus, prepare
-from minigpt.tokenizers import TiktokenTokenizer, build_tokenizer
+from .errors import MinigptError
+from .prepare import open_corpus, prepare
+from .tokenizers import TiktokenTokenizer, build_tokenizer
 
 BATCH_DOCS = 16  # bare baseline: documents per encode call (bounded memory)
 

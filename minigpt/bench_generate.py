@@ -18,9 +18,17 @@ from .device import resolve_device
 from .model import GPT, GPTConfig
 
 
-def bench_generation(n_layer: int = 6, n_head: int = 6, n_embd: int = 384, block_size: int = 1024,
-                     vocab_size: int = 65, new_tokens: int = 1000, batch_sizes: tuple[int, ...] = (1, 8),
-                     device: str = "cpu", recompute_tokens: int | None = None) -> dict:
+def bench_generation(
+    n_layer: int = 6,
+    n_head: int = 6,
+    n_embd: int = 384,
+    block_size: int = 1024,
+    vocab_size: int = 65,
+    new_tokens: int = 1000,
+    batch_sizes: tuple[int, ...] = (1, 8),
+    device: str = "cpu",
+    recompute_tokens: int | None = None,
+) -> dict:
     """Tokens/s with and without the KV cache, and the cost of sampling a batch instead of one.
 
     recompute_tokens (default new_tokens) shortens the slow run without the cache; its rate is
@@ -37,8 +45,9 @@ def bench_generation(n_layer: int = 6, n_head: int = 6, n_embd: int = 384, block
 
     cached = _step_times(model, 1, new_tokens, device, use_cache=True)
     recomputed = _step_times(model, 1, recompute_tokens, device, use_cache=False)
-    batch_seconds = {b: sum(_step_times(model, b, new_tokens, device, use_cache=True, temperature=1.0))
-                     for b in batch_sizes}
+    batch_seconds = {
+        b: sum(_step_times(model, b, new_tokens, device, use_cache=True, temperature=1.0)) for b in batch_sizes
+    }
     window = min(100, new_tokens)
     result = {
         "device": str(device),
@@ -61,8 +70,9 @@ def bench_generation(n_layer: int = 6, n_head: int = 6, n_embd: int = 384, block
 
 
 @torch.inference_mode()
-def _step_times(model, batch_size: int, new_tokens: int, device, *, use_cache: bool,
-                temperature: float = 0.0) -> list[float]:
+def _step_times(
+    model, batch_size: int, new_tokens: int, device, *, use_cache: bool, temperature: float = 0.0
+) -> list[float]:
     """Seconds taken by each generated token (the first includes the prompt's prefill)."""
     idx = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(0)

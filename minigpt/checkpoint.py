@@ -47,8 +47,9 @@ def model_state(model) -> dict:
     return state
 
 
-def save_checkpoint(out_dir: Path, step: int, model, meta: dict, state: dict, tokenizer, *,
-                    keep: int, val_loss: float | None) -> Path:
+def save_checkpoint(
+    out_dir: Path, step: int, model, meta: dict, state: dict, tokenizer, *, keep: int, val_loss: float | None
+) -> Path:
     """Write checkpoint `step` atomically, update best.json, prune old ones. Returns its folder."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -73,9 +74,11 @@ def save_checkpoint(out_dir: Path, step: int, model, meta: dict, state: dict, to
             _write_json_atomic(root / "best.json", {"step": step, "val_loss": val_loss})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise MinigptError(f"could not save checkpoint to {final} ({e.strerror or e}); "
-                           "the previous checkpoint is intact; free disk space and resume with --resume",
-                           exit_code=1) from e
+        raise MinigptError(
+            f"could not save checkpoint to {final} ({e.strerror or e}); "
+            "the previous checkpoint is intact; free disk space and resume with --resume",
+            exit_code=1,
+        ) from e
     _prune(root, keep)
     return final
 
@@ -92,7 +95,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under root (a checkpoints folder), oldest first."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()
+    )
 
 
 def read_best(root: Path) -> dict | None:
@@ -112,8 +117,10 @@ def resolve(path: str | Path, latest: bool = False) -> Path:
     if not path.exists():
         raise MinigptError(f"{path} does not exist; expected a run's out_dir or a checkpoint folder")
     if not steps:
-        raise MinigptError(f"{path} holds no checkpoint; expected a run's out_dir (with checkpoints/) "
-                           "or a checkpoint folder (with model.safetensors)")
+        raise MinigptError(
+            f"{path} holds no checkpoint; expected a run's out_dir (with checkpoints/) "
+            "or a checkpoint folder (with model.safetensors)"
+        )
     best = None if latest else read_best(root)
     if best is not None and (root / f"{PREFIX}{best['step']:07d}").is_dir():
         return root / f"{PREFIX}{best['step']:07d}"
@@ -154,8 +161,10 @@ def load_weights(model, weights: dict, source) -> None:
         if name not in weights:
             raise MinigptError(f"checkpoint {source} does not match the model: it has no {name}")
         if weights[name].shape != tensor.shape:
-            raise MinigptError(f"checkpoint {source} does not match the model: {name} is "
-                               f"{tuple(weights[name].shape)} there and {tuple(tensor.shape)} here")
+            raise MinigptError(
+                f"checkpoint {source} does not match the model: {name} is "
+                f"{tuple(weights[name].shape)} there and {tuple(tensor.shape)} here"
+            )
     extra = set(weights) - set(expected)
     if extra:
         raise MinigptError(f"checkpoint {source} does not match the model: unexpected {sorted(extra)[0]}")

@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("prepare", help="turn a text corpus into token files for training")
-    p.add_argument("source", help="a file, folder or glob of .txt/.md/.jsonl/.json/.parquet; a Hub dataset name; "
-                                  "or a built-in corpus: pydocs (offline), shakespeare")
+    p.add_argument(
+        "source",
+        help="a file, folder or glob of .txt/.md/.jsonl/.json/.parquet; a Hub dataset name; "
+        "or a built-in corpus: pydocs (offline), shakespeare",
+    )
     p.add_argument("--tokenizer", default="gpt2", help="char | gpt2 | cl100k_base | o200k_base | bpe:N (default gpt2)")
     p.add_argument("--out", required=True, help="output folder for train.bin, val.bin, meta.json")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")
@@ -100,39 +103,55 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
 
 def _prepare(args):
     from .prepare import prepare
-    prepare(args.source, args.tokenizer, args.out, val_fraction=args.val_fraction, text_column=args.text_column,
-            split=args.split, config=args.config, num_proc=args.num_proc, max_chars=args.max_chars)
+
+    prepare(
+        args.source,
+        args.tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        text_column=args.text_column,
+        split=args.split,
+        config=args.config,
+        num_proc=args.num_proc,
+        max_chars=args.max_chars,
+    )
 
 
 def _train(args):
     from .config import load_config
     from .train import train
+
     train(load_config(args.config, args.overrides), resume=args.resume)
 
 
 def _sample(args):
     from .sample import run_sample
+
     run_sample(args)
 
 
 def _eval(args):
     from .evaluate import run_eval
+
     run_eval(args)
 
 
 def _attention(args):
     from .viz import run_attention
+
     run_attention(args)
 
 
 def _plot(args):
     from .viz import plot_losses
+
     path = plot_losses(args.runs, args.out, x=args.x)
     print(f"wrote {path}")
 
 
 def _bench(args):
     from .bench import run_bench
+
     run_bench(args)
 
 

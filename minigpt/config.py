@@ -70,12 +70,22 @@ class RunConfig:
 
 
 CHOICES = {
-    "dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "true", "false"),
-    "train.optimizer": ("adamw", "muon"), "train.schedule": ("cosine", "linear", "wsd"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "compile": ("auto", "true", "false"),
+    "train.optimizer": ("adamw", "muon"),
+    "train.schedule": ("cosine", "linear", "wsd"),
     "train.on_nan": ("stop", "skip"),
 }
-POSITIVE = ("train.batch_size", "train.grad_accum", "train.max_steps", "train.eval_interval", "train.eval_steps",
-            "train.checkpoint_interval", "train.log_interval", "train.keep_checkpoints")
+POSITIVE = (
+    "train.batch_size",
+    "train.grad_accum",
+    "train.max_steps",
+    "train.eval_interval",
+    "train.eval_steps",
+    "train.checkpoint_interval",
+    "train.log_interval",
+    "train.keep_checkpoints",
+)
 NOT_NEGATIVE = ("train.lr", "train.muon_lr", "train.warmup_steps", "train.weight_decay", "train.grad_clip")
 HIDDEN = {"model.vocab_size": "vocab_size comes from the prepared data (meta.json), not from the config"}
 
@@ -95,8 +105,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise MinigptError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
-                           + "; pass a YAML file such as configs/quickstart.yaml")
+        raise MinigptError(
+            f"config file {path} does not exist"
+            + (" (it is a folder)" if path.is_dir() else "")
+            + "; pass a YAML file such as configs/quickstart.yaml"
+        )
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -108,8 +121,10 @@ def _read_yaml(path: Path) -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise MinigptError(f"config {path} must be a mapping of keys (model:, data:, train:, out_dir: ...), "
-                           f"not a {type(values).__name__}")
+        raise MinigptError(
+            f"config {path} must be a mapping of keys (model:, data:, train:, out_dir: ...), "
+            f"not a {type(values).__name__}"
+        )
     return values
 
 

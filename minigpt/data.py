@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt.errors import MinigptError
+from .errors import MinigptError
 
 IGNORE_INDEX = -100  # targets with this value are not predicted (padding)
 

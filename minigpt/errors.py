@@ -4,7 +4,6 @@ The command line catches it and prints its message as a single line with
 exit code 2 (bad input) or 1 (a runtime failure such as a full disk).
 """
 
-
 from pathlib import Path
 
 

@@ -30,9 +30,17 @@ from .errors import MinigptError, read_user_text
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
 
-def evaluate(model, tokenizer, *, data_dir: str | Path | None = None, text_file: str | Path | None = None,
-             batch_size: int = 8, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             progress: bool = True) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    *,
+    data_dir: str | Path | None = None,
+    text_file: str | Path | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> dict:
     """Evaluate on a prepared data folder's val split or on a text file (exactly one of them).
 
     Returns loss (mean cross-entropy per predicted token, in nats), perplexity (exp(loss)),
@@ -55,20 +63,32 @@ def evaluate(model, tokenizer, *, data_dir: str | Path | None = None, text_file:
         n_tokens, source = len(tokens), str(text_file)
     batches = eval_windows(tokens, block_size, batch_size, device=device)
     n_batches = count_eval_batches(n_tokens, block_size, batch_size)
-    total, count = _total_loss(model, tqdm(batches, total=n_batches, desc="eval", unit="batch",
-                                           file=sys.stderr, disable=not progress), device, dtype)
+    total, count = _total_loss(
+        model,
+        tqdm(batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr, disable=not progress),
+        device,
+        dtype,
+    )
     loss = total / count
     # min(): a diverged model's perplexity is huge, not an OverflowError
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": total / (n_bytes * math.log(2)),
-            "tokens": count, "bytes": n_bytes, "source": source}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": total / (n_bytes * math.log(2)),
+        "tokens": count,
+        "bytes": n_bytes,
+        "source": source,
+    }
 
 
 def _check_data(data_dir, tokenizer) -> dict:
     """The data folder's meta, after checking it was tokenized exactly as the model expects."""
     meta = load_meta(data_dir)
     if meta["tokenizer"] != tokenizer.spec:
-        raise MinigptError(f"data in {data_dir} was prepared with tokenizer {meta['tokenizer']!r} "
-                           f"but the model uses {tokenizer.spec!r}; evaluate on data prepared with {tokenizer.spec!r}")
+        raise MinigptError(
+            f"data in {data_dir} was prepared with tokenizer {meta['tokenizer']!r} "
+            f"but the model uses {tokenizer.spec!r}; evaluate on data prepared with {tokenizer.spec!r}"
+        )
     check_same_vocabulary(load_tokenizer(meta["tokenizer"], data_dir), tokenizer, f"data in {data_dir}")
     return meta
 
@@ -109,15 +129,29 @@ def run_eval(args) -> None:
         if data_dir is None:
             raise MinigptError(f"{args.path} records no data folder; pass --data DIR or --text-file FILE")
         if not Path(data_dir).is_dir():
-            raise MinigptError(f"the data folder recorded in the checkpoint, {data_dir}, does not exist here; "
-                               "pass --data DIR or --text-file FILE")
-    result = evaluate(model, tokenizer, data_dir=data_dir, text_file=args.text_file, batch_size=args.batch_size,
-                      device=device, dtype=dtype)
+            raise MinigptError(
+                f"the data folder recorded in the checkpoint, {data_dir}, does not exist here; "
+                "pass --data DIR or --text-file FILE"
+            )
+    result = evaluate(
+        model,
+        tokenizer,
+        data_dir=data_dir,
+        text_file=args.text_file,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=dtype,
+    )
     if args.json:
         print(json.dumps(result))
         return
-    rows = [("source", result["source"]), ("tokens", f"{result['tokens']:,}"), ("bytes", f"{result['bytes']:,}"),
-            ("loss", f"{result['loss']:.4f}"), ("perplexity", f"{result['perplexity']:.3f}"),
-            ("bits per byte", f"{result['bits_per_byte']:.4f}")]
+    rows = [
+        ("source", result["source"]),
+        ("tokens", f"{result['tokens']:,}"),
+        ("bytes", f"{result['bytes']:,}"),
+        ("loss", f"{result['loss']:.4f}"),
+        ("perplexity", f"{result['perplexity']:.3f}"),
+        ("bits per byte", f"{result['bits_per_byte']:.4f}"),
+    ]
     for name, value in rows:
         print(f"{name:<14}{value}")

@@ -7,17 +7,25 @@ attention, untied embeddings, zero-initialised projections and logit soft-cappin
 """
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import MinigptError
-from .nn import (ACTIVATIONS, NORMS, KVCache, LearnedPositionalEmbedding, RotaryEmbedding,
-                 SinusoidalPositionalEncoding, TransformerBlock, make_norm)
+from .nn import (
+    ACTIVATIONS,
+    NORMS,
+    KVCache,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    TransformerBlock,
+    make_norm,
+)
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 
@@ -47,18 +55,34 @@ class GPTConfig:
             (self.vocab_size >= 1, f"vocab_size must be at least 1, got {self.vocab_size}"),
             (self.block_size >= 1, f"block_size must be at least 1, got {self.block_size}"),
             (self.n_layer >= 1, f"n_layer must be at least 1, got {self.n_layer}"),
-            (self.n_head >= 1 and self.n_embd >= 1, f"n_head and n_embd must be positive, got {self.n_head}, {self.n_embd}"),
-            (self.n_embd % max(self.n_head, 1) == 0,
-             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))}"),
-            (self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
-             f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}), or be null for n_head"),
+            (
+                self.n_head >= 1 and self.n_embd >= 1,
+                f"n_head and n_embd must be positive, got {self.n_head}, {self.n_embd}",
+            ),
+            (
+                self.n_embd % max(self.n_head, 1) == 0,
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))}",
+            ),
+            (
+                self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
+                f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}), or be null for n_head",
+            ),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.pos_encoding in POS_ENCODINGS, f"pos_encoding {self.pos_encoding!r} is not one of {', '.join(POS_ENCODINGS)}"),
+            (
+                self.pos_encoding in POS_ENCODINGS,
+                f"pos_encoding {self.pos_encoding!r} is not one of {', '.join(POS_ENCODINGS)}",
+            ),
             (self.norm in NORMS, f"norm {self.norm!r} is not one of {', '.join(NORMS)}"),
             (self.mlp in ACTIVATIONS, f"mlp {self.mlp!r} is not one of {', '.join(ACTIVATIONS)}"),
-            (self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
-             f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}"),
-            (self.logit_softcap is None or self.logit_softcap > 0, f"logit_softcap must be positive or null, got {self.logit_softcap}"),
+            (
+                self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
+                f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}",
+            ),
+            (
+                self.logit_softcap is None or self.logit_softcap > 0,
+                f"logit_softcap must be positive or null, got {self.logit_softcap}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -75,20 +99,33 @@ class GPT(nn.Module):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(c.vocab_size, c.n_embd),
-            drop=nn.Dropout(c.dropout),
-            h=nn.ModuleList(
-                TransformerBlock(c.n_embd, c.n_head, n_kv_head=c.n_kv_head, dropout=c.dropout, bias=c.bias,
-                                 norm=c.norm, mlp=c.mlp, qk_norm=c.qk_norm)
-                for _ in range(c.n_layer)),
-            ln_f=make_norm(c.norm, c.n_embd, bias=c.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(c.vocab_size, c.n_embd),
+                drop=nn.Dropout(c.dropout),
+                h=nn.ModuleList(
+                    TransformerBlock(
+                        c.n_embd,
+                        c.n_head,
+                        n_kv_head=c.n_kv_head,
+                        dropout=c.dropout,
+                        bias=c.bias,
+                        norm=c.norm,
+                        mlp=c.mlp,
+                        qk_norm=c.qk_norm,
+                    )
+                    for _ in range(c.n_layer)
+                ),
+                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias),
+            )
+        )
         if c.pos_encoding == "learned":
             self.transformer.wpe = LearnedPositionalEmbedding(c.block_size, c.n_embd)
         elif c.pos_encoding == "sinusoidal":
             self.transformer.wpe = SinusoidalPositionalEncoding(c.block_size, c.n_embd)
-        self.rope = RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
+        self.rope = (
+            RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
+        )
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -170,18 +207,37 @@ class GPT(nn.Module):
     # ---- generation --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, *,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens)."""
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p,
-                                        generator=generator, use_cache=use_cache))
+        new = list(
+            self.generate_stream(
+                idx, max_new_tokens, temperature, top_k, top_p, generator=generator, use_cache=use_cache
+            )
+        )
         return torch.cat([idx, *new], dim=1)
 
     @torch.no_grad()
-    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                        top_k: int | None = None, top_p: float | None = None, *,
-                        generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
         """Yield each new (B, 1) token as soon as it is chosen.
 
         With use_cache, keys and values of the tokens already seen are kept, so each step runs the
@@ -198,7 +254,7 @@ class GPT(nn.Module):
                 logits = self._logits(self._hidden_states(context[:, -block_size:])[:, -1])
             else:
                 if caches is None or caches[0].length == block_size:
-                    keep = context[:, -block_size:] if caches is None else context[:, -max(1, block_size // 2):]
+                    keep = context[:, -block_size:] if caches is None else context[:, -max(1, block_size // 2) :]
                     caches = self._new_caches(context.shape[0], context.device)
                     x = self._hidden_states(keep, caches)
                 else:
@@ -213,8 +269,10 @@ class GPT(nn.Module):
         dtype = self.lm_head.weight.dtype
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
-        return [KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype)
-                for _ in range(c.n_layer)]
+        return [
+            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype)
+            for _ in range(c.n_layer)
+        ]
 
     # ---- size and cost -----------------------------------------------------------------------------
 
@@ -243,16 +301,23 @@ class GPT(nn.Module):
         """Load a Hugging Face GPT-2: a local folder (config.json + model.safetensors or
         pytorch_model.bin) or a Hub name such as "gpt2" or "gpt2-medium" (needs the network)."""
         from .gpt2 import load_gpt2
+
         return load_gpt2(cls, path_or_name)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json and model.safetensors in the layout transformers' GPT2LMHeadModel reads."""
         from .gpt2 import save_gpt2
+
         save_gpt2(self, directory)
 
 
-def choose_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def choose_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Pick one token per row from logits (B, vocab); returns (B, 1).
 
     temperature 0 is greedy (argmax). Otherwise logits are divided by temperature, then top_k keeps

@@ -20,11 +20,14 @@ def build_optimizers(model, train: TrainConfig, device: torch.device) -> list[to
         hidden = [p for n, p in params if p.dim() == 2 and n.startswith("transformer.h.")]
         optimizers.append(torch.optim.Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay))
         params = [(n, p) for n, p in params if not (p.dim() == 2 and n.startswith("transformer.h."))]
-    groups = [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-              {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     # fused: one kernel for all parameters instead of several per tensor
-    optimizers.append(torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
-                                        fused=device.type == "cuda"))
+    optimizers.append(
+        torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=device.type == "cuda")
+    )
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]

@@ -56,9 +56,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minigpt.corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
-from minigpt.errors import MinigptError, first_line
-from minigpt.tokenizers import Tokenizer, build_tokenizer, check_spec
+from .corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
+from .errors import MinigptError, first_line
+from .tokenizers import Tokenizer, build_tokenizer, check_spec
 
 TEXT_SUFFIXES = (".txt", ".md")  # one file = one document, read by us
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # rows, read by `datasets`
@@ -416,8 +416,10 @@ def _read_text_file(path: Path, invalid: dict[str, int]) -> str:
     except OSError as e:
         raise MinigptError(f"cannot read {path} ({e.strerror or e}); give a readable {ACCEPTED_FILES} file") from None
     if b"\x00" in data:
-        raise MinigptError(f"{path} is not a text file (it holds NUL bytes: binary data or UTF-16); "
-                           f"give UTF-8 text, or convert it first") from None
+        raise MinigptError(
+            f"{path} is not a text file (it holds NUL bytes: binary data or UTF-16); "
+            f"give UTF-8 text, or convert it first"
+        ) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -25,14 +25,22 @@ from .errors import MinigptError, read_user_text
 REPLACEMENT_CHAR = "\ufffd"  # what an incomplete UTF-8 character decodes to
 
 
-def check_sampling_options(*, num_samples: int = 1, max_new_tokens: int = 200, temperature: float = 0.8,
-                           top_k: int | None = None, top_p: float | None = None) -> None:
+def check_sampling_options(
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
     """Raise MinigptError for a value outside what generation accepts (NaN included)."""
     checks = [
         (num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}"),
         (max_new_tokens >= 0, f"--max-new-tokens must be 0 or more, got {max_new_tokens}"),
-        (temperature >= 0 and math.isfinite(temperature),
-         f"--temperature must be 0 (greedy) or a positive number, got {temperature}"),
+        (
+            temperature >= 0 and math.isfinite(temperature),
+            f"--temperature must be 0 (greedy) or a positive number, got {temperature}",
+        ),
         (top_k is None or top_k >= 1, f"--top-k must be at least 1, got {top_k}"),
         (top_p is None or 0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
     ]
@@ -60,8 +68,10 @@ def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
         return [_document_start(tokenizer)]
     ids = tokenizer.encode(prompt)  # a char tokenizer names characters it never saw
     if len(ids) > block_size:
-        print(f"note: the prompt has {len(ids)} tokens; keeping its last {block_size} (the model's block_size)",
-              file=sys.stderr)
+        print(
+            f"note: the prompt has {len(ids)} tokens; keeping its last {block_size} (the model's block_size)",
+            file=sys.stderr,
+        )
         ids = ids[-block_size:]
     return ids
 
@@ -111,7 +121,7 @@ class _SampleText:
         self.text += piece
         hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
+            self.text = self.text[: min(hits)]
             self.stopped = True
 
     def printable(self) -> str:
@@ -124,10 +134,22 @@ class _SampleText:
         return self.text
 
 
-def generate_text(model, tokenizer, prompt: str | list[int], *, num_samples: int = 1, max_new_tokens: int = 200,
-                  temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-                  seed: int | None = None, stop: list[str] | None = None, stream_to: TextIO | None = None,
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str | list[int],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    stream_to: TextIO | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[str]:
     """Continue `prompt` num_samples times; return the continuations (without the prompt).
 
     prompt is text (see encode_prompt for the empty prompt and cropping) or ids, used as given.
@@ -138,8 +160,9 @@ def generate_text(model, tokenizer, prompt: str | list[int], *, num_samples: int
     written there as soon as it is final (held back while it could still be the start of a stop
     string or of a multi-byte character); the others are only returned.
     """
-    check_sampling_options(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k, top_p=top_p)
+    check_sampling_options(
+        num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+    )
     device = torch.device(device)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
@@ -178,8 +201,13 @@ def run_sample(args) -> None:
     `---------- sample N ----------`. With --stream the first sample is printed token by token
     and the others when the batch is done (they are generated together, so they finish together).
     """
-    check_sampling_options(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    check_sampling_options(
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
     prompt = read_prompt(args.prompt, args.prompt_file)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -193,9 +221,21 @@ def run_sample(args) -> None:
     if args.stream:
         header(0)
         print(prompt, end="", flush=True)
-    texts = generate_text(model, tokenizer, ids, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                          stop=_unescape(args.stop), stream_to=sys.stdout if args.stream else None, device=device, dtype=dtype)
+    texts = generate_text(
+        model,
+        tokenizer,
+        ids,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=_unescape(args.stop),
+        stream_to=sys.stdout if args.stream else None,
+        device=device,
+        dtype=dtype,
+    )
     if args.stream:
         print()
     for i in range(1 if args.stream else 0, len(texts)):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from minigpt.errors import MinigptError
+from .errors import MinigptError
 
 EOT_TEXT = "<|endoftext|>"
 # GPT-2's pre-tokenization: contractions, letter runs, digit runs, punctuation
@@ -266,8 +266,10 @@ def check_same_vocabulary(theirs: Tokenizer, ours: Tokenizer, where: str) -> Non
         raise MinigptError(f"{where} was prepared with tokenizer {theirs.spec!r} but the model uses {ours.spec!r}")
     for attribute in ("chars", "ranks"):
         if getattr(theirs, attribute, None) != getattr(ours, attribute, None):
-            raise MinigptError(f"{where} was prepared with a different {ours.spec!r} vocabulary "
-                               f"({theirs.vocab_size} tokens) than the model's ({ours.vocab_size} tokens)")
+            raise MinigptError(
+                f"{where} was prepared with a different {ours.spec!r} vocabulary "
+                f"({theirs.vocab_size} tokens) than the model's ({ours.vocab_size} tokens)"
+            )
 
 
 def check_spec(spec: str) -> None:

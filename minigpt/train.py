@@ -37,8 +37,15 @@ from .optim import build_optimizers, lr_multiplier, set_lr
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
 # dense bf16 peak FLOP/s by GPU model name, for MFU (the longest matching name wins)
-PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-              "4090": 165e12}
+PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+}
 
 
 def train(config: RunConfig, resume: bool = False) -> dict:
@@ -85,12 +92,21 @@ class Trainer:
         torch.manual_seed(config.seed + rank)
         self.optimizers = build_optimizers(self.model, t, self.device)
         block = config.model.block_size
-        self.loader = BatchLoader(data_dir / "train.bin", self.data_meta["dtype"], block, t.batch_size,
-                                  seed=config.seed, rank=rank, world_size=world_size, device=self.device)
+        self.loader = BatchLoader(
+            data_dir / "train.bin",
+            self.data_meta["dtype"],
+            block,
+            t.batch_size,
+            seed=config.seed,
+            rank=rank,
+            world_size=world_size,
+            device=self.device,
+        )
         self.val_batches = []
         if self.data_meta.get("val_tokens", 0) > block:
-            self.val_batches = fixed_batches(data_dir / "val.bin", self.data_meta["dtype"], block, t.batch_size,
-                                             t.eval_steps, self.device)
+            self.val_batches = fixed_batches(
+                data_dir / "val.bin", self.data_meta["dtype"], block, t.batch_size, t.eval_steps, self.device
+            )
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.last_val: tuple[int, float] | None = None
         if resume:
@@ -106,7 +122,8 @@ class Trainer:
             self.forward_model = torch.compile(self.model)
         if world_size > 1:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(
-                self.forward_model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+                self.forward_model, device_ids=[local_rank] if self.device.type == "cuda" else None
+            )
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls where bf16 autocast does not reach
             torch.backends.cudnn.allow_tf32 = True
@@ -123,8 +140,10 @@ class Trainer:
     def _check_out_dir(self, resume: bool) -> None:
         has_checkpoints = bool(list_checkpoints(self.out_dir / "checkpoints"))
         if has_checkpoints and not resume:
-            raise MinigptError(f"{self.out_dir} already holds checkpoints; add --resume to continue that run, "
-                               "or choose another out_dir (nothing was changed)")
+            raise MinigptError(
+                f"{self.out_dir} already holds checkpoints; add --resume to continue that run, "
+                "or choose another out_dir (nothing was changed)"
+            )
         if resume and not has_checkpoints:
             raise MinigptError(f"--resume: {self.out_dir} holds no checkpoint to resume from; run without --resume")
 
@@ -141,34 +160,46 @@ class Trainer:
         saved_model = meta["config"]["model"]
         for key, value in self.config.to_dict()["model"].items():
             if saved_model.get(key) != value:
-                raise MinigptError(f"the checkpoint in {checkpoint.path} was trained with model.{key}="
-                                   f"{saved_model.get(key)!r} but the config says {value!r}; resume with the same model")
-        check_same_vocabulary(self.tokenizer, load_tokenizer(meta["tokenizer"], checkpoint.path),
-                              f"the data in {self.config.data.dir}")
+                raise MinigptError(
+                    f"the checkpoint in {checkpoint.path} was trained with model.{key}="
+                    f"{saved_model.get(key)!r} but the config says {value!r}; resume with the same model"
+                )
+        check_same_vocabulary(
+            self.tokenizer, load_tokenizer(meta["tokenizer"], checkpoint.path), f"the data in {self.config.data.dir}"
+        )
         if meta["world_size"] != self.world_size:
-            raise MinigptError(f"the checkpoint was written by {meta['world_size']} process(es); resume with the "
-                               f"same number (now {self.world_size}) so that every process continues its own batches")
+            raise MinigptError(
+                f"the checkpoint was written by {meta['world_size']} process(es); resume with the "
+                f"same number (now {self.world_size}) so that every process continues its own batches"
+            )
         load_weights(self.model, checkpoint.weights, checkpoint.path)
         state = checkpoint.state()
         try:
             for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-                configured = [{k: group[k] for k in ("peak_lr", "weight_decay", "betas") if k in group}
-                              for group in optimizer.param_groups]
+                configured = [
+                    {k: group[k] for k in ("peak_lr", "weight_decay", "betas") if k in group}
+                    for group in optimizer.param_groups
+                ]
                 optimizer.load_state_dict(saved)
                 for group, values in zip(optimizer.param_groups, configured):
                     group.update(values)  # the config's learning rate and decay apply to the resumed run
         except ValueError:
-            raise MinigptError(f"the optimizer state in {checkpoint.path} does not fit train.optimizer="
-                               f"{self.train_cfg.optimizer}; resume with the optimizer the run was trained with, "
-                               f"{meta['config']['train']['optimizer']}") from None
+            raise MinigptError(
+                f"the optimizer state in {checkpoint.path} does not fit train.optimizer="
+                f"{self.train_cfg.optimizer}; resume with the optimizer the run was trained with, "
+                f"{meta['config']['train']['optimizer']}"
+            ) from None
         self.loader.load_state_dict(meta["loader"][self.rank])
         self.step, self.elapsed = meta["step"], meta["elapsed"]
         self.best_val = meta["best_val_loss"] if meta["best_val_loss"] is not None else math.inf
         _set_rng_state(state["rng"][self.rank])
         if self.main:  # forget what was logged after the checkpoint: the resumed run logs it again
             metrics = self.out_dir / "metrics.jsonl"
-            kept = [line for line in metrics.read_text().splitlines()
-                    if _logged_step(line) <= self.step] if metrics.exists() else []
+            kept = (
+                [line for line in metrics.read_text().splitlines() if _logged_step(line) <= self.step]
+                if metrics.exists()
+                else []
+            )
             tmp = metrics.with_name("metrics.jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, metrics)
@@ -177,8 +208,15 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        bar = tqdm(total=self.train_cfg.max_steps, initial=self.step, disable=not (self.main and self.train_cfg.progress),
-                   file=sys.stderr, dynamic_ncols=True, mininterval=1.0, unit="step")
+        bar = tqdm(
+            total=self.train_cfg.max_steps,
+            initial=self.step,
+            disable=not (self.main and self.train_cfg.progress),
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            unit="step",
+        )
         try:
             with self._stop_on_signals():
                 return self._loop(bar)
@@ -208,13 +246,22 @@ class Trainer:
                 now = time.perf_counter()
                 tokens_per_s = self.tokens_per_step * (self.step - window_step) / max(now - window_start, 1e-9)
                 window_start, window_step = now, self.step
-                record = {"step": self.step, "time": self._clock(), "train_loss": loss_value,
-                          "lr": lr_multiplier(self.step - 1, t) * t.lr, "tokens_per_s": round(tokens_per_s, 1)}
+                record = {
+                    "step": self.step,
+                    "time": self._clock(),
+                    "train_loss": loss_value,
+                    "lr": lr_multiplier(self.step - 1, t) * t.lr,
+                    "tokens_per_s": round(tokens_per_s, 1),
+                }
                 if self.peak_flops:
                     record["mfu"] = round(self.flops_per_token * tokens_per_s / self.peak_flops, 4)
                 self._log(record)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
-                                **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
+                bar.set_postfix(
+                    loss=f"{loss_value:.4f}",
+                    lr=f"{record['lr']:.2e}",
+                    tok_s=f"{tokens_per_s:,.0f}",
+                    **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
+                )
                 summary = {"step": self.step, "train_loss": loss_value}
             paused = time.perf_counter()
             if self.step % t.eval_interval == 0 or (done and self.val_batches):
@@ -318,8 +365,14 @@ class Trainer:
         self.model.train()
         val_loss = torch.stack(losses).mean().item()
         self.last_val = (self.step, val_loss)
-        self._log({"step": self.step, "time": self._clock(), "val_loss": val_loss,
-                   "val_perplexity": math.exp(min(val_loss, 50))})
+        self._log(
+            {
+                "step": self.step,
+                "time": self._clock(),
+                "val_loss": val_loss,
+                "val_perplexity": math.exp(min(val_loss, 50)),
+            }
+        )
         if self.main:
             _print(f"step {self.step}: val loss {val_loss:.4f}")
         return val_loss
@@ -334,16 +387,31 @@ class Trainer:
         rng_states = self._gather(_rng_state())
         if not self.main:
             return
-        meta = {"config": {**self.config.to_dict(), "model": {**self.config.to_dict()["model"],
-                                                              "vocab_size": self.config.model.vocab_size}},
-                "tokenizer": self.tokenizer.spec, "data": self.data_meta, "loader": loader_states,
-                "world_size": self.world_size,
-                "elapsed": self._clock(), "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-                "minigpt_version": __version__}
+        meta = {
+            "config": {
+                **self.config.to_dict(),
+                "model": {**self.config.to_dict()["model"], "vocab_size": self.config.model.vocab_size},
+            },
+            "tokenizer": self.tokenizer.spec,
+            "data": self.data_meta,
+            "loader": loader_states,
+            "world_size": self.world_size,
+            "elapsed": self._clock(),
+            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+            "minigpt_version": __version__,
+        }
         state = {"optimizers": [o.state_dict() for o in self.optimizers], "rng": rng_states}
         usable_val = val_loss if val_loss is not None and math.isfinite(val_loss) else None
-        save_checkpoint(self.out_dir, self.step, self.model, meta, state, self.tokenizer,
-                        keep=self.train_cfg.keep_checkpoints, val_loss=usable_val)
+        save_checkpoint(
+            self.out_dir,
+            self.step,
+            self.model,
+            meta,
+            state,
+            self.tokenizer,
+            keep=self.train_cfg.keep_checkpoints,
+            val_loss=usable_val,
+        )
 
     def _gather(self, value) -> list:
         """Every rank's value, in rank order (a list of one without DDP)."""
@@ -360,17 +428,22 @@ class Trainer:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk: one line, and the last checkpoint is still there to resume from
-            raise MinigptError(f"could not write {self.out_dir / 'metrics.jsonl'} ({e.strerror or e}); "
-                               "free disk space and resume with --resume", exit_code=1) from e
+            raise MinigptError(
+                f"could not write {self.out_dir / 'metrics.jsonl'} ({e.strerror or e}); "
+                "free disk space and resume with --resume",
+                exit_code=1,
+            ) from e
         for writer in self.writers:
             writer.log(record)
 
     @contextmanager
     def _stop_on_signals(self):
         """SIGINT / SIGTERM (Ctrl-C, preemption) finish the current step, save, and exit cleanly."""
+
         def request_stop(signum, frame):
             self.stop_signal = signal.Signals(signum).name
             signal.signal(signum, previous[signum])  # a second Ctrl-C interrupts at once
+
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
@@ -383,8 +456,11 @@ def _rng_state() -> dict:
     """Every RNG a step may draw from, as plain Python values (loadable with weights_only, and
     sendable between ranks)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state().tolist()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
@@ -422,6 +498,7 @@ def _print(message: str) -> None:
 class _TensorBoard:
     def __init__(self, out_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(out_dir / "tensorboard")
 
     def log(self, record: dict) -> None:
@@ -436,6 +513,7 @@ class _TensorBoard:
 class _WandB:
     def __init__(self, project: str, config: RunConfig):
         import wandb
+
         self.run = wandb.init(project=project, config=config.to_dict())
 
     def log(self, record: dict) -> None:
@@ -448,8 +526,10 @@ class _WandB:
 def _extra_writers(train_cfg, out_dir: Path, config: RunConfig) -> list:
     """TensorBoard and Weights & Biases, when asked for and installed (metrics.jsonl is always written)."""
     writers = []
-    for wanted, make, package in ((train_cfg.tensorboard, lambda: _TensorBoard(out_dir), "tensorboard"),
-                                  (train_cfg.wandb_project, lambda: _WandB(train_cfg.wandb_project, config), "wandb")):
+    for wanted, make, package in (
+        (train_cfg.tensorboard, lambda: _TensorBoard(out_dir), "tensorboard"),
+        (train_cfg.wandb_project, lambda: _WandB(train_cfg.wandb_project, config), "wandb"),
+    ):
         if not wanted:
             continue
         try:

@@ -37,6 +37,7 @@ def _save(fig, out_path) -> Path:
 
 # ---- attention ---------------------------------------------------------------------------------------
 
+
 def display_token(token: str) -> str:
     """A tick label for a token: whitespace made visible, other control characters escaped, long ones cut."""
     label = "".join(VISIBLE.get(ch, ch if ch.isprintable() else repr(ch)[1:-1]) for ch in token)
@@ -52,7 +53,9 @@ def _layer_maps(weights, layer):
     if layer is None:
         layer = len(weights) - 1
     if not 0 <= layer < len(weights):
-        raise MinigptError(f"layer {layer} is out of range: the model has {len(weights)} layers, 0 to {len(weights) - 1}")
+        raise MinigptError(
+            f"layer {layer} is out of range: the model has {len(weights)} layers, 0 to {len(weights) - 1}"
+        )
     maps = weights[layer].detach().float().cpu()
     if maps.dim() == 4:  # (B, n_head, T, T) straight from attention_maps
         if maps.shape[0] != 1:
@@ -112,7 +115,7 @@ def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=No
             ax.set_ylabel("query (attending)", fontsize=11)
         if i >= len(heads) - cols:
             ax.set_xlabel("key (attended to)", fontsize=11)
-    for ax in axes[len(heads):]:
+    for ax in axes[len(heads) :]:
         ax.set_visible(False)  # the grid's leftover cells
     colorbar = fig.colorbar(image, ax=axes[: len(heads)].tolist(), shrink=0.8)
     colorbar.set_label("attention weight (square-root scale)", fontsize=11)
@@ -130,12 +133,14 @@ def run_attention(args) -> None:
     ids = encode_prompt(tokenizer, args.prompt, model.config.block_size)
     weights = model.attention_maps(torch.tensor([ids]))  # n_layer x (1, n_head, T, T)
     tokens = [tokenizer.decode([i]) for i in ids]
-    path = plot_attention(weights, tokens, args.out, layer=args.layer, head=args.head,
-                          title=f"{Path(args.path).name}: {args.prompt!r}")
+    path = plot_attention(
+        weights, tokens, args.out, layer=args.layer, head=args.head, title=f"{Path(args.path).name}: {args.prompt!r}"
+    )
     print(f"wrote {path}")
 
 
 # ---- losses ------------------------------------------------------------------------------------------
+
 
 def _metrics_file(path) -> Path:
     path = Path(path)
@@ -201,8 +206,9 @@ def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step") ->
         if train_y:
             ax.plot(train_x, train_y, color=color, alpha=0.8, linewidth=1.2, label=f"{label} train")
         if val_y:
-            ax.plot(val_x, val_y, color=color, linestyle="--", marker="o", markersize=4, linewidth=1.5,
-                    label=f"{label} val")
+            ax.plot(
+                val_x, val_y, color=color, linestyle="--", marker="o", markersize=4, linewidth=1.5, label=f"{label} val"
+            )
     ax.set_xlabel("step" if x == "step" else "wall-clock time (s)", fontsize=12)
     ax.set_ylabel("loss (cross-entropy)", fontsize=12)
     ax.set_title("training and validation loss", fontsize=13)

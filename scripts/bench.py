@@ -1,4 +1,5 @@
 """`python scripts/bench.py ...` is `minigpt bench ...`."""
+
 import sys
 
 from minigpt.cli import main

@@ -29,9 +29,21 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=12",
-         "train.eval_steps=2", "train.eval_interval=1000", "train.checkpoint_interval=1000", "train.warmup_steps=5",
-         "train.progress=false", "device=cpu", "dtype=float32", "compile=false"]
+MODEL = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=64",
+    "model.block_size=64",
+    "train.batch_size=12",
+    "train.eval_steps=2",
+    "train.eval_interval=1000",
+    "train.checkpoint_interval=1000",
+    "train.warmup_steps=5",
+    "train.progress=false",
+    "device=cpu",
+    "dtype=float32",
+    "compile=false",
+]
 
 # Run `minigpt ARGS` in this fresh process, then print its peak memory (and its children's) as JSON.
 CHILD = r"""
@@ -119,45 +131,66 @@ def main() -> None:
         measure("prepare", str(SHAKESPEARE), "--tokenizer", "char", "--out", str(small), "--num-proc", "1")
         t = time.perf_counter()
         n_tokens = write_big_tokens(small, big, args.gb)
-        print(f"wrote {big / 'train.bin'}: {n_tokens:,} tokens, {n_tokens * 2 / 1e9:.2f} GB "
-              f"in {time.perf_counter() - t:.1f} s")
+        print(
+            f"wrote {big / 'train.bin'}: {n_tokens:,} tokens, {n_tokens * 2 / 1e9:.2f} GB "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         for name, data in (("small", small), ("big", big)):
             tokens = json.loads((data / "meta.json").read_text())["train_tokens"]
             evict(data)
-            peak = measure("train", "-", f"data.dir={data}", f"out_dir={work / ('run_' + name)}", *MODEL,
-                           f"train.max_steps={args.steps}")
+            peak = measure(
+                "train",
+                "-",
+                f"data.dir={data}",
+                f"out_dir={work / ('run_' + name)}",
+                *MODEL,
+                f"train.max_steps={args.steps}",
+            )
             results[f"train_{name}"] = {"train_tokens": tokens, "train_bin_mb": round(tokens * 2 / 1e6, 1), **peak}
-            print(f"train, {name} data ({tokens * 2 / 1e6:,.0f} MB of tokens), {args.steps} steps: "
-                  f"peak RSS {peak['vmhwm_mb']:.0f} MB; at the end {peak['anon_mb']:.0f} MB private + "
-                  f"{peak['file_mb']:.0f} MB mapped files ({peak['seconds']} s)")
+            print(
+                f"train, {name} data ({tokens * 2 / 1e6:,.0f} MB of tokens), {args.steps} steps: "
+                f"peak RSS {peak['vmhwm_mb']:.0f} MB; at the end {peak['anon_mb']:.0f} MB private + "
+                f"{peak['file_mb']:.0f} MB mapped files ({peak['seconds']} s)"
+            )
         difference = results["train_big"]["vmhwm_mb"] - results["train_small"]["vmhwm_mb"]
         results["train_peak_difference_mb"] = round(difference, 1)
         ratio = results["train_big"]["train_bin_mb"] / results["train_small"]["train_bin_mb"]
-        print(f"difference: {difference:+.0f} MB for {ratio:.0f}x the data "
-              f"({'OK' if abs(difference) <= args.tolerance_mb else 'FAIL'}, tolerance {args.tolerance_mb:.0f} MB)")
+        print(
+            f"difference: {difference:+.0f} MB for {ratio:.0f}x the data "
+            f"({'OK' if abs(difference) <= args.tolerance_mb else 'FAIL'}, tolerance {args.tolerance_mb:.0f} MB)"
+        )
 
         if not args.skip_prepare:
             shutil.rmtree(big)
             t = time.perf_counter()
             size = write_corpus(work / "corpus", args.gb)
-            print(f"wrote a corpus of {size / 1e9:.2f} GB in {len(list((work / 'corpus').iterdir()))} files "
-                  f"in {time.perf_counter() - t:.1f} s; preparing it with the gpt2 tokenizer ...")
+            print(
+                f"wrote a corpus of {size / 1e9:.2f} GB in {len(list((work / 'corpus').iterdir()))} files "
+                f"in {time.perf_counter() - t:.1f} s; preparing it with the gpt2 tokenizer ..."
+            )
             peak = measure("prepare", str(work / "corpus"), "--tokenizer", "gpt2", "--out", str(work / "gpt2"))
             meta = json.loads((work / "gpt2" / "meta.json").read_text())
-            results["prepare"] = {"corpus_bytes": size, "tokens": meta["train_tokens"] + meta["val_tokens"],
-                                  "cores": os.cpu_count(), **peak}
+            results["prepare"] = {
+                "corpus_bytes": size,
+                "tokens": meta["train_tokens"] + meta["val_tokens"],
+                "cores": os.cpu_count(),
+                **peak,
+            }
             ok = max(peak["vmhwm_mb"], peak["children_maxrss_mb"]) <= args.bound_mb
-            print(f"prepare, {size / 1e9:.2f} GB corpus -> {results['prepare']['tokens']:,} tokens in "
-                  f"{peak['seconds']} s ({size / 1e6 / peak['seconds']:.1f} MB/s): peak RSS {peak['vmhwm_mb']:.0f} MB "
-                  f"(main process), {peak['children_maxrss_mb']:.0f} MB (largest worker) "
-                  f"({'OK' if ok else 'FAIL'}, bound {args.bound_mb:.0f} MB)")
+            print(
+                f"prepare, {size / 1e9:.2f} GB corpus -> {results['prepare']['tokens']:,} tokens in "
+                f"{peak['seconds']} s ({size / 1e6 / peak['seconds']:.1f} MB/s): peak RSS {peak['vmhwm_mb']:.0f} MB "
+                f"(main process), {peak['children_maxrss_mb']:.0f} MB (largest worker) "
+                f"({'OK' if ok else 'FAIL'}, bound {args.bound_mb:.0f} MB)"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     failed = abs(results["train_peak_difference_mb"]) > args.tolerance_mb or (
-        "prepare" in results and max(results["prepare"]["vmhwm_mb"], results["prepare"]["children_maxrss_mb"])
-        > args.bound_mb)
+        "prepare" in results
+        and max(results["prepare"]["vmhwm_mb"], results["prepare"]["children_maxrss_mb"]) > args.bound_mb
+    )
     sys.exit(1 if failed else 0)
 
 

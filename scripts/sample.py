@@ -1,4 +1,5 @@
 """`python scripts/sample.py ...` is `minigpt sample ...`."""
+
 import sys
 
 from minigpt.cli import main

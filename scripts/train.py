@@ -1,4 +1,5 @@
 """`python scripts/train.py ...` is `minigpt train ...`."""
+
 import sys
 
 from minigpt.cli import main

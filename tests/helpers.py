@@ -9,15 +9,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # a model small enough to train a few dozen steps in a second or two
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
-        "train.eval_steps=2", "train.progress=false", "train.warmup_steps=5", "dtype=float32"]
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=4",
+    "train.eval_steps=2",
+    "train.progress=false",
+    "train.warmup_steps=5",
+    "dtype=float32",
+]
 
 
 def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     """`python -m minigpt ARGS` in a fresh process, as a user would run it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "minigpt", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "minigpt", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def read_metrics(out_dir: Path, drop=("time", "tokens_per_s", "mfu")) -> list[dict]:
@@ -26,8 +41,9 @@ def read_metrics(out_dir: Path, drop=("time", "tokens_per_s", "mfu")) -> list[di
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines if line.strip()]
 
 
-def save_untrained_run(run_dir: Path, model, tokenizer, data_dir: Path | None = None, *, step: int = 1,
-                       val_loss: float | None = None) -> Path:
+def save_untrained_run(
+    run_dir: Path, model, tokenizer, data_dir: Path | None = None, *, step: int = 1, val_loss: float | None = None
+) -> Path:
     """A run folder with one checkpoint of `model` as it is (no training), as `minigpt train` would save it."""
     import dataclasses
 

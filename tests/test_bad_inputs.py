@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import TINY, run_cli, run_main
+
 from minigpt.checkpoint import list_checkpoints, safe_torch_load
 from minigpt.config import load_config
 from minigpt.errors import MinigptError
@@ -44,45 +44,110 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     # --- prepare
     ("prepare-missing-source", ["prepare", "{root}/missing.txt", *PREPARE], 2, "missing.txt' not found: give a file"),
     ("prepare-empty-corpus", ["prepare", "{root}/empty.txt", *PREPARE], 2, "no text found in '{root}/empty.txt'"),
-    ("prepare-binary-file-type", ["prepare", "{root}/image.bin", *PREPARE], 2,
-     "unsupported file type '.bin' for {root}/image.bin; accepted: .txt"),
+    (
+        "prepare-binary-file-type",
+        ["prepare", "{root}/image.bin", *PREPARE],
+        2,
+        "unsupported file type '.bin' for {root}/image.bin; accepted: .txt",
+    ),
     ("prepare-binary-text", ["prepare", "{root}/binary.txt", *PREPARE], 2, "binary.txt is not a text file"),
-    ("prepare-folder-without-text", ["prepare", "{root}/notext", *PREPARE], 2,
-     "no .txt, .md, .jsonl, .json or .parquet files found in '{root}/notext'"),
-    ("prepare-unknown-tokenizer", ["prepare", "{root}/small.txt", "--tokenizer", "words", "--out", "{root}/p"], 2,
-     "unknown tokenizer 'words'; accepted: char, gpt2"),
-    ("prepare-bpe-too-small", ["prepare", "{root}/small.txt", "--tokenizer", "bpe:10", "--out", "{root}/p"], 2,
-     "'bpe:10': bpe:N needs an integer N >= 257"),
-    ("prepare-val-fraction", ["prepare", "{root}/small.txt", *PREPARE, "--val-fraction", "1.5"], 2,
-     "val_fraction must be in [0, 1), e.g. 0.1; got 1.5"),
-    ("prepare-val-fraction-not-a-number", ["prepare", "{root}/small.txt", *PREPARE, "--val-fraction", "abc"], 2,
-     "--val-fraction: invalid float value: 'abc'"),
-    ("prepare-num-proc-0", ["prepare", "{root}/small.txt", *PREPARE, "--num-proc", "0"], 2,
-     "num_proc must be a whole number >= 1; got 0"),
-    ("prepare-max-chars-0", ["prepare", "{root}/small.txt", *PREPARE, "--max-chars", "0"], 2,
-     "max_chars must be a whole number >= 1; got 0"),
-    ("prepare-out-is-a-file", ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{root}/empty.txt"], 2,
-     "--out {root}/empty.txt is a file; give a folder"),
-    ("prepare-out-already-prepared", ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{tiny}"], 2,
-     "{tiny} already holds prepared data"),
+    (
+        "prepare-folder-without-text",
+        ["prepare", "{root}/notext", *PREPARE],
+        2,
+        "no .txt, .md, .jsonl, .json or .parquet files found in '{root}/notext'",
+    ),
+    (
+        "prepare-unknown-tokenizer",
+        ["prepare", "{root}/small.txt", "--tokenizer", "words", "--out", "{root}/p"],
+        2,
+        "unknown tokenizer 'words'; accepted: char, gpt2",
+    ),
+    (
+        "prepare-bpe-too-small",
+        ["prepare", "{root}/small.txt", "--tokenizer", "bpe:10", "--out", "{root}/p"],
+        2,
+        "'bpe:10': bpe:N needs an integer N >= 257",
+    ),
+    (
+        "prepare-val-fraction",
+        ["prepare", "{root}/small.txt", *PREPARE, "--val-fraction", "1.5"],
+        2,
+        "val_fraction must be in [0, 1), e.g. 0.1; got 1.5",
+    ),
+    (
+        "prepare-val-fraction-not-a-number",
+        ["prepare", "{root}/small.txt", *PREPARE, "--val-fraction", "abc"],
+        2,
+        "--val-fraction: invalid float value: 'abc'",
+    ),
+    (
+        "prepare-num-proc-0",
+        ["prepare", "{root}/small.txt", *PREPARE, "--num-proc", "0"],
+        2,
+        "num_proc must be a whole number >= 1; got 0",
+    ),
+    (
+        "prepare-max-chars-0",
+        ["prepare", "{root}/small.txt", *PREPARE, "--max-chars", "0"],
+        2,
+        "max_chars must be a whole number >= 1; got 0",
+    ),
+    (
+        "prepare-out-is-a-file",
+        ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{root}/empty.txt"],
+        2,
+        "--out {root}/empty.txt is a file; give a folder",
+    ),
+    (
+        "prepare-out-already-prepared",
+        ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{tiny}"],
+        2,
+        "{tiny} already holds prepared data",
+    ),
     ("prepare-malformed-jsonl", ["prepare", "{root}/bad.jsonl", *PREPARE], 2, "could not read bad.jsonl as json"),
-    ("prepare-wrong-text-column", ["prepare", "{root}/rows.jsonl", *PREPARE], 2,
-     "column 'text' does not exist; columns: 'content' (str); choose one with --text-column"),
+    (
+        "prepare-wrong-text-column",
+        ["prepare", "{root}/rows.jsonl", *PREPARE],
+        2,
+        "column 'text' does not exist; columns: 'content' (str); choose one with --text-column",
+    ),
     # --- train: the config
     ("train-config-missing", ["train", "{root}/missing.yaml"], 2, "config file {root}/missing.yaml does not exist"),
     ("train-config-is-a-folder", ["train", "{root}/notext"], 2, "{root}/notext does not exist (it is a folder)"),
-    ("train-malformed-yaml", ["train", "{root}/bad.yaml"], 2, "config {root}/bad.yaml is not valid YAML at line 3, column 6"),
+    (
+        "train-malformed-yaml",
+        ["train", "{root}/bad.yaml"],
+        2,
+        "config {root}/bad.yaml is not valid YAML at line 3, column 6",
+    ),
     ("train-yaml-not-a-mapping", ["train", "{root}/list.yaml"], 2, "must be a mapping of keys"),
-    ("train-unknown-key", [*TRAIN, "train.max_step=3"], 2,
-     "unknown config key 'train.max_step'; did you mean train.max_steps"),
+    (
+        "train-unknown-key",
+        [*TRAIN, "train.max_step=3"],
+        2,
+        "unknown config key 'train.max_step'; did you mean train.max_steps",
+    ),
     ("train-unknown-section", [*TRAIN, "trian.lr=1"], 2, "unknown config key 'trian'; did you mean train"),
     ("train-mistyped-value", [*TRAIN, "train.max_steps=abc"], 2, "train.max_steps must be int, got 'abc'"),
-    ("train-override-without-value", [*TRAIN, "train.max_steps"], 2,
-     "override 'train.max_steps' is not of the form key=value"),
-    ("train-n-embd-not-divisible", [*TRAIN, "model.n_head=4", "model.n_embd=30"], 2,
-     "n_embd (30) must be divisible by n_head (4)"),
-    ("train-n-kv-head-not-dividing", [*TRAIN, "model.n_head=4", "model.n_kv_head=3"], 2,
-     "n_kv_head (3) must divide n_head (4)"),
+    (
+        "train-override-without-value",
+        [*TRAIN, "train.max_steps"],
+        2,
+        "override 'train.max_steps' is not of the form key=value",
+    ),
+    (
+        "train-n-embd-not-divisible",
+        [*TRAIN, "model.n_head=4", "model.n_embd=30"],
+        2,
+        "n_embd (30) must be divisible by n_head (4)",
+    ),
+    (
+        "train-n-kv-head-not-dividing",
+        [*TRAIN, "model.n_head=4", "model.n_kv_head=3"],
+        2,
+        "n_kv_head (3) must divide n_head (4)",
+    ),
     ("train-batch-size-0", [*TRAIN, "train.batch_size=0"], 2, "train.batch_size must be at least 1, got 0"),
     ("train-negative-lr", [*TRAIN, "train.lr=-0.001"], 2, "train.lr must not be negative, got -0.001"),
     ("train-vocab-size-set", [*TRAIN, "model.vocab_size=100"], 2, "model.vocab_size cannot be set: vocab_size comes"),
@@ -93,64 +158,142 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     # --- train: the data
     ("train-data-missing", [*TRAIN, "data.dir={root}/nodata"], 2, "data folder {root}/nodata does not exist"),
     ("train-data-without-meta", [*TRAIN, "data.dir={nometa}"], 2, "data folder {nometa} has no meta.json"),
-    ("train-data-garbage-meta", [*TRAIN, "data.dir={badmeta}"], 2, "{badmeta}/meta.json is unreadable or not valid JSON"),
-    ("train-block-size-beyond-the-data", [*TRAIN, "data.dir={tiny}", "model.block_size=64"], 2,
-     "a window of block_size + 1 = 65 is needed; use a block_size below"),
+    (
+        "train-data-garbage-meta",
+        [*TRAIN, "data.dir={badmeta}"],
+        2,
+        "{badmeta}/meta.json is unreadable or not valid JSON",
+    ),
+    (
+        "train-block-size-beyond-the-data",
+        [*TRAIN, "data.dir={tiny}", "model.block_size=64"],
+        2,
+        "a window of block_size + 1 = 65 is needed; use a block_size below",
+    ),
     # --- train: the run folder and its checkpoints
     ("train-resume-without-checkpoint", [*TRAIN, "--resume"], 2, "{root}/fresh holds no checkpoint to resume from"),
     ("train-fresh-run-over-a-run", [*RESUME, "out_dir={run}"], 2, "{run} already holds checkpoints; add --resume"),
-    ("train-resume-other-architecture", [*RESUME, "out_dir={run}", "model.n_layer=3", "--resume"], 2,
-     "was trained with model.n_layer=2 but the config says 3"),
-    ("train-resume-other-optimizer", [*RESUME, "out_dir={run}", "train.optimizer=muon", "--resume"], 2,
-     "does not fit train.optimizer=muon; resume with the optimizer the run was trained with, adamw"),
+    (
+        "train-resume-other-architecture",
+        [*RESUME, "out_dir={run}", "model.n_layer=3", "--resume"],
+        2,
+        "was trained with model.n_layer=2 but the config says 3",
+    ),
+    (
+        "train-resume-other-optimizer",
+        [*RESUME, "out_dir={run}", "train.optimizer=muon", "--resume"],
+        2,
+        "does not fit train.optimizer=muon; resume with the optimizer the run was trained with, adamw",
+    ),
     ("train-resume-truncated-weights", [*RESUME, "out_dir={trunc}", "--resume"], 2, "step_0000004 is corrupted"),
-    ("train-resume-truncated-state", [*RESUME, "out_dir={truncstate}", "--resume"], 2,
-     "refusing to load {truncstate}/checkpoints/step_0000004/state.pt"),
+    (
+        "train-resume-truncated-state",
+        [*RESUME, "out_dir={truncstate}", "--resume"],
+        2,
+        "refusing to load {truncstate}/checkpoints/step_0000004/state.pt",
+    ),
     # --- sample
     ("sample-missing-path", ["sample", "{root}/norun"], 2, "'{root}/norun' is no local folder"),
     ("sample-folder-without-checkpoint", ["sample", "{root}/notext"], 2, "{root}/notext holds no checkpoint"),
-    ("sample-temperature-negative", [*SAMPLE, "--temperature", "-1"], 2,
-     "--temperature must be 0 (greedy) or a positive number, got -1.0"),
+    (
+        "sample-temperature-negative",
+        [*SAMPLE, "--temperature", "-1"],
+        2,
+        "--temperature must be 0 (greedy) or a positive number, got -1.0",
+    ),
     ("sample-temperature-nan", [*SAMPLE, "--temperature", "nan"], 2, "--temperature must be 0 (greedy) or a positive"),
     ("sample-top-p-0", [*SAMPLE, "--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0"),
     ("sample-top-p-1.5", [*SAMPLE, "--top-p", "1.5"], 2, "--top-p must be in (0, 1], got 1.5"),
     ("sample-top-k-0", [*SAMPLE, "--top-k", "0"], 2, "--top-k must be at least 1, got 0"),
-    ("sample-max-new-tokens-negative", [*SAMPLE, "--max-new-tokens", "-1"], 2, "--max-new-tokens must be 0 or more, got -1"),
+    (
+        "sample-max-new-tokens-negative",
+        [*SAMPLE, "--max-new-tokens", "-1"],
+        2,
+        "--max-new-tokens must be 0 or more, got -1",
+    ),
     ("sample-num-samples-0", [*SAMPLE, "--num-samples", "0"], 2, "--num-samples must be at least 1, got 0"),
-    ("sample-unknown-characters", ["sample", "{run}", "--prompt", "café €"], 2,
-     "character(s) not in the char vocabulary: 'é', '€'"),
-    ("sample-cuda-missing", [*SAMPLE, "--device", "cuda"], 2, "device 'cuda' was asked for but this machine has no CUDA"),
+    (
+        "sample-unknown-characters",
+        ["sample", "{run}", "--prompt", "café €"],
+        2,
+        "character(s) not in the char vocabulary: 'é', '€'",
+    ),
+    (
+        "sample-cuda-missing",
+        [*SAMPLE, "--device", "cuda"],
+        2,
+        "device 'cuda' was asked for but this machine has no CUDA",
+    ),
     ("sample-unknown-dtype", [*SAMPLE, "--dtype", "float64"], 2, "unknown dtype 'float64'; expected auto, float32"),
     ("sample-truncated-weights", ["sample", "{trunc}"], 2, "checkpoint {trunc}/checkpoints/step_0000004 is corrupted"),
     ("sample-garbage-meta", ["sample", "{garbage}"], 2, "checkpoint {garbage}/checkpoints/step_0000004 is corrupted"),
-    ("sample-meta-other-architecture", ["sample", "{archmeta}"], 2, "does not match the model: it has no transformer.h.2"),
-    ("sample-prompt-file-missing", [*SAMPLE[:2], "--prompt-file", "{root}/nope.txt"], 2,
-     "prompt file {root}/nope.txt does not exist"),
-    ("sample-prompt-file-is-a-folder", [*SAMPLE[:2], "--prompt-file", "{root}/notext"], 2,
-     "prompt file {root}/notext is a folder"),
+    (
+        "sample-meta-other-architecture",
+        ["sample", "{archmeta}"],
+        2,
+        "does not match the model: it has no transformer.h.2",
+    ),
+    (
+        "sample-prompt-file-missing",
+        [*SAMPLE[:2], "--prompt-file", "{root}/nope.txt"],
+        2,
+        "prompt file {root}/nope.txt does not exist",
+    ),
+    (
+        "sample-prompt-file-is-a-folder",
+        [*SAMPLE[:2], "--prompt-file", "{root}/notext"],
+        2,
+        "prompt file {root}/notext is a folder",
+    ),
     ("sample-gpt2-folder-corrupted-weights", ["sample", "{gpt2bad}"], 2, "{gpt2bad}/model.safetensors is corrupted"),
     # --- eval
-    ("eval-data-of-another-tokenizer", [*EVAL, "--data", "{gpt2data}"], 2,
-     "was prepared with tokenizer 'gpt2' but the model uses 'char'"),
+    (
+        "eval-data-of-another-tokenizer",
+        [*EVAL, "--data", "{gpt2data}"],
+        2,
+        "was prepared with tokenizer 'gpt2' but the model uses 'char'",
+    ),
     ("eval-data-of-another-char-vocabulary", [*EVAL, "--data", "{tiny}"], 2, "with a different 'char' vocabulary"),
     ("eval-data-without-meta", [*EVAL, "--data", "{nometa}"], 2, "data folder {nometa} has no meta.json"),
-    ("eval-text-file-missing", [*EVAL, "--text-file", "{root}/nope.txt"], 2, "text file {root}/nope.txt does not exist"),
+    (
+        "eval-text-file-missing",
+        [*EVAL, "--text-file", "{root}/nope.txt"],
+        2,
+        "text file {root}/nope.txt does not exist",
+    ),
     ("eval-text-file-empty", [*EVAL, "--text-file", "{root}/empty.txt"], 2, "text file {root}/empty.txt is empty"),
     ("eval-text-file-binary", [*EVAL, "--text-file", "{root}/binary.txt"], 2, "{root}/binary.txt is not UTF-8 text"),
-    ("eval-text-file-unknown-characters", [*EVAL, "--text-file", "{root}/unicode.txt"], 2,
-     "not in the char vocabulary: '5', '€'"),
+    (
+        "eval-text-file-unknown-characters",
+        [*EVAL, "--text-file", "{root}/unicode.txt"],
+        2,
+        "not in the char vocabulary: '5', '€'",
+    ),
     ("eval-batch-size-0", [*EVAL, "--batch-size", "0"], 2, "--batch-size must be at least 1, got 0"),
     ("eval-truncated-weights", ["eval", "{trunc}"], 2, "checkpoint {trunc}/checkpoints/step_0000004 is corrupted"),
     ("eval-cuda-missing", [*EVAL, "--device", "cuda"], 2, "device 'cuda' was asked for but this machine has no CUDA"),
     # --- attention
     ("attention-layer-out-of-range", [*ATTENTION, "--layer", "5"], 2, "layer 5 is out of range"),
     ("attention-head-out-of-range", [*ATTENTION, "--head", "9"], 2, "head 9 is out of range"),
-    ("attention-unknown-characters", ["attention", "{run}", "--prompt", "€", "--out", "{root}/a.png"], 2,
-     "not in the char vocabulary: '€'"),
-    ("attention-folder-without-checkpoint", ["attention", "{root}/notext", "--prompt", "RO", "--out", "{root}/a.png"], 2,
-     "{root}/notext holds no checkpoint"),
+    (
+        "attention-unknown-characters",
+        ["attention", "{run}", "--prompt", "€", "--out", "{root}/a.png"],
+        2,
+        "not in the char vocabulary: '€'",
+    ),
+    (
+        "attention-folder-without-checkpoint",
+        ["attention", "{root}/notext", "--prompt", "RO", "--out", "{root}/a.png"],
+        2,
+        "{root}/notext holds no checkpoint",
+    ),
     # --- plot
-    ("plot-folder-without-metrics", ["plot", "{root}/notext", *PLOT_OUT], 2, "no metrics file at {root}/notext/metrics.jsonl"),
+    (
+        "plot-folder-without-metrics",
+        ["plot", "{root}/notext", *PLOT_OUT],
+        2,
+        "no metrics file at {root}/notext/metrics.jsonl",
+    ),
     ("plot-missing-run", ["plot", "{root}/norun", *PLOT_OUT], 2, "no metrics file at {root}/norun"),
     ("plot-garbage-metrics", ["plot", "{root}/badmetrics", *PLOT_OUT], 2, "metrics.jsonl, line 1 is not JSON"),
     ("plot-bad-x", ["plot", "{run}", *PLOT_OUT, "--x", "epoch"], 2, "argument --x: invalid choice: 'epoch'"),
@@ -207,12 +350,30 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     (root / "badmeta" / "meta.json").write_text('{"tokenizer": "char", ')
 
     run = root / "run"
-    train(load_config(None, [f"data.dir={char_data}", f"out_dir={run}", *TINY, "train.max_steps=4",
-                             "train.checkpoint_interval=4", "train.eval_interval=4"]))
+    train(
+        load_config(
+            None,
+            [
+                f"data.dir={char_data}",
+                f"out_dir={run}",
+                *TINY,
+                "train.max_steps=4",
+                "train.checkpoint_interval=4",
+                "train.eval_interval=4",
+            ],
+        )
+    )
     [step] = list_checkpoints(run / "checkpoints")
     assert step.name == "step_0000004"
-    paths = {"root": root, "run": run, "char": char_data, "tiny": root / "tiny", "gpt2data": root / "gpt2data",
-             "nometa": root / "nometa", "badmeta": root / "badmeta"}
+    paths = {
+        "root": root,
+        "run": run,
+        "char": char_data,
+        "tiny": root / "tiny",
+        "gpt2data": root / "gpt2data",
+        "nometa": root / "nometa",
+        "badmeta": root / "badmeta",
+    }
 
     def broken(name: str, file: str, damage) -> None:
         copy = _copy_run(run, root / name)
@@ -232,8 +393,9 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     broken("archmeta", "meta.json", other_architecture)
     gpt2bad = root / "gpt2bad"
     gpt2bad.mkdir()
-    (gpt2bad / "config.json").write_text(json.dumps({"vocab_size": 16, "n_positions": 8, "n_layer": 1, "n_head": 1,
-                                                     "n_embd": 4}))
+    (gpt2bad / "config.json").write_text(
+        json.dumps({"vocab_size": 16, "n_positions": 8, "n_layer": 1, "n_head": 1, "n_embd": 4})
+    )
     (gpt2bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     paths["gpt2bad"] = gpt2bad
     return paths
@@ -275,8 +437,7 @@ def _marks(name: str) -> list:
     return marks
 
 
-@pytest.mark.parametrize("argv, code, fragment",
-                         [pytest.param(a, c, f, id=n, marks=_marks(n)) for n, a, c, f in CASES])
+@pytest.mark.parametrize("argv, code, fragment", [pytest.param(a, c, f, id=n, marks=_marks(n)) for n, a, c, f in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(world, argv, code, fragment, capsys, monkeypatch):
     monkeypatch.chdir(world["root"])  # relative outputs, if any, would land in the snapshot
     before = snapshot(world["root"], world["char"])
@@ -317,8 +478,11 @@ def test_an_unreadable_file_is_one_line(world, command, capsys, monkeypatch, tmp
             return real_open(self, *args, **kwargs)
 
         monkeypatch.setattr(Path, "open", refuse)
-    argv = (["prepare", str(secret), "--tokenizer", "char", "--out", str(tmp_path / "out")] if command == "prepare"
-            else ["train", str(secret)])
+    argv = (
+        ["prepare", str(secret), "--tokenizer", "char", "--out", str(tmp_path / "out")]
+        if command == "prepare"
+        else ["train", str(secret)]
+    )
     before = snapshot(tmp_path)
     code, _, err = run_in_process(argv, capsys)
     check_error(code, err, 2, f"cannot read {'config ' if command == 'train' else ''}{secret} (Permission denied)")
@@ -327,14 +491,23 @@ def test_an_unreadable_file_is_one_line(world, command, capsys, monkeypatch, tmp
 
 def test_the_case_count():
     cases = len(CASES) + len(IN_A_PROCESS) + 1 + 2
-    print(f"\nbad-input cases: {len(CASES)} in-process, {len(IN_A_PROCESS)} in a real process, 1 --debug, "
-          f"2 unreadable files: {cases} in all, plus 4 malicious-file checks")
-    assert len(CASES) >= 30 and {n.split("-")[0] for n, *_ in CASES} >= {"prepare", "train", "sample", "eval",
-                                                                         "attention", "plot"}
+    print(
+        f"\nbad-input cases: {len(CASES)} in-process, {len(IN_A_PROCESS)} in a real process, 1 --debug, "
+        f"2 unreadable files: {cases} in all, plus 4 malicious-file checks"
+    )
+    assert len(CASES) >= 30 and {n.split("-")[0] for n, *_ in CASES} >= {
+        "prepare",
+        "train",
+        "sample",
+        "eval",
+        "attention",
+        "plot",
+    }
     assert len({n for n, *_ in CASES}) == len(CASES)
 
 
 # ---- untrusted files: a malicious pickle is refused, never run ------------------------------------
+
 
 def test_safe_torch_load_refuses_a_malicious_pickle(tmp_path):
     marker = tmp_path / "pwned"
@@ -355,8 +528,9 @@ def test_resume_refuses_a_checkpoint_with_a_malicious_state(world, tmp_path, cap
     else:
         state.write_bytes(pickle.dumps(Evil(marker)))
     before = snapshot(run)
-    code, _, err = run_in_process(["train", "-", f"data.dir={world['char']}", *TINY, f"out_dir={run}", "--resume"],
-                                  capsys)
+    code, _, err = run_in_process(
+        ["train", "-", f"data.dir={world['char']}", *TINY, f"out_dir={run}", "--resume"], capsys
+    )
     check_error(code, err, 2, f"refusing to load {state}: it is not a plain tensor file")
     assert not marker.exists(), "the pickle's code ran"
     assert snapshot(run) == before
@@ -368,8 +542,9 @@ def test_gpt2_weights_with_a_malicious_pickle_are_refused(tmp_path):
 
     folder = tmp_path / "gpt2"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"vocab_size": 16, "n_positions": 8, "n_layer": 1, "n_head": 1,
-                                                    "n_embd": 4}))
+    (folder / "config.json").write_text(
+        json.dumps({"vocab_size": 16, "n_positions": 8, "n_layer": 1, "n_head": 1, "n_embd": 4})
+    )
     marker = tmp_path / "pwned"
     torch.save({"transformer.wte.weight": Evil(marker)}, folder / "pytorch_model.bin")
     with pytest.raises(MinigptError, match="refusing to load .*pytorch_model.bin"):

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_main, save_untrained_run
+
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
 from minigpt.data import load_meta
@@ -91,8 +91,9 @@ def test_cli_json_defaults_to_the_runs_own_data(root, loaded, capsys):
     result = json.loads(out)
     expected = evaluate(*loaded, data_dir=root / "data", progress=False)
     assert code == 0
-    assert {k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")} == \
-           {k: expected[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}
+    assert {k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")} == {
+        k: expected[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")
+    }
 
 
 def test_cli_table(root, capsys):
@@ -101,13 +102,16 @@ def test_cli_table(root, capsys):
     assert [line.split()[0] for line in out.splitlines()] == ["source", "tokens", "bytes", "loss", "perplexity", "bits"]
 
 
-@pytest.mark.parametrize("make_argv, fragment", [
-    (lambda tmp: ["--data", tmp / "nowhere"], "does not exist"),
-    (lambda tmp: ["--text-file", tmp / "missing.txt"], "does not exist"),
-    (lambda tmp: ["--text-file", tmp / "empty.txt"], "is empty"),
-    (lambda tmp: ["--text-file", tmp / "foreign.txt"], "'日'"),
-    (lambda tmp: ["--batch-size", "0"], "--batch-size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "make_argv, fragment",
+    [
+        (lambda tmp: ["--data", tmp / "nowhere"], "does not exist"),
+        (lambda tmp: ["--text-file", tmp / "missing.txt"], "does not exist"),
+        (lambda tmp: ["--text-file", tmp / "empty.txt"], "is empty"),
+        (lambda tmp: ["--text-file", tmp / "foreign.txt"], "'日'"),
+        (lambda tmp: ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(root, tmp_path, capsys, make_argv, fragment):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "foreign.txt").write_text("日本", encoding="utf-8")

@@ -68,8 +68,10 @@ def test_02_kernel_regression_and_scoring_functions():
     W_q, W_k, w_v = (p.tolist() for p in result["additive_params"])
     for i, q in enumerate(queries):
         for j, k in enumerate(keys2):
-            hidden = [math.tanh(sum(wq * a for wq, a in zip(W_q[h], q)) + sum(wk * b for wk, b in zip(W_k[h], k)))
-                      for h in range(len(w_v))]
+            hidden = [
+                math.tanh(sum(wq * a for wq, a in zip(W_q[h], q)) + sum(wk * b for wk, b in zip(W_k[h], k)))
+                for h in range(len(w_v))
+            ]
             expected = sum(v * t for v, t in zip(w_v, hidden))
             assert result["additive_scores"][i, j].item() == pytest.approx(expected, abs=1e-5)
     torch.testing.assert_close(result["additive_weights"].sum(dim=-1), torch.ones(2))
@@ -77,8 +79,14 @@ def test_02_kernel_regression_and_scoring_functions():
 
 def test_03_self_attention_step_by_step():
     result = load("03_self_attention_step_by_step").main()
-    X = [[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64],
-         [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]]
+    X = [
+        [0.43, 0.15, 0.89],
+        [0.55, 0.87, 0.66],
+        [0.57, 0.85, 0.64],
+        [0.22, 0.58, 0.33],
+        [0.77, 0.25, 0.10],
+        [0.05, 0.80, 0.55],
+    ]
     scores = [sum(a * b for a, b in zip(x, X[1])) for x in X]
     assert [round(s, 4) for s in scores] == [0.9544, 1.4950, 1.4754, 0.8434, 0.7070, 1.0865]
     assert result["scores"].tolist() == pytest.approx(scores, abs=1e-6)
@@ -107,8 +115,13 @@ def test_04_two_ways_of_multihead_attention_agree():
 
 def test_examples_run_as_scripts():
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    run = subprocess.run([sys.executable, str(EXAMPLES / "04_multihead_two_ways.py")],
-                         capture_output=True, text=True, env=env, check=True)
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "04_multihead_two_ways.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     assert "max |way 1 - way 2|" in run.stdout
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, TINY, read_metrics
+
 from minigpt import GPT
 from minigpt.checkpoint import list_checkpoints, load_checkpoint, read_best
 from minigpt.cli import main
@@ -98,15 +98,25 @@ from minigpt.cli import main
 main(sys.argv[1:])
 """
 
-RUN = [*TINY, "model.dropout=0.1", "train.max_steps=40", "train.log_interval=2", "train.eval_interval=10",
-       "train.checkpoint_interval=4", "train.keep_checkpoints=2"]
+RUN = [
+    *TINY,
+    "model.dropout=0.1",
+    "train.max_steps=40",
+    "train.log_interval=2",
+    "train.eval_interval=10",
+    "train.checkpoint_interval=4",
+    "train.keep_checkpoints=2",
+]
 
 # (what is interrupted, resumed?, KILL_AT). Applied in this order to one run folder: each process resumes
 # from whatever the previous kill left. Checkpoints fall every 4 steps; a resumed process's first save
 # is the one after the checkpoint it resumed from.
 KILL_MOMENTS = [
-    ("optimizer step 6, gradients computed, weights not yet updated", False,
-     "minigpt.train|Trainer._optimizer_step|6|before"),
+    (
+        "optimizer step 6, gradients computed, weights not yet updated",
+        False,
+        "minigpt.train|Trainer._optimizer_step|6|before",
+    ),
     ("rewriting metrics.jsonl on resume", True, "os|replace|1|before|metrics.jsonl"),
     ("checkpoint: temporary folder made, no file in it yet", True, "minigpt.checkpoint|save_file|1|before"),
     ("checkpoint: model.safetensors half written", True, "minigpt.checkpoint|save_file|1|half"),
@@ -164,10 +174,18 @@ def test_sigkill_at_many_moments_then_resume_reproduces_every_loss(char_data, re
     out = tmp_path / "run"
     steps = []
     for what, resume, kill_at in KILL_MOMENTS:
-        process = driver(*train_args(char_data, out), *(["--resume"] if resume else []), kill_at=kill_at,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = driver(
+            *train_args(char_data, out),
+            *(["--resume"] if resume else []),
+            kill_at=kill_at,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _, stderr = process.communicate(timeout=120)
-        assert process.returncode == -signal.SIGKILL, f"not killed at: {what} (rc {process.returncode}): {stderr[-800:]}"
+        assert process.returncode == -signal.SIGKILL, (
+            f"not killed at: {what} (rc {process.returncode}): {stderr[-800:]}"
+        )
         steps.append(assert_loadable(out))
     print(f"\nSIGKILL moments tried: {len(KILL_MOMENTS)}; newest checkpoint after each: {steps}")
     assert len(KILL_MOMENTS) >= 10
@@ -181,8 +199,13 @@ def test_sigkill_at_many_moments_then_resume_reproduces_every_loss(char_data, re
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(char_data, reference, tmp_path, sig):
     out = tmp_path / "run"
-    process = driver(*train_args(char_data, out), slow_down="minigpt.train|Trainer.train_step|0.1",
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = driver(
+        *train_args(char_data, out),
+        slow_down="minigpt.train|Trainer.train_step|0.1",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 60
     while not (metrics.exists() and "train_loss" in metrics.read_text()):
@@ -203,10 +226,17 @@ def test_a_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(char_data, refe
     assert resumed == reference
 
 
-@pytest.mark.parametrize("where, file", [("minigpt.checkpoint.save_file", "model.safetensors"),
-                                         ("torch.save", "state.pt"), ("minigpt.checkpoint._write_json", "meta.json")])
-def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_1(char_data, reference, tmp_path, monkeypatch, capsys,
-                                                               where, file):
+@pytest.mark.parametrize(
+    "where, file",
+    [
+        ("minigpt.checkpoint.save_file", "model.safetensors"),
+        ("torch.save", "state.pt"),
+        ("minigpt.checkpoint._write_json", "meta.json"),
+    ],
+)
+def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_1(
+    char_data, reference, tmp_path, monkeypatch, capsys, where, file
+):
     module_name, name = where.rsplit(".", 1)
     owner = sys.modules[module_name]
     original, calls = getattr(owner, name), []
@@ -271,8 +301,7 @@ def nan_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(GPT, "forward", forward)
 
 
-def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(char_data, reference, tmp_path, monkeypatch,
-                                                                  capsys):
+def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(char_data, reference, tmp_path, monkeypatch, capsys):
     nan_at_step(monkeypatch, 11)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
@@ -357,9 +386,19 @@ def assert_not_prepared(out: Path) -> None:
 
 def test_a_prepare_killed_while_writing_leaves_nothing_that_looks_done(big_corpus, tmp_path):
     out = tmp_path / "data"
-    process = driver("prepare", big_corpus, "--tokenizer", "char", "--out", out, "--num-proc", "1",
-                     slow_down="minigpt.prepare|_encode_job|0.05", stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
+    process = driver(
+        "prepare",
+        big_corpus,
+        "--tokenizer",
+        "char",
+        "--out",
+        out,
+        "--num-proc",
+        "1",
+        slow_down="minigpt.prepare|_encode_job|0.05",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     staged = out / STAGING / "train.bin"
     deadline = time.time() + 60
     while not (staged.exists() and staged.stat().st_size > 0):
@@ -378,8 +417,19 @@ def test_a_prepare_killed_while_writing_leaves_nothing_that_looks_done(big_corpu
 
 def test_a_prepare_killed_while_moving_its_files_into_place_can_be_rerun(big_corpus, tmp_path):
     out = tmp_path / "data"
-    process = driver("prepare", big_corpus, "--tokenizer", "char", "--out", out, "--num-proc", "1",
-                     kill_at="os|replace|2|before", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = driver(
+        "prepare",
+        big_corpus,
+        "--tokenizer",
+        "char",
+        "--out",
+        out,
+        "--num-proc",
+        "1",
+        kill_at="os|replace|2|before",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     process.wait(timeout=120)
     assert process.returncode == -signal.SIGKILL
     assert (out / "train.bin").exists() and not (out / "val.bin").exists()  # killed between the moves

@@ -96,10 +96,18 @@ def test_the_same_seed_gives_the_same_samples():
 
 def test_gpt2_parameter_names_and_size():
     names = set(tiny().state_dict())
-    for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.ln_1.weight",
-                 "transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.c_proj.bias", "transformer.h.1.ln_2.bias",
-                 "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.ln_f.weight",
-                 "lm_head.weight"):
+    for name in (
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.1.ln_1.weight",
+        "transformer.h.1.attn.c_attn.weight",
+        "transformer.h.1.attn.c_proj.bias",
+        "transformer.h.1.ln_2.bias",
+        "transformer.h.1.mlp.c_fc.weight",
+        "transformer.h.1.mlp.c_proj.weight",
+        "transformer.ln_f.weight",
+        "lm_head.weight",
+    ):
         assert name in names
     gpt2 = GPT(GPTConfig())  # GPT-2 small: 124,439,808 parameters, as published for Hugging Face's "gpt2"
     assert gpt2.num_params() == 124_439_808
@@ -127,8 +135,9 @@ def test_attention_maps_have_one_causal_map_per_layer():
 def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4,
-                                        bos_token_id=0, eos_token_id=0)
+    hf_config = transformers.GPT2Config(
+        vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
     reference = transformers.GPT2LMHeadModel(hf_config).eval()
     reference.save_pretrained(tmp_path / "hf")
     model = GPT.from_pretrained(str(tmp_path / "hf")).eval()

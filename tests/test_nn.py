@@ -7,8 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt.nn import (FeedForward, KVCache, LayerNorm, LearnedPositionalEmbedding, MultiHeadAttention, RMSNorm,
-                        RotaryEmbedding, SinusoidalPositionalEncoding, TransformerBlock, causal_mask, key_padding_mask)
+from minigpt.nn import (
+    FeedForward,
+    KVCache,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    MultiHeadAttention,
+    RMSNorm,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    TransformerBlock,
+    causal_mask,
+    key_padding_mask,
+)
 
 torch.manual_seed(0)
 
@@ -42,9 +53,15 @@ def test_attention_matches_torch_multihead_attention(case):
 
     y, w = ours(x, context, causal=causal, mask=mask, need_weights=True)
     y_fast = ours(x, context, causal=causal, mask=mask)
-    ref_y, ref_w = theirs(x, kv, kv, need_weights=True, average_attn_weights=False,
-                          attn_mask=~causal_mask(7, 7) if causal else None,  # torch: True = blocked
-                          key_padding_mask=~valid if mask is not None else None)
+    ref_y, ref_w = theirs(
+        x,
+        kv,
+        kv,
+        need_weights=True,
+        average_attn_weights=False,
+        attn_mask=~causal_mask(7, 7) if causal else None,  # torch: True = blocked
+        key_padding_mask=~valid if mask is not None else None,
+    )
     torch.testing.assert_close(y, ref_y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y_fast, ref_y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=1e-5)
@@ -84,7 +101,10 @@ def test_grouped_query_attention_equals_full_attention_with_shared_key_value_hea
     hs = 4
     q_w, k_w, v_w = gqa.c_attn.weight.split([24, 8, 8])
     q_b, k_b, v_b = gqa.c_attn.bias.split([24, 8, 8])
-    expand = lambda t: t.view(2, hs, *t.shape[1:]).repeat_interleave(3, dim=0).reshape(24, *t.shape[1:])
+
+    def expand(t):
+        return t.view(2, hs, *t.shape[1:]).repeat_interleave(3, dim=0).reshape(24, *t.shape[1:])
+
     with torch.no_grad():
         mha.c_attn.weight.copy_(torch.cat([q_w, expand(k_w), expand(v_w)]))
         mha.c_attn.bias.copy_(torch.cat([q_b, expand(k_b), expand(v_b)]))
@@ -129,8 +149,10 @@ def test_sinusoidal_encoding_follows_the_paper_formula():
 def test_rotary_dot_products_depend_only_on_relative_position():
     rope = RotaryEmbedding(8, 64)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
     def score(t, s):
         return (rope(q, offset=t) * rope(k, offset=s)).sum().item()
+
     assert score(10, 3) == pytest.approx(score(40, 33), abs=1e-4)
     assert score(10, 3) != pytest.approx(score(10, 9), abs=1e-3)
     torch.testing.assert_close(rope(q, 0), q)  # position 0 is no rotation

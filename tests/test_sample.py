@@ -4,8 +4,8 @@ import io
 
 import pytest
 import torch
-
 from helpers import run_main, save_untrained_run
+
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
 from minigpt.errors import MinigptError
@@ -20,8 +20,9 @@ def run_dir(tmp_path_factory, char_data):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
     widen_weights(model)
-    return save_untrained_run(tmp_path_factory.mktemp("sample") / "run", model, tokenizer, char_data,
-                              step=30, val_loss=2.5)
+    return save_untrained_run(
+        tmp_path_factory.mktemp("sample") / "run", model, tokenizer, char_data, step=30, val_loss=2.5
+    )
 
 
 def widen_weights(model, std=0.5):
@@ -59,7 +60,7 @@ def test_same_seed_same_text_and_other_seeds_differ(loaded):
 def test_greedy_matches_gpt_generate(loaded):
     model, tokenizer = loaded
     ids = tokenizer.encode("ROMEO:")
-    expected = model.generate(torch.tensor([ids]), 60, temperature=0)[0, len(ids):].tolist()
+    expected = model.generate(torch.tensor([ids]), 60, temperature=0)[0, len(ids) :].tolist()
     assert sample(loaded, max_new_tokens=60, temperature=0, num_samples=2) == [tokenizer.decode(expected)] * 2
 
 
@@ -102,8 +103,24 @@ def test_a_seeded_sample_stops_like_its_unstopped_twin(loaded):
 def test_the_command_line_reads_backslash_n_in_stop_strings_as_a_newline(loaded, run_dir, capsys):
     full = sample(loaded, prompt="A", max_new_tokens=200, seed=3)[0]
     assert "\n" in full
-    code, out, _ = cli(capsys, run_dir, "--prompt", "A", "--max-new-tokens", 200, "--temperature", 1.0,
-                       "--seed", 3, "--stop", "\\n", "--device", "cpu", "--dtype", "float32")
+    code, out, _ = cli(
+        capsys,
+        run_dir,
+        "--prompt",
+        "A",
+        "--max-new-tokens",
+        200,
+        "--temperature",
+        1.0,
+        "--seed",
+        3,
+        "--stop",
+        "\\n",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    )
     assert code == 0 and out == "A" + full[: full.find("\n")] + "\n"
 
 
@@ -118,7 +135,7 @@ def test_incremental_decoding_never_splits_a_multibyte_character():
         tracker.add(i)
         shown.append(tracker.printable())
     tracker.finish()
-    assert tracker.text == text[:text.find("テキ")]
+    assert tracker.text == text[: text.find("テキ")]
     assert not any("\ufffd" in s for s in shown)
 
 
@@ -135,15 +152,18 @@ def test_empty_prompt_starts_at_a_newline_for_a_char_model_without_eot(loaded):
     assert sample(loaded, "", seed=1) == sample(loaded, "\n", seed=1)
 
 
-@pytest.mark.parametrize("options, fragment", [
-    (dict(temperature=-0.5), "--temperature"),
-    (dict(temperature=float("nan")), "--temperature"),
-    (dict(top_p=0.0), "--top-p"),
-    (dict(top_p=1.5), "--top-p"),
-    (dict(top_k=0), "--top-k"),
-    (dict(max_new_tokens=-1), "--max-new-tokens"),
-    (dict(num_samples=0), "--num-samples"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (dict(temperature=-0.5), "--temperature"),
+        (dict(temperature=float("nan")), "--temperature"),
+        (dict(top_p=0.0), "--top-p"),
+        (dict(top_p=1.5), "--top-p"),
+        (dict(top_k=0), "--top-k"),
+        (dict(max_new_tokens=-1), "--max-new-tokens"),
+        (dict(num_samples=0), "--num-samples"),
+    ],
+)
 def test_out_of_range_options_are_refused(loaded, options, fragment):
     with pytest.raises(MinigptError, match=fragment):
         sample(loaded, **options)
@@ -154,12 +174,15 @@ def cli(capsys, *argv):
     return run_main(capsys, "sample", *argv)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
-    (["--temperature", "-1"], "--temperature"),
-    (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file /nonexistent/prompt.txt does not exist"),
-    (["--prompt", "Hello 日本"], "'日', '本'"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file /nonexistent/prompt.txt does not exist"),
+        (["--prompt", "Hello 日本"], "'日', '本'"),
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(run_dir, capsys, argv, fragment):
     code, out, err = cli(capsys, run_dir, "--device", "cpu", *argv)
     assert code == 2
@@ -168,16 +191,46 @@ def test_cli_errors_are_one_line_with_exit_code_2(run_dir, capsys, argv, fragmen
 
 
 def test_cli_prints_prompt_and_samples_with_separators(run_dir, loaded, capsys):
-    code, out, _ = cli(capsys, run_dir, "--prompt", "ROMEO:", "--num-samples", "2", "--seed", "5",
-                       "--max-new-tokens", "30", "--temperature", "1.0", "--device", "cpu", "--dtype", "float32")
+    code, out, _ = cli(
+        capsys,
+        run_dir,
+        "--prompt",
+        "ROMEO:",
+        "--num-samples",
+        "2",
+        "--seed",
+        "5",
+        "--max-new-tokens",
+        "30",
+        "--temperature",
+        "1.0",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    )
     texts = sample(loaded, num_samples=2, seed=5, max_new_tokens=30)
     assert code == 0
     assert out == "".join(f"---------- sample {i + 1} ----------\nROMEO:{t}\n" for i, t in enumerate(texts))
 
 
 def test_cli_stream_prints_the_same_text(run_dir, capsys):
-    argv = [run_dir, "--prompt", "ROMEO:", "--seed", "5", "--max-new-tokens", "50", "--stop", "\n\n", "e",
-            "--device", "cpu", "--dtype", "float32"]
+    argv = [
+        run_dir,
+        "--prompt",
+        "ROMEO:",
+        "--seed",
+        "5",
+        "--max-new-tokens",
+        "50",
+        "--stop",
+        "\n\n",
+        "e",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
     _, plain, _ = cli(capsys, *argv)
     _, streamed, _ = cli(capsys, *argv, "--stream")
     assert streamed == plain
@@ -186,8 +239,9 @@ def test_cli_stream_prints_the_same_text(run_dir, capsys):
 def test_prompt_file(run_dir, tmp_path, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("JULIET:\n", encoding="utf-8")
-    code, out, _ = cli(capsys, run_dir, "--prompt-file", prompt, "--max-new-tokens", "5", "--temperature", "0",
-                       "--device", "cpu")
+    code, out, _ = cli(
+        capsys, run_dir, "--prompt-file", prompt, "--max-new-tokens", "5", "--temperature", "0", "--device", "cpu"
+    )
     assert code == 0 and out.startswith("JULIET:\n") and len(out) == len("JULIET:\n") + 5 + 1
 
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-
 from helpers import TINY, read_metrics, run_cli
+
 from minigpt.checkpoint import list_checkpoints, load_checkpoint
 from minigpt.config import load_config
 from minigpt.errors import MinigptError
@@ -24,8 +24,18 @@ def config_for(data_dir, out_dir, *overrides):
 
 def test_training_lowers_the_loss_and_writes_a_run_folder(char_data, tmp_path):
     out = tmp_path / "run"
-    summary = train(config_for(char_data, out, "train.max_steps=60", "train.lr=3e-3", "train.log_interval=10",
-                               "train.eval_interval=30", "train.checkpoint_interval=20", "train.keep_checkpoints=1"))
+    summary = train(
+        config_for(
+            char_data,
+            out,
+            "train.max_steps=60",
+            "train.lr=3e-3",
+            "train.log_interval=10",
+            "train.eval_interval=30",
+            "train.checkpoint_interval=20",
+            "train.keep_checkpoints=1",
+        )
+    )
     metrics = read_metrics(out)
     train_losses = [m["train_loss"] for m in metrics if "train_loss" in m]
     assert train_losses[-1] < min(3.35, train_losses[0] - 0.3)  # from ln(65) = 4.17 down towards bigram level
@@ -36,9 +46,16 @@ def test_training_lowers_the_loss_and_writes_a_run_folder(char_data, tmp_path):
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     assert "step_0000060" in kept and f"step_{best['step']:07d}" in kept and len(kept) <= 2
     checkpoint = load_checkpoint(out, latest=True)
-    assert {p.name for p in checkpoint.path.iterdir()} == {"model.safetensors", "state.pt", "meta.json", "char_vocab.json"}
+    assert {p.name for p in checkpoint.path.iterdir()} == {
+        "model.safetensors",
+        "state.pt",
+        "meta.json",
+        "char_vocab.json",
+    }
     assert not any(k.startswith("_orig_mod") for k in checkpoint.weights)
-    assert checkpoint.meta["tokenizer"] == "char" and checkpoint.meta["config"]["model"]["vocab_size"] == 62  # characters in this excerpt
+    assert (
+        checkpoint.meta["tokenizer"] == "char" and checkpoint.meta["config"]["model"]["vocab_size"] == 62
+    )  # characters in this excerpt
     assert set(checkpoint.state()["rng"][0]) >= {"python", "numpy", "torch"}
 
 
@@ -61,14 +78,24 @@ def test_a_fresh_run_never_overwrites_one_with_checkpoints(char_data, tmp_path):
 
 
 def test_sigkill_then_resume_reproduces_every_loss_bitwise(char_data, tmp_path):
-    args = [f"data.dir={char_data}", *TINY, "model.dropout=0.1", "train.max_steps=40", "train.log_interval=2",
-            "train.eval_interval=10", "train.checkpoint_interval=8"]
+    args = [
+        f"data.dir={char_data}",
+        *TINY,
+        "model.dropout=0.1",
+        "train.max_steps=40",
+        "train.log_interval=2",
+        "train.eval_interval=10",
+        "train.checkpoint_interval=8",
+    ]
     reference = tmp_path / "reference"
     assert run_cli("train", "-", *args, f"out_dir={reference}").returncode == 0, "uninterrupted run failed"
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "minigpt", "train", "-", *args, f"out_dir={killed}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minigpt", "train", "-", *args, f"out_dir={killed}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step_0000016").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -85,9 +112,23 @@ def test_sigkill_then_resume_reproduces_every_loss_bitwise(char_data, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(char_data, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "minigpt", "train", "-", f"data.dir={char_data}", *TINY,
-                                "train.max_steps=100000", "train.checkpoint_interval=100000", f"out_dir={out}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minigpt",
+            "train",
+            "-",
+            f"data.dir={char_data}",
+            *TINY,
+            "train.max_steps=100000",
+            "train.checkpoint_interval=100000",
+            f"out_dir={out}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
         time.sleep(0.05)
         assert process.poll() is None
@@ -100,14 +141,32 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(char_data, tmp_path):
 
 
 def test_two_processes_match_one_with_twice_the_accumulation(char_data, tmp_path):
-    common = [f"data.dir={char_data}", *TINY, "train.max_steps=8", "train.log_interval=1", "train.eval_interval=4",
-              "train.checkpoint_interval=8"]
+    common = [
+        f"data.dir={char_data}",
+        *TINY,
+        "train.max_steps=8",
+        "train.log_interval=1",
+        "train.eval_interval=4",
+        "train.checkpoint_interval=8",
+    ]
     single = run_cli("train", "-", *common, "train.grad_accum=2", f"out_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
-    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "minigpt", "train", "-", *common, f"out_dir={tmp_path / 'ddp'}"]
-    ddp = subprocess.run(env_cmd, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "minigpt",
+        "train",
+        "-",
+        *common,
+        f"out_dir={tmp_path / 'ddp'}",
+    ]
+    ddp = subprocess.run(
+        env_cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, two = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
     assert [m["step"] for m in one] == [m["step"] for m in two]
@@ -117,14 +176,36 @@ def test_two_processes_match_one_with_twice_the_accumulation(char_data, tmp_path
                 assert b[key] == pytest.approx(a[key], abs=2e-5), (a, b)
 
 
-@pytest.mark.parametrize("options", [["dtype=bfloat16"], ["train.optimizer=muon", "train.schedule=wsd"],
-                                     ["model.pos_encoding=rope", "model.norm=rmsnorm", "model.mlp=swiglu",
-                                      "model.qk_norm=true", "model.n_kv_head=1", "model.logit_softcap=30",
-                                      "model.tie_weights=false", "model.zero_init_proj=true"]],
-                         ids=["bf16-autocast", "muon-wsd", "modern-recipe"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["dtype=bfloat16"],
+        ["train.optimizer=muon", "train.schedule=wsd"],
+        [
+            "model.pos_encoding=rope",
+            "model.norm=rmsnorm",
+            "model.mlp=swiglu",
+            "model.qk_norm=true",
+            "model.n_kv_head=1",
+            "model.logit_softcap=30",
+            "model.tie_weights=false",
+            "model.zero_init_proj=true",
+        ],
+    ],
+    ids=["bf16-autocast", "muon-wsd", "modern-recipe"],
+)
 def test_training_options_learn(char_data, tmp_path, options):
-    summary = train(config_for(char_data, tmp_path / "run", "train.max_steps=40", "train.lr=3e-3",
-                               "train.log_interval=40", "train.eval_interval=40", *options))
+    summary = train(
+        config_for(
+            char_data,
+            tmp_path / "run",
+            "train.max_steps=40",
+            "train.lr=3e-3",
+            "train.log_interval=40",
+            "train.eval_interval=40",
+            *options,
+        )
+    )
     assert summary["train_loss"] < 3.3 and math.isfinite(summary["val_loss"])
 
 
@@ -141,6 +222,7 @@ def test_learning_rate_schedules():
 
 def test_torch_compile_gives_the_same_logits_on_cpu():
     from minigpt import GPT, GPTConfig
+
     model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
     idx = torch.randint(0, 40, (2, 16))
     compiled = torch.compile(model)
@@ -164,6 +246,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 def test_missing_logging_extras_only_add_a_note(char_data, tmp_path, capsys):
     try:
         import torch.utils.tensorboard  # noqa: F401
+
         pytest.skip("tensorboard is installed here")
     except ImportError:
         pass

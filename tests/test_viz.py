@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("matplotlib")
 
 from helpers import save_untrained_run
+
 from minigpt import GPT, GPTConfig
 from minigpt.cli import main
 from minigpt.errors import MinigptError
@@ -46,15 +47,29 @@ def write_run(run_dir, lines):
 def training_log(seconds_per_step=0.1):
     lines = []
     for step in range(0, 101, 10):
-        lines.append({"step": step, "time": step * seconds_per_step, "train_loss": 3.0 - step / 50,
-                      "lr": 0.001, "tokens_per_s": 15000.0})
+        lines.append(
+            {
+                "step": step,
+                "time": step * seconds_per_step,
+                "train_loss": 3.0 - step / 50,
+                "lr": 0.001,
+                "tokens_per_s": 15000.0,
+            }
+        )
         if step % 50 == 0:
-            lines.append({"step": step, "time": step * seconds_per_step + 0.5, "val_loss": 3.1 - step / 50,
-                          "val_perplexity": 6.7})
+            lines.append(
+                {
+                    "step": step,
+                    "time": step * seconds_per_step + 0.5,
+                    "val_loss": 3.1 - step / 50,
+                    "val_perplexity": 6.7,
+                }
+            )
     return lines
 
 
 # ---- attention ---------------------------------------------------------------------------------------
+
 
 def test_attention_grid_of_all_heads_is_a_png(maps, tmp_path):
     path = plot_attention(maps, TOKENS, tmp_path / "attention.png")
@@ -71,11 +86,14 @@ def test_attention_single_head_and_squeezed_maps(maps, tmp_path):
     assert 200 <= width <= 3000 and 200 <= height <= 3000
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(layer=2), "0 to 1"),
-    (dict(layer=-1), "0 to 1"),
-    (dict(head=5), "0 to 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(layer=2), "0 to 1"),
+        (dict(layer=-1), "0 to 1"),
+        (dict(head=5), "0 to 1"),
+    ],
+)
 def test_attention_bad_index_names_the_valid_range(maps, tmp_path, kwargs, message):
     with pytest.raises(MinigptError, match=message):
         plot_attention(maps, TOKENS, tmp_path / "x.png", **kwargs)
@@ -115,6 +133,7 @@ def test_attention_command_draws_a_saved_model(tmp_path, capsys):
 
 
 # ---- losses ------------------------------------------------------------------------------------------
+
 
 def test_losses_of_one_run_against_steps(tmp_path):
     run = write_run(tmp_path / "run", training_log())

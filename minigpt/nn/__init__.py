@@ -7,7 +7,19 @@ from .norm import NORMS, LayerNorm, RMSNorm, make_norm
 from .position import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
 __all__ = [
-    "ACTIVATIONS", "NORMS", "FeedForward", "KVCache", "LayerNorm", "LearnedPositionalEmbedding",
-    "MultiHeadAttention", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding", "TransformerBlock",
-    "attention_weights", "causal_mask", "key_padding_mask", "make_norm",
+    "ACTIVATIONS",
+    "NORMS",
+    "FeedForward",
+    "KVCache",
+    "LayerNorm",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "TransformerBlock",
+    "attention_weights",
+    "causal_mask",
+    "key_padding_mask",
+    "make_norm",
 ]

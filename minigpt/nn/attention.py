@@ -79,8 +79,16 @@ class MultiHeadAttention(nn.Module):
     shares one key/value head. qk_norm applies RMSNorm to each query and key head (stabilises training).
     """
 
-    def __init__(self, d_model: int, n_head: int, *, n_kv_head: int | None = None, dropout: float = 0.0,
-                 bias: bool = True, qk_norm: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        *,
+        n_kv_head: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        qk_norm: bool = False,
+    ):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if d_model % n_head:
@@ -96,9 +104,17 @@ class MultiHeadAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, causal: bool = False,
-                mask: torch.Tensor | None = None, need_weights: bool = False,
-                rope: RotaryEmbedding | None = None, cache: KVCache | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        causal: bool = False,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        rope: RotaryEmbedding | None = None,
+        cache: KVCache | None = None,
+    ):
         """x: (B, T_q, C) queries; context: (B, T_k, C) keys/values source (None: x itself).
 
         Returns y of shape (B, T_q, C), or (y, weights) with weights (B, n_head, T_q, T_k) if need_weights.

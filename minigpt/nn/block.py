@@ -18,9 +18,20 @@ from .position import RotaryEmbedding
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, d_model: int, n_head: int, *, n_kv_head: int | None = None, cross_attention: bool = False,
-                 dropout: float = 0.0, bias: bool = True, norm: str = "layernorm", mlp: str = "gelu",
-                 ff_hidden: int | None = None, qk_norm: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        *,
+        n_kv_head: int | None = None,
+        cross_attention: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+        norm: str = "layernorm",
+        mlp: str = "gelu",
+        ff_hidden: int | None = None,
+        qk_norm: bool = False,
+    ):
         super().__init__()
         heads = dict(n_kv_head=n_kv_head, dropout=dropout, bias=bias, qk_norm=qk_norm)
         self.ln_1 = make_norm(norm, d_model, bias=bias)
@@ -33,9 +44,18 @@ class TransformerBlock(nn.Module):
         self.ln_2 = make_norm(norm, d_model, bias=bias)
         self.mlp = FeedForward(d_model, ff_hidden, activation=mlp, dropout=dropout, bias=bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, causal: bool = False,
-                mask: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                need_weights: bool = False, rope: RotaryEmbedding | None = None, cache: KVCache | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        causal: bool = False,
+        mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        rope: RotaryEmbedding | None = None,
+        cache: KVCache | None = None,
+    ):
         """x: (B, T, C). mask restricts self-attention, context_mask (B, 1, 1, T_ctx) cross-attention.
 
         Returns x, or (x, self-attention weights (B, n_head, T, T)) when need_weights.

@@ -18,8 +18,15 @@ class FeedForward(nn.Module):
     hidden defaults to 4 * d_model, or two thirds of that for swiglu so the parameter count matches.
     """
 
-    def __init__(self, d_model: int, hidden: int | None = None, *, activation: str = "gelu",
-                 dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int | None = None,
+        *,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        bias: bool = True,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")

@@ -24,9 +24,7 @@ def budget_table():
 
     # Row i of A says how department i's new budget is put together from everyone's returns.
     # Each row sums to 1: a department receives a *share* of the returns, never more than all of them.
-    A = torch.tensor([[1.0, 0.0, 0.0],
-                      [0.9, 0.1, 0.0],
-                      [0.6, 0.3, 0.1]])
+    A = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.6, 0.3, 0.1]])
     print("budget table A (rows sum to 1):\n", A, sep="")
     Z = A @ V  # (3, 1): row i = sum_j A[i, j] * V[j]
     print("next year's budget Z = A V:\n", Z, sep="")

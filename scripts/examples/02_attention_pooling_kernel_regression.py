@@ -58,7 +58,9 @@ def two_features():
     # this (with softmax) in attention_weights; dividing by sqrt(d) keeps the scores' spread independent
     # of the width d for random vectors, but with raw features like these it is still far too wide.
     scaled_weights = attention_weights(queries, keys)  # (2, 3)
-    print(f"scaled dot-product scores (divided by sqrt({d}) = {math.sqrt(d):.4f}):\n", dot_scores / math.sqrt(d), sep="")
+    print(
+        f"scaled dot-product scores (divided by sqrt({d}) = {math.sqrt(d):.4f}):\n", dot_scores / math.sqrt(d), sep=""
+    )
     print("scaled dot-product weights (minigpt.nn.attention_weights):\n", scaled_weights, sep="")
     print("scaled dot-product estimates:\n", scaled_weights @ values, sep="")
 
@@ -80,13 +82,19 @@ def two_features():
     print("additive estimates:\n", additive_weights @ values, sep="")
 
     # 4. Back to the Gaussian kernel, now in two dimensions: a score that really measures closeness.
-    kernel_weights = torch.softmax(-torch.cdist(queries, keys) ** 2 / 2, dim=-1)  # (2, 3)
+    kernel_weights = torch.softmax(-(torch.cdist(queries, keys) ** 2) / 2, dim=-1)  # (2, 3)
     print("Gaussian-kernel weights -|q - k|^2 / 2, for comparison:\n", kernel_weights, sep="")
     print("Gaussian-kernel estimates:\n", kernel_weights @ values, sep="")
 
-    return {"dot_scores": dot_scores, "dot_weights": dot_weights, "scaled_weights": scaled_weights,
-            "additive_params": (W_q, W_k, w_v), "additive_scores": additive_scores,
-            "additive_weights": additive_weights, "kernel_weights": kernel_weights}
+    return {
+        "dot_scores": dot_scores,
+        "dot_weights": dot_weights,
+        "scaled_weights": scaled_weights,
+        "additive_params": (W_q, W_k, w_v),
+        "additive_scores": additive_scores,
+        "additive_weights": additive_weights,
+        "kernel_weights": kernel_weights,
+    }
 
 
 def main() -> dict:

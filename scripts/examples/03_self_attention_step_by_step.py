@@ -19,12 +19,16 @@ from minigpt.nn import MultiHeadAttention
 torch.set_printoptions(precision=4, sci_mode=False)
 
 WORDS = ["Your", "journey", "starts", "with", "one", "step"]
-X = torch.tensor([[0.43, 0.15, 0.89],   # Your
-                  [0.55, 0.87, 0.66],   # journey
-                  [0.57, 0.85, 0.64],   # starts
-                  [0.22, 0.58, 0.33],   # with
-                  [0.77, 0.25, 0.10],   # one
-                  [0.05, 0.80, 0.55]])  # step      (T, d_in) = (6, 3)
+X = torch.tensor(
+    [
+        [0.43, 0.15, 0.89],  # Your
+        [0.55, 0.87, 0.66],  # journey
+        [0.57, 0.85, 0.64],  # starts
+        [0.22, 0.58, 0.33],  # with
+        [0.77, 0.25, 0.10],  # one
+        [0.05, 0.80, 0.55],
+    ]
+)  # step      (T, d_in) = (6, 3)
 
 
 def one_query():
@@ -143,10 +147,19 @@ def main() -> dict:
     scaled_scores = trainable_projections()
     causal_weights, mask_difference = causal_mask_and_dropout(scaled_scores)
     step_by_step, minigpt_output, mha_difference = multi_head()
-    return {"scores": scores, "weights": weights, "z2": z2, "A": A, "Z": Z,
-            "scaled_scores": scaled_scores, "causal_weights": causal_weights, "mask_difference": mask_difference,
-            "multihead_step_by_step": step_by_step, "multihead_minigpt": minigpt_output,
-            "multihead_difference": mha_difference}
+    return {
+        "scores": scores,
+        "weights": weights,
+        "z2": z2,
+        "A": A,
+        "Z": Z,
+        "scaled_scores": scaled_scores,
+        "causal_weights": causal_weights,
+        "mask_difference": mask_difference,
+        "multihead_step_by_step": step_by_step,
+        "multihead_minigpt": minigpt_output,
+        "multihead_difference": mha_difference,
+    }
 
 
 if __name__ == "__main__":

@@ -34,13 +34,16 @@ def attention(q, k, v):
 
 def separate_heads(x, Wq_heads, Wk_heads, Wv_heads, W_O):
     """Way 1: a loop over heads, each with its own (d_model, head_dim) projections."""
-    outputs = [attention(x @ Wq, x @ Wk, x @ Wv)  # (B, T, head_dim) per head
-               for Wq, Wk, Wv in zip(Wq_heads, Wk_heads, Wv_heads)]
+    outputs = [
+        attention(x @ Wq, x @ Wk, x @ Wv)  # (B, T, head_dim) per head
+        for Wq, Wk, Wv in zip(Wq_heads, Wk_heads, Wv_heads)
+    ]
     return torch.cat(outputs, dim=-1) @ W_O  # concat: (B, T, d_model), then mix the heads
 
 
 def split_heads(x, Wq, Wk, Wv, W_O):
     """Way 2: one projection each for Q, K, V, then split the columns into heads."""
+
     def to_heads(t):  # (B, T, d_model) -> (B, T, n_head, head_dim) -> (B, n_head, T, head_dim)
         return t.view(B, T, N_HEAD, HEAD_DIM).transpose(1, 2)
 
@@ -54,8 +57,9 @@ def main() -> dict:
     torch.manual_seed(0)
     x = torch.randn(B, T, D_MODEL)  # (B, T, d_model)
     # Way 1's weights: one small matrix per head for each of Q, K, V.
-    Wq_heads, Wk_heads, Wv_heads = ([torch.randn(D_MODEL, HEAD_DIM) / math.sqrt(D_MODEL) for _ in range(N_HEAD)]
-                                    for _ in range(3))
+    Wq_heads, Wk_heads, Wv_heads = (
+        [torch.randn(D_MODEL, HEAD_DIM) / math.sqrt(D_MODEL) for _ in range(N_HEAD)] for _ in range(3)
+    )
     W_O = torch.randn(D_MODEL, D_MODEL) / math.sqrt(D_MODEL)
 
     # Way 2's weights are the same numbers: head h owns columns h * head_dim ... (h + 1) * head_dim - 1.

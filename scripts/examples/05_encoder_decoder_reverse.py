@@ -89,7 +89,8 @@ def main(steps: int = 300, batch_size: int = 128, seed: int = 0, n_test: int = 1
     # Linear warmup, then linear decay to zero: a safe schedule for a short run at a high learning rate.
     warmup = steps // 20
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup))))
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup)))
+    )
 
     start = time.perf_counter()
     for step in range(1, steps + 1):

@@ -10,10 +10,6 @@ model ends its answer with `<|end|>`. The role and end-of-turn tokens are specia
 beyond a tokenizer's base vocabulary, so ordinary text never produces them and a user typing
 "<|user|>" cannot fake a turn.
 
-The loss mask marks the tokens a model is trained to predict: the content of assistant turns and
-the `<|end|>` that closes them (so the model learns to stop). System and user turns, and the role
-tokens themselves, are context only.
-
 The template is saved as `chat_template.json` beside a tokenizer's files (in a prepared data folder
 and in every checkpoint) and can be written as an equivalent Jinja template for exporters.
 """
@@ -52,20 +48,19 @@ class ChatTemplate:
         encode: Callable[[str], list[int]],
         token_id: dict[str, int],
         add_generation_prompt: bool,
-    ) -> tuple[list[int], list[bool]]:
-        """Token ids and loss mask (True = trained on) of a conversation; checks its messages."""
+    ) -> list[int]:
+        """A conversation's token ids, after checking its messages."""
         check_messages(messages)
         ids: list[int] = []
-        mask: list[bool] = []
         for message in messages:
-            trained = message["role"] == "assistant"
-            content = encode(message["content"])
-            ids += [token_id[self.role_tokens[message["role"]]], *content, token_id[self.end_of_turn]]
-            mask += [False] + [trained] * (len(content) + 1)
+            ids += [
+                token_id[self.role_tokens[message["role"]]],
+                *encode(message["content"]),
+                token_id[self.end_of_turn],
+            ]
         if add_generation_prompt:
             ids.append(token_id[self.role_tokens["assistant"]])
-            mask.append(False)
-        return ids, mask
+        return ids
 
     def jinja(self) -> str:
         """The same template in the Jinja form Hugging Face tokenizers and GGUF files carry."""

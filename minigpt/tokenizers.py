@@ -62,12 +62,6 @@ class Tokenizer:
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """A conversation's token ids; with add_generation_prompt they end where the assistant's answer begins."""
-        return self.encode_chat_with_mask(messages, add_generation_prompt)[0]
-
-    def encode_chat_with_mask(
-        self, messages: list[dict], add_generation_prompt: bool = False
-    ) -> tuple[list[int], list[bool]]:
-        """Token ids and the loss mask (True for assistant tokens, the ones trained on)."""
         if self.chat_template is None:
             raise MinigptError(
                 f"tokenizer {self.spec!r} has no chat template; fine-tune the model on data prepared with "

@@ -61,13 +61,6 @@ def test_a_plain_tokenizer_has_no_chat_and_stops_at_end_of_text():
         tokenizer.encode_chat(MESSAGES)
 
 
-def test_mask_marks_assistant_content_and_its_end_only():
-    tokenizer, _ = _chat_tokenizer("char")
-    ids, mask = tokenizer.encode_chat_with_mask(MESSAGES)
-    trained = "".join(tokenizer.decode([i]) for i, m in zip(ids, mask) if m)
-    assert trained == "hello<|end|>"
-
-
 def test_jinja_form_renders_the_same_text():
     tokenizer, _ = _chat_tokenizer("gpt2")
     rendered = jinja2.Template(ChatTemplate().jinja()).render(messages=MESSAGES, add_generation_prompt=True)

@@ -71,10 +71,12 @@ class Tokenizer:
 
     @property
     def stop_token_ids(self) -> list[int]:
-        """Ids that end generation: end-of-text, and end-of-turn for a chat tokenizer."""
+        """Ids that end generation: end-of-text and, for a chat tokenizer, its special tokens (end-of-turn
+        first; a role token would begin another turn, so the answer is over then too)."""
         ids = [] if self.eot_token is None else [self.eot_token]
         if self.chat_template is not None:
-            ids.append(self.chat_token_ids[self.chat_template.end_of_turn])
+            ends_first = sorted(self.chat_token_ids, key=lambda text: text != self.chat_template.end_of_turn)
+            ids += [self.chat_token_ids[text] for text in ends_first]
         return ids
 
     def add_chat_tokens(self, template: ChatTemplate | None = None) -> None:

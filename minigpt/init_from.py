@@ -9,8 +9,9 @@ The model section comes from the source. A model.* setting in the run's config t
 both the default and the source is a conflict (one line), except dropout, which fine-tuning often
 changes. The data must be encoded with the source's tokenizer (`minigpt prepare SOURCE
 --tokenizer-from PATH`); chat data adds the chat special tokens after the source's vocabulary, and
-the embedding (and an untied output layer) then gets rows for them, initialised to the mean of the
-existing rows so the new tokens start as an average token rather than noise.
+the embedding (and an untied output layer) then gets rows for them: the mean of the existing rows
+(an average token, not noise) plus a small fixed perturbation, so that the new tokens differ from
+each other even where the embedding stays frozen (LoRA).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
 from .errors import MinigptError
 from .model import GPT, GPTConfig
 from .tokenizers import Tokenizer
@@ -31,7 +31,7 @@ FREE_SETTINGS = ("dropout", "vocab_size")  # may differ from the source's
 def source_tokenizer(source: str) -> Tokenizer:
     """The tokenizer of SOURCE (for `minigpt prepare ... --tokenizer-from SOURCE`)."""
     _check_exists(source)
-    return load_model(source)[1]
+    return _load(source)[1]
 
 
 def init_model(source: str, data_tokenizer: Tokenizer, requested: GPTConfig) -> tuple[GPT, dict]:
@@ -40,13 +40,36 @@ def init_model(source: str, data_tokenizer: Tokenizer, requested: GPTConfig) -> 
     Returns the model (on the CPU, in training mode) and a description of the source for the run's record.
     """
     _check_exists(source)
-    base, tokenizer, info = load_model(source)
+    base, tokenizer, info = _load(source)
     check_tokenizer(tokenizer, data_tokenizer, source)
     config = merged_config(base.config, requested, source)
-    config.vocab_size = max(base.config.vocab_size, data_tokenizer.vocab_size)
+    config.vocab_size = base.config.vocab_size
     model = GPT(config)
-    model.load_state_dict(_grown(base.state_dict(), base.config.vocab_size, config.vocab_size))
+    model.load_state_dict(base.state_dict())
+    model = grow_vocabulary(model, data_tokenizer.vocab_size)
     return model.train(), {"init_from": source, "source_path": info.get("path", source)}
+
+
+def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
+    """The model with embedding (and untied output) rows added up to vocab_size; itself if it has enough."""
+    old = model.config.vocab_size
+    if vocab_size <= old:
+        return model
+    grown = GPT(dataclasses.replace(model.config, vocab_size=vocab_size))
+    state = model.state_dict()
+    noise = torch.Generator().manual_seed(0)
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        rows = state[name]
+        extra = torch.randn(vocab_size - old, rows.shape[1], generator=noise).to(rows) * rows.std() * 0.1
+        state[name] = torch.cat([rows, rows.mean(dim=0, keepdim=True) + extra])
+    grown.load_state_dict(state)
+    return grown.to(model.lm_head.weight.device)
+
+
+def _load(source: str):
+    from .checkpoint import load_model  # not at the top: loading a LoRA run uses this module
+
+    return load_model(source)
 
 
 def check_tokenizer(source: Tokenizer, data: Tokenizer, where: str) -> None:
@@ -79,18 +102,6 @@ def merged_config(source: GPTConfig, requested: GPTConfig, where: str) -> GPTCon
         else:
             values[field.name] = theirs
     return GPTConfig(**values)
-
-
-def _grown(state: dict, old_vocab: int, new_vocab: int) -> dict:
-    """The state dict with embedding and output rows added for new tokens (the mean of the old rows)."""
-    if new_vocab == old_vocab:
-        return state
-    grown = dict(state)
-    for name in ("transformer.wte.weight", "lm_head.weight"):
-        rows = state[name]
-        extra = rows.mean(dim=0, keepdim=True).expand(new_vocab - old_vocab, -1)
-        grown[name] = torch.cat([rows, extra])
-    return grown
 
 
 def _check_exists(source: str) -> None:

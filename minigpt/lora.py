@@ -3,8 +3,12 @@
     settings = LoRASettings(rank=8, alpha=16)
     apply_lora(model, settings)      # adapters on the attention and MLP projections; all else frozen
     ... train: only the adapters have requires_grad ...
-    adapter_state(model)             # what a LoRA checkpoint holds (a small fraction of the model)
+    lora_checkpoint_state(model, base_vocab)   # what a LoRA checkpoint holds (a small fraction of the model)
     merge_lora(model)                # plain nn.Linear layers again, for sampling, eval and export
+
+A LoRA checkpoint names its base (the run's train.init_from) and holds the adapters, plus the
+embedding rows of tokens the base lacks (chat tokens added for fine-tuning: a few rows). Loading it
+rebuilds the base, puts the adapters and rows back and merges: `restore_lora`.
 
 Targets are patterns (fnmatch) matched against each nn.Linear's dotted name, either whole or as its
 ending: `attn.c_attn` matches `transformer.h.3.attn.c_attn`, `h.0.*` every Linear of block 0.
@@ -23,6 +27,8 @@ from .nn.lora import LoRALinear
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 ADAPTER_PARAMETERS = ("lora_a", "lora_b")
+ADDED_ROWS = "added_rows."  # checkpoint key prefix: embedding rows beyond the base's vocabulary
+VOCABULARY_MATRICES = ("transformer.wte.weight", "lm_head.weight")
 
 
 @dataclass
@@ -106,6 +112,28 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source:
                 f"{source}: adapter {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
             )
     model.load_state_dict(state, strict=False)
+
+
+def lora_checkpoint_state(model: nn.Module, base_vocab_size: int) -> dict[str, torch.Tensor]:
+    """The adapters, and the embedding / output rows of tokens beyond the base's vocabulary."""
+    state = {name: t.detach().cpu().contiguous() for name, t in adapter_state(model).items()}
+    full = model.state_dict()
+    for name in VOCABULARY_MATRICES:
+        if full[name].shape[0] > base_vocab_size:
+            state[ADDED_ROWS + name] = full[name][base_vocab_size:].detach().cpu().contiguous()
+    return state
+
+
+def restore_lora(model: nn.Module, settings: LoRASettings, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """A LoRA checkpoint's merged model, from its base (already grown to the run's vocabulary) and its state."""
+    apply_lora(model, settings)
+    added = {name.removeprefix(ADDED_ROWS): t for name, t in state.items() if name.startswith(ADDED_ROWS)}
+    load_adapter_state(model, {name: t for name, t in state.items() if not name.startswith(ADDED_ROWS)}, source)
+    with torch.no_grad():
+        for name, rows in added.items():
+            matrix = model.get_parameter(name)
+            matrix[matrix.shape[0] - rows.shape[0] :] = rows.to(matrix)
+    return merge_lora(model)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -110,3 +110,20 @@ def test_patterns_select_layers():
     model = _tiny_gpt()
     adapted = apply_lora(model, LoRASettings(rank=2, targets=["h.0.*"]))
     assert sorted(adapted) == [f"transformer.h.0.{n}" for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+
+
+def test_lora_checkpoint_state_restores_the_trained_model_with_added_rows():
+    from minigpt.init_from import grow_vocabulary
+    from minigpt.lora import lora_checkpoint_state, restore_lora
+
+    base = _tiny_gpt()
+    model = grow_vocabulary(_tiny_gpt(), 44)  # four chat tokens beyond the base's 40
+    settings = LoRASettings(rank=2)
+    apply_lora(model, settings)
+    _train_adapters(model)
+    state = lora_checkpoint_state(model, base_vocab_size=40)
+    assert state["added_rows.transformer.wte.weight"].shape == (4, 32)
+    idx = torch.tensor([[1, 41, 2, 43]])
+    expected = model(idx)[0]
+    restored = restore_lora(grow_vocabulary(base, 44), settings, state, "test")
+    torch.testing.assert_close(restored(idx)[0], expected, atol=1e-5, rtol=0)

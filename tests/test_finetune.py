@@ -83,3 +83,23 @@ def test_init_from_a_folder_without_weights_is_one_line(tmp_path):
     (tmp_path / "run" / "notes.txt").write_text("x")
     with pytest.raises(MinigptError, match="holds no checkpoint"):
         init_model(str(tmp_path / "run"), build_tokenizer("char", ["abc"]), GPTConfig())
+
+
+def test_instruction_demo_holds_out_unseen_words_and_sums():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "instruction_tuning_demo.py"
+    spec = importlib.util.spec_from_file_location("instruction_tuning_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    train, heldout = demo.make_examples(seed=0, per_task=50)
+    questions = lambda rows: {row["messages"][0]["content"] for row in rows}  # noqa: E731
+    assert not questions(train) & questions(heldout)
+    for row in heldout:
+        question, answer = (m["content"] for m in row["messages"])
+        if question.startswith("Add "):
+            a, b = map(int, question.removeprefix("Add ").rstrip(".").split(" and "))
+            assert answer == str(a + b)
+        elif question.startswith("Uppercase: "):
+            assert answer == question.removeprefix("Uppercase: ").upper()

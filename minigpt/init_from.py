@@ -37,7 +37,8 @@ def source_tokenizer(source: str) -> Tokenizer:
 def init_model(source: str, data_tokenizer: Tokenizer, requested: GPTConfig) -> tuple[GPT, dict]:
     """A model with SOURCE's architecture and weights, ready to fine-tune on data_tokenizer's data.
 
-    Returns the model (on the CPU, in training mode) and a description of the source for the run's record.
+    Returns the model (on the CPU, in training mode) and the source's description: init_from, path (the
+    checkpoint folder it resolved to) and vocab_size (before rows for new tokens were added).
     """
     _check_exists(source)
     base, tokenizer, info = _load(source)
@@ -47,7 +48,7 @@ def init_model(source: str, data_tokenizer: Tokenizer, requested: GPTConfig) -> 
     model = GPT(config)
     model.load_state_dict(base.state_dict())
     model = grow_vocabulary(model, data_tokenizer.vocab_size)
-    return model.train(), {"init_from": source, "source_path": info.get("path", source)}
+    return model.train(), {"init_from": source, "path": info.get("path", source), "vocab_size": base.config.vocab_size}
 
 
 def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:

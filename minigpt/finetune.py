@@ -18,7 +18,7 @@ import torch
 
 from .errors import MinigptError
 from .init_from import init_model
-from .lora import LoRASettings, apply_lora, lora_checkpoint_state, restore_lora
+from .lora import LoRASettings, apply_lora, load_lora_checkpoint_state, lora_checkpoint_state, restore_lora
 from .model import GPT, GPTConfig
 from .tokenizers import Tokenizer
 
@@ -59,6 +59,15 @@ def checkpoint_weights(model: GPT, record: FinetuneRecord) -> dict[str, torch.Te
     if not record.lora.enabled:
         return None
     return lora_checkpoint_state(model, record.base_vocab_size)
+
+
+def load_run_weights(model: GPT, record: FinetuneRecord, weights: dict[str, torch.Tensor], source: str) -> bool:
+    """Resuming a LoRA run: put its checkpoint's tensors into the model build_model made. False: not a LoRA run
+    (load the whole model's weights as usual)."""
+    if not record.lora.enabled:
+        return False
+    load_lora_checkpoint_state(model, weights, source)
+    return True
 
 
 def rebuild_model(record: FinetuneRecord, config: GPTConfig, weights: dict, tokenizer: Tokenizer, source: str) -> GPT:

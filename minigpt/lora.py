@@ -124,15 +124,20 @@ def lora_checkpoint_state(model: nn.Module, base_vocab_size: int) -> dict[str, t
     return state
 
 
-def restore_lora(model: nn.Module, settings: LoRASettings, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """A LoRA checkpoint's merged model, from its base (already grown to the run's vocabulary) and its state."""
-    apply_lora(model, settings)
+def load_lora_checkpoint_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Put a LoRA checkpoint's adapters and added rows into a model apply_lora prepared (to resume training)."""
     added = {name.removeprefix(ADDED_ROWS): t for name, t in state.items() if name.startswith(ADDED_ROWS)}
     load_adapter_state(model, {name: t for name, t in state.items() if not name.startswith(ADDED_ROWS)}, source)
     with torch.no_grad():
         for name, rows in added.items():
             matrix = model.get_parameter(name)
             matrix[matrix.shape[0] - rows.shape[0] :] = rows.to(matrix)
+
+
+def restore_lora(model: nn.Module, settings: LoRASettings, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """A LoRA checkpoint's merged model, from its base (already grown to the run's vocabulary) and its state."""
+    apply_lora(model, settings)
+    load_lora_checkpoint_state(model, state, source)
     return merge_lora(model)
 
 

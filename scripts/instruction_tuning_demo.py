@@ -2,12 +2,12 @@
 
 The quickstart model (a character-level GPT pretrained on Python's documentation) knows English
 and Python words but has never seen a question answered. This script generates small instruction
-tasks offline, from the names of the standard library's modules, with answers a program can check:
+tasks offline, from words of Python's own reference manual, with answers a program can check:
 
-    Uppercase: asyncio          -> ASYNCIO
-    Reverse: heapq              -> qpaeh
+    Uppercase: module           -> MODULE
+    Reverse: value              -> eulav
     Add 23 and 58.              -> 81
-    First letter of zipfile?    -> z
+    First letter of syntax?     -> s
 
 Held-out prompts use words and number pairs that never appear in the training set, so exact match
 on them measures whether the model learned each task, not the examples.
@@ -23,7 +23,7 @@ on them measures whether the model learned each task, not the examples.
 import argparse
 import json
 import random
-import sys
+import re
 import time
 from pathlib import Path
 
@@ -45,8 +45,10 @@ TASKS = {
 
 
 def vocabulary() -> list[str]:
-    """Lowercase, purely alphabetic standard-library module names of 3 to 8 letters, sorted."""
-    return sorted(n for n in sys.stdlib_module_names if n.isalpha() and n.islower() and 3 <= len(n) <= 8)
+    """Lowercase words of 3 to 8 letters from the reference manual that `help()` shows, sorted."""
+    from pydoc_data.topics import topics
+
+    return sorted({w for text in topics.values() for w in re.findall(r"\b[a-z]{3,8}\b", text)})
 
 
 def make_examples(seed: int = 0, heldout_fraction: float = 0.2, per_task: int = 1200) -> tuple[list, list]:

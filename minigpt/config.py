@@ -103,6 +103,19 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     return config
 
 
+def config_from_dict(values: dict, source: Path | str) -> RunConfig:
+    """A saved run's config (a checkpoint's record, which keeps model.vocab_size) back as a RunConfig."""
+    values = {**values, "model": dict(values.get("model", {}))}
+    vocab_size = values["model"].pop("vocab_size", None)
+    try:
+        config = _build(RunConfig, values, prefix="")
+    except MinigptError as e:
+        raise MinigptError(f"the config saved in {source} does not fit this minigpt: {e}") from None
+    if vocab_size is not None:
+        config.model.vocab_size = vocab_size
+    return config
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise MinigptError(

@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml ('-': defaults only)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=200")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    p.add_argument(
+        "--time",
+        default=None,
+        metavar="DURATION",
+        help="a wall-clock budget (90s, 5m, 1.5h): the schedule ends fully decayed when it is spent "
+        "(sets train.max_seconds; max_steps is then ignored)",
+    )
     p.set_defaults(run=_train)
 
     p = commands.add_parser("sample", help="generate text from a trained model or GPT-2")
@@ -133,10 +140,11 @@ def _prepare(args):
 
 
 def _train(args):
-    from .config import load_config
+    from .config import load_config, parse_duration
     from .train import train
 
-    train(load_config(args.config, args.overrides), resume=args.resume)
+    budget = [f"train.max_seconds={parse_duration(args.time)}"] if args.time is not None else []
+    train(load_config(args.config, [*args.overrides, *budget]), resume=args.resume)
 
 
 def _sample(args):

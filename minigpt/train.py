@@ -160,6 +160,8 @@ class Trainer:
         self.peak_flops = peak * world_size if peak else None  # no MFU for GPUs missing from PEAK_FLOPS
         self.stop_signal = None
         self.started = time.perf_counter() - self.elapsed  # reset when the loop starts: set-up is not training
+        self.step_seconds = 0.0  # how long the last step took
+        self.closing_seconds = 0.0  # how long the final evaluation and save take: a time budget leaves room
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -246,7 +248,7 @@ class Trainer:
 
     def run(self) -> dict:
         bar = tqdm(
-            total=self.train_cfg.max_steps,
+            total=self.train_cfg.max_steps if self.train_cfg.max_seconds is None else None,
             initial=self.step,
             disable=not (self.main and self.train_cfg.progress),
             file=sys.stderr,
@@ -270,14 +272,16 @@ class Trainer:
         self.started = time.perf_counter() - self.elapsed  # wall-clock, carried across resumes
         window_start, window_step = time.perf_counter(), self.step
         self.model.train()
-        while self.step < t.max_steps:
+        while not self._finished():
+            step_start = time.perf_counter()
             next_step = self.step + 1
-            log_now = next_step % t.log_interval == 0 or next_step == t.max_steps
-            save_now = next_step % t.checkpoint_interval == 0 or next_step == t.max_steps
-            loss = self.train_step(check_finite=check_each_step or log_now or save_now)
+            log_now = next_step % t.log_interval == 0
+            save_now = next_step % t.checkpoint_interval == 0
+            loss = self.train_step(check_finite=check_each_step or log_now or save_now or t.max_seconds is not None)
+            self.step_seconds = time.perf_counter() - step_start
             stopping = self._agreed_stop()  # read once: a signal arriving later is handled after the next step
-            done = self.step == t.max_steps or stopping is not None
-            save_now = save_now or done
+            done = self._finished() or stopping is not None
+            log_now, save_now = log_now or done, save_now or done
             bar.update(1)
             if log_now:
                 loss_value = self._global_mean(loss)
@@ -288,7 +292,7 @@ class Trainer:
                     "step": self.step,
                     "time": self._clock(),
                     "train_loss": loss_value,
-                    "lr": lr_multiplier(self.step - 1, t) * t.lr,
+                    "lr": self.lr_multiplier * t.lr,
                     "tokens_per_s": round(tokens_per_s, 1),
                 }
                 if self.peak_flops:
@@ -306,7 +310,10 @@ class Trainer:
                 summary["val_loss"] = self._evaluate()
             if save_now:
                 self._save()
-            window_start += time.perf_counter() - paused  # evaluating and saving are not training throughput
+            pause = time.perf_counter() - paused
+            window_start += pause  # evaluating and saving are not training throughput
+            if save_now and self.step % t.eval_interval == 0:
+                self.closing_seconds = max(self.closing_seconds, pause)
             if stopping is not None:
                 if self.main:
                     _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
@@ -319,7 +326,8 @@ class Trainer:
         Returns the step's mean loss as a tensor (reading it is left to the caller: on a GPU that is
         a sync). With check_finite, a non-finite gradient stops the run or skips the update.
         """
-        self.optimizer.set_lr(lr_multiplier(self.step, self.train_cfg))
+        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self._budget_used())
+        self.optimizer.set_lr(self.lr_multiplier)
         loss, grad_norm = self._accumulate_gradients()
         self.step += 1
         if check_finite and not torch.isfinite(grad_norm):
@@ -372,6 +380,23 @@ class Trainer:
             kept += f", the best is step {best['step']} (val loss {best['val_loss']:.4g})"
         advice = "Lower train.lr" + ("" if skipping else ", or set train.on_nan=skip")
         raise MinigptError(f"{where}; stopped, {kept}. {advice}", exit_code=1)
+
+    def _budget_used(self) -> float | None:
+        """With train.max_seconds, the share of the time budget that will be spent once the next step
+        is done; the final evaluation and save are set aside (every process agrees on it)."""
+        budget = self.train_cfg.max_seconds
+        if budget is None:
+            return None
+        used = torch.tensor([time.perf_counter() - self.started + self.step_seconds], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)  # the slowest clock decides, on every rank alike
+        return min(1.0, used.item() / max(budget - self.closing_seconds, 1e-9))
+
+    def _finished(self) -> bool:
+        """max_steps reached, or no time left in the budget for another step."""
+        if self.train_cfg.max_seconds is None:
+            return self.step >= self.train_cfg.max_steps
+        return self._budget_used() >= 1.0
 
     def _agreed_stop(self) -> str | None:
         """The stop signal, agreed by every rank: all of them must save and stop after the same step."""

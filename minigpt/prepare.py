@@ -57,7 +57,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
-from .errors import MinigptError, first_line
+from .errors import MinigptError, first_line, read_user_text
 from .tokenizers import Tokenizer, build_tokenizer, check_spec
 
 TEXT_SUFFIXES = (".txt", ".md")  # one file = one document, read by us
@@ -428,32 +428,11 @@ def _files_corpus(source: str, files: list[Path], text_column: str) -> Corpus:
     def read(invalid: dict[str, int]) -> Iterator[str]:
         for kind, group in itertools.groupby(files, key=lambda p: TABLE_SUFFIXES.get(p.suffix.lower(), "text")):
             if kind == "text":
-                yield from (_read_text_file(p, invalid) for p in group)
+                yield from (read_user_text(p, invalid=invalid) for p in group)
             else:
                 yield from _table_texts(kind, list(group), text_column)
 
     return Corpus(source, read)
-
-
-def _read_text_file(path: Path, invalid: dict[str, int]) -> str:
-    """The file as text; bytes that are not UTF-8 become U+FFFD (counted, not fatal)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise MinigptError(f"cannot read {path} ({e.strerror or e}); give a readable {ACCEPTED_FILES} file") from None
-    if b"\x00" in data:
-        raise MinigptError(
-            f"{path} is not a text file (it holds NUL bytes: binary data or UTF-16); "
-            f"give UTF-8 text, or convert it first"
-        ) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # surrogateescape maps each bad byte to one lone surrogate: count, then replace.
-        text = data.decode("utf-8", errors="surrogateescape")
-        text, count = re.subn("[\udc80-\udcff]", "\ufffd", text)
-        invalid[str(path)] = count
-        return text
 
 
 def _warn_invalid_bytes(invalid: dict[str, int]) -> None:

@@ -109,6 +109,11 @@ class Tokenizer:
         """Write the files that rebuild the base vocabulary (none for named encodings)."""
         return []
 
+    def token_byte_counts(self) -> np.ndarray:
+        """UTF-8 bytes of text each id stands for (vocab_size,); 0 for special tokens such as
+        end-of-text, which are no text. What bits per byte divides by."""
+        raise NotImplementedError
+
 
 class CharTokenizer(Tokenizer):
     """One id per distinct character, in sorted order (nanoGPT's shakespeare_char).
@@ -150,6 +155,9 @@ class CharTokenizer(Tokenizer):
         if self.eot_token is not None:
             special[self.eot_token] = EOT_TEXT
         return "".join(special[i] if i in special else self.chars[i] for i in _int_list(ids))
+
+    def token_byte_counts(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8")) for c in self.chars] + [0] * (self.vocab_size - len(self.chars)))
 
     def save_vocabulary(self, data_dir: str | os.PathLike) -> list[str]:
         payload = {"chars": self.chars, "eot": self.eot_token is not None}
@@ -196,6 +204,17 @@ class TiktokenTokenizer(Tokenizer):
             mergeable_ranks=base._mergeable_ranks,
             special_tokens={**base._special_tokens, **self.chat_token_ids},
         )
+
+    def token_byte_counts(self) -> np.ndarray:
+        special = self.encoding.special_tokens_set
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            try:
+                token = self.encoding.decode_single_token_bytes(i)
+            except KeyError:  # an unused id (cl100k_base has a few)
+                continue
+            counts[i] = 0 if token.decode("utf-8", "replace") in special else len(token)
+        return counts
 
     def __reduce__(self):
         # Named encodings travel to worker processes by name, not by their ranks.

@@ -25,8 +25,10 @@ from typing import TextIO
 
 import torch
 
+from .device import resolve_device, resolve_dtype
 from .engine import Conversation, Engine, SamplingParams
 from .errors import MinigptError
+from .load import load_model
 from .sample import _SampleText, check_sampling_options
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
@@ -131,6 +133,14 @@ class ChatSession:
             dropped = 2 if self.turns[1]["role"] == "assistant" else 1
             del self.turns[:dropped]
             self.dropped_turns += 1
+
+
+def chat_with(path: str, settings: ChatSettings, *, latest: bool = False, device: str = "auto", dtype: str = "auto"):
+    """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
+    settings.check()  # before loading: a bad option costs no time
+    torch_device = resolve_device(device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
+    run_chat(model, tokenizer, settings, device=torch_device, dtype=resolve_dtype(dtype, torch_device))
 
 
 def run_chat(

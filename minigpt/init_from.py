@@ -48,7 +48,7 @@ def init_model(source: str, data_tokenizer: Tokenizer, requested: GPTConfig) -> 
     model = GPT(config)
     model.load_state_dict(base.state_dict())
     model = grow_vocabulary(model, data_tokenizer.vocab_size)
-    return model.train(), {"init_from": source, "path": info.get("path", source), "vocab_size": base.config.vocab_size}
+    return model.train(), {"init_from": source, "path": info.path, "vocab_size": base.config.vocab_size}
 
 
 def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
@@ -68,7 +68,7 @@ def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
 
 
 def _load(source: str):
-    from .checkpoint import load_model  # not at the top: loading a LoRA run uses this module
+    from .load import load_model  # not at the top: load.py uses this module to rebuild LoRA runs
 
     return load_model(source)
 

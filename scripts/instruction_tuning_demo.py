@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from minigpt.chat import ChatSession, ChatSettings
-from minigpt.checkpoint import load_model
 from minigpt.data import load_meta
 from minigpt.engine import Engine
 from minigpt.init_from import init_model
+from minigpt.load import load_model
 from minigpt.model import GPTConfig
 from minigpt.tokenizers import load_tokenizer
 

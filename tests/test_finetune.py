@@ -106,22 +106,22 @@ def test_instruction_demo_holds_out_unseen_words_and_sums():
 
 
 def test_a_lora_run_saves_adapters_and_rebuilds_as_its_merged_model(tmp_path):
-    from minigpt.finetune import FinetuneRecord, build_model, checkpoint_weights, rebuild_model
+    from minigpt.finetune import build_model, checkpoint_weights, rebuild_model
     from minigpt.lora import LoRASettings
 
     tokenizer = build_tokenizer("char", ["abcdefghij", "x"])
     _checkpoint(tmp_path / "base", tokenizer)
     chat = build_tokenizer("char", ["abcdefghij", "x"])
     chat.add_chat_tokens()
-    model, record = build_model(GPTConfig(), chat, str(tmp_path / "base"), LoRASettings(rank=2, alpha=4))
-    assert record.base_vocab_size == 12 and model.config.vocab_size == 16
+    lora = LoRASettings(rank=2, alpha=4)
+    model, base_vocab = build_model(GPTConfig(), chat, str(tmp_path / "base"), lora)
+    assert base_vocab == 12 and model.config.vocab_size == 16
     for p in model.parameters():  # stand-in for training: move the adapters away from their start
         if p.requires_grad:
             torch.nn.init.normal_(p)
-    weights = checkpoint_weights(model, record)
+    weights = checkpoint_weights(model, lora, base_vocab)
     assert all(name.endswith(("lora_a", "lora_b")) or name.startswith("added_rows.") for name in weights)
-    record = FinetuneRecord.from_json(record.to_json())  # as it comes back from a checkpoint's meta
-    rebuilt = rebuild_model(record, model.config, weights, chat, "ckpt")
+    rebuilt = rebuild_model(str(tmp_path / "base"), lora, model.config, weights, chat, "ckpt")
     idx = torch.tensor([[1, 13, 2, 15]])
     torch.testing.assert_close(rebuilt(idx)[0], model.eval()(idx)[0], atol=1e-5, rtol=0)
     with pytest.raises(MinigptError, match="train.lora needs trained weights"):

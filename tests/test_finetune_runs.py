@@ -57,7 +57,7 @@ def chat_data(base_run, tmp_path_factory):
 
 
 def test_negligible_learning_rate_leaves_the_eval_loss_unchanged(base_run, char_data, tmp_path):
-    before = load_checkpoint(base_run).meta["best_val_loss"]
+    before = load_checkpoint(base_run).record.best_val_loss
     out = tmp_path / "tuned"
     summary = train(_config(char_data, out, f"train.init_from={base_run}", "train.lr=1e-12", "train.max_steps=3"))
     assert summary["step"] == 3  # a fresh step count, not the source's 30
@@ -73,7 +73,7 @@ def test_lora_run_trains_adapters_only_and_saves_a_small_checkpoint(base_run, ch
     assert (tuned.path / "model.safetensors").stat().st_size < 0.25 * base_size
     assert all(k.endswith(("lora_a", "lora_b")) for k in tuned.weights)
 
-    from minigpt.checkpoint import load_model
+    from minigpt.load import load_model
 
     merged, _, _ = load_model(out)
     base, _, _ = load_model(base_run)

@@ -6,7 +6,7 @@ Language Model (From Scratch)"). The data is offline: docstrings of four stdlib 
 their source files with `ast` (nothing is imported). The head trains on 80% of them; accuracy is
 measured on the other 20% and compared with always guessing the most common package.
 
-    model, tokenizer, _ = minigpt.load(PATH)                        # a run, checkpoint or HF folder
+    model, tokenizer = minigpt.load(PATH)                           # a run, checkpoint or HF folder
     classifier = SequenceClassifier(model, num_classes=4, train_blocks=1)
     ids, mask = pad_batch(token_lists, model.config.block_size)     # right padding + attention mask
     loss = F.cross_entropy(classifier(ids, mask), labels)
@@ -106,7 +106,7 @@ def train_head(classifier, train: list, block_size: int, steps: int = 300, batch
 
 def main(path: str = "out/quickstart", steps: int = 300) -> dict:
     torch.manual_seed(0)
-    model, tokenizer, _ = minigpt.load(path)
+    model, tokenizer = minigpt.load(path)
     block = model.config.block_size
     train, test = (encodable(part, tokenizer) for part in split(docstrings()))
     print(f"{len(train)} training and {len(test)} held-out docstrings from {', '.join(PACKAGES)}")

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="the configuration (subset) of a Hub dataset")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (None: all cores)")
     p.add_argument("--max-chars", type=int, default=None, help="stop after this many characters of text")
+    p.add_argument("--format", choices=("text", "chat"), default="text", help="chat: conversations, answers trained")
+    p.add_argument(
+        "--tokenizer-from", default=None, metavar="PATH", help="the tokenizer of this run, checkpoint or HF model"
+    )
+    p.add_argument("--max-tokens", type=int, default=1025, help="chat: drop longer conversations (block_size + 1)")
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser("train", help="train a model from a YAML config")
@@ -80,7 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"end a sample where this string appears (repeat for several); {ESCAPES}",
     )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text and end-of-turn tokens")
     p.set_defaults(run=_sample)
+
+    p = commands.add_parser("chat", help="talk with a chat-tuned model (one message per line when piped)")
+    _add_model_arguments(p, dtype="auto")
+    p.add_argument("--system", default=None, help="the system message")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="end an answer at any of these strings")
+    p.set_defaults(run=_chat)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
     _add_model_arguments(p, dtype="float32")  # float32: numbers comparable across machines
@@ -126,9 +143,28 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
 def _prepare(args):
     from .prepare import prepare
 
+    tokenizer = args.tokenizer
+    if args.tokenizer_from is not None:
+        from .init_from import source_tokenizer
+
+        tokenizer = source_tokenizer(args.tokenizer_from)
+    if args.format == "chat":
+        from .chat_data import prepare_chat, summary
+
+        meta = prepare_chat(
+            args.source,
+            tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            max_tokens=args.max_tokens,
+            split=args.split,
+            config=args.config,
+        )
+        print("\n".join(summary(meta)), file=sys.stderr)
+        return
     prepare(
         args.source,
-        args.tokenizer,
+        tokenizer,
         args.out,
         val_fraction=args.val_fraction,
         text_column=args.text_column,
@@ -162,10 +198,27 @@ def _sample(args):
         seed=args.seed,
         stop=[unescape(s) for s in args.stop],
         stream=args.stream,
+        ignore_eos=args.ignore_eos,
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
     )
+
+
+def _chat(args):
+    from .chat import ChatSettings, chat_with
+    from .sample import unescape
+
+    settings = ChatSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=[unescape(s) for s in args.stop],
+        system=args.system,
+    )
+    chat_with(args.path, settings, latest=args.latest, device=args.device, dtype=args.dtype)
 
 
 def _eval(args):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_weights
+from .finetune import rebuild_model
 from .model import GPT
 from .run import RunRecord
 from .tokenizers import Tokenizer, load_tokenizer
@@ -36,9 +37,15 @@ def load_model(
         model = GPT.from_pretrained(str(path))
         return model.to(device).eval(), load_tokenizer("gpt2"), ModelSource(str(path), None)
     checkpoint = load_checkpoint(folder, latest)
-    model = GPT(checkpoint.record.config.model)
-    load_weights(model, checkpoint.weights, checkpoint.path)
+    config = checkpoint.record.config
     tokenizer = load_tokenizer(checkpoint.record.tokenizer, checkpoint.path)
+    if config.train.lora.enabled:  # adapters only: put back on their base and merged
+        model = rebuild_model(
+            config.train.init_from, config.train.lora, config.model, checkpoint.weights, tokenizer, str(checkpoint.path)
+        )
+        return model.to(device).eval(), tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
+    model = GPT(config.model)
+    load_weights(model, checkpoint.weights, checkpoint.path)
     return model.to(device).eval(), tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
 
 

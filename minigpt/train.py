@@ -36,11 +36,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig, save_config
-from .data import BatchLoader, fixed_batches, load_meta
+from .data import BatchLoader, chat_files, fixed_batches, load_meta
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import MinigptError
+from .finetune import build_model, checkpoint_weights, load_run_weights
 from .metrics import MetricsLog
-from .model import GPT
 from .optim import Optimizers, lr_multiplier
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
@@ -108,7 +108,10 @@ class Trainer:
 
         self._seed(config.seed + rank)  # ranks differ in dropout, agree in initial weights (set below)
         torch.manual_seed(config.seed)
-        self.model = GPT(config.model).to(self.device)
+        # train.init_from: the source's weights and model section (its vocabulary grown for chat tokens)
+        model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
+        self.config = config = dataclasses.replace(config, model=model.config)
+        self.model = model.to(self.device)
         torch.manual_seed(config.seed + rank)
         self.optimizer = Optimizers(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
@@ -122,11 +125,18 @@ class Trainer:
             rank=rank,
             world_size=world_size,
             device=self.device,
+            **chat_files(data_dir, "train"),  # chat data: masked targets, windows from conversation starts
         )
         self.val_batches = []
         if self.data_meta.get("val_tokens", 0) > block:
             self.val_batches = fixed_batches(
-                data_dir / "val.bin", self.data_meta["dtype"], block, t.batch_size, t.eval_steps, self.device
+                data_dir / "val.bin",
+                self.data_meta["dtype"],
+                block,
+                t.batch_size,
+                t.eval_steps,
+                self.device,
+                **chat_files(data_dir, "val"),
             )
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.skipped_in_a_row = 0
@@ -186,7 +196,8 @@ class Trainer:
         """Continue from the newest checkpoint: weights, then everything state_dict holds."""
         checkpoint = load_checkpoint(self.out_dir, latest=True)
         self._check_same_run(checkpoint)
-        load_weights(self.model, checkpoint.weights, checkpoint.path)
+        if not load_run_weights(self.model, self.train_cfg.lora, checkpoint.weights, str(checkpoint.path)):
+            load_weights(self.model, checkpoint.weights, checkpoint.path)
         self.load_state_dict(checkpoint.record, checkpoint.state())
         if self.main:
             self.metrics.truncate_after(self.step)
@@ -201,11 +212,18 @@ class Trainer:
                     f"the checkpoint in {checkpoint.path} was trained with model.{key}={value!r} "
                     f"but the config says {ours[key]!r}; resume with the same model"
                 )
-        check_same_vocabulary(
-            self.tokenizer,
-            load_tokenizer(saved.tokenizer, checkpoint.path),
-            f"the data in {self.config.data.dir}",
-        )
+        fresh_start = f"to train on other data, start a new run with train.init_from={self.out_dir}"
+        if saved.data_dir and Path(saved.data_dir).resolve() != Path(self.config.data.dir).resolve():
+            raise MinigptError(
+                f"--resume continues the run on its own data ({saved.data_dir}), not {self.config.data.dir}; "
+                f"{fresh_start}"
+            )
+        try:
+            check_same_vocabulary(
+                self.tokenizer, load_tokenizer(saved.tokenizer, checkpoint.path), f"the data in {self.config.data.dir}"
+            )
+        except MinigptError as e:
+            raise MinigptError(f"{e}; {fresh_start}") from None
         if saved.world_size != self.world_size:
             raise MinigptError(
                 f"the checkpoint was written by {saved.world_size} process(es); resume with the "
@@ -456,7 +474,13 @@ class Trainer:
         record, state = self.record(usable_val), self.state_dict()  # every rank takes part in the gathers
         if self.main:
             save_checkpoint(
-                self.out_dir, record, self.model, state, self.tokenizer, keep=self.train_cfg.keep_checkpoints
+                self.out_dir,
+                record,
+                self.model,
+                state,
+                self.tokenizer,
+                keep=self.train_cfg.keep_checkpoints,
+                weights=checkpoint_weights(self.model, self.train_cfg.lora, self.base_vocab_size),
             )
 
     def _gather(self, value) -> list:

@@ -23,9 +23,12 @@ class LearnedPositionalEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(max_len, d_model))
 
-    def forward(self, seq_len: int, offset: int = 0) -> torch.Tensor:
-        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1."""
-        return self.weight[offset : offset + seq_len]
+    def forward(self, seq_len: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1.
+
+        offset may be a (B,) tensor of per-row starts; the result is then (B, seq_len, d_model).
+        """
+        return _rows(self.weight, seq_len, offset)
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -41,8 +44,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         # not persistent: the table is a pure function of the shape, so checkpoints need not carry it
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, seq_len: int, offset: int = 0) -> torch.Tensor:
-        return self.table[offset : offset + seq_len]
+    def forward(self, seq_len: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        return _rows(self.table, seq_len, offset)
 
 
 class RotaryEmbedding(nn.Module):
@@ -62,12 +65,23 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset`."""
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset`
+        (an int, or a (B,) tensor when each row starts elsewhere)."""
         seq_len = x.shape[-2]
-        if offset + seq_len > self.cos.shape[0]:
-            raise ValueError(f"position {offset + seq_len - 1} is beyond the rotary table of {self.cos.shape[0]}")
-        cos = self.cos[offset : offset + seq_len].to(x.dtype)
-        sin = self.sin[offset : offset + seq_len].to(x.dtype)
+        last = offset + seq_len - 1 if isinstance(offset, int) else int(offset.max()) + seq_len - 1
+        if last >= self.cos.shape[0]:
+            raise ValueError(f"position {last} is beyond the rotary table of {self.cos.shape[0]}")
+        cos = _rows(self.cos, seq_len, offset).to(x.dtype)  # (T, hs/2) or (B, T, hs/2)
+        sin = _rows(self.sin, seq_len, offset).to(x.dtype)
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def _rows(table: torch.Tensor, seq_len: int, offset: int | torch.Tensor) -> torch.Tensor:
+    """table[offset : offset + seq_len], or with a (B,) tensor of offsets the (B, seq_len, ...) stack of those."""
+    if isinstance(offset, int):
+        return table[offset : offset + seq_len]
+    return table[offset[:, None] + torch.arange(seq_len, device=table.device)]

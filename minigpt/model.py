@@ -1,15 +1,14 @@
 """The GPT: token embedding -> positional encoding -> n_layer causal Transformer blocks -> norm -> LM head.
 
-With the default config this is GPT-2, parameter names included, so Hugging Face GPT-2 weights load
-into it (GPT.from_pretrained) and it can write them back (save_pretrained). The other options are
-the modern small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
+With the default config this is GPT-2, parameter names included (minigpt.formats.hf reads and writes
+Hugging Face folders; the model itself knows no file format). The other options are the modern
+small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
 attention, untied embeddings, zero-initialised projections and logit soft-capping.
 """
 
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -293,22 +292,6 @@ class GPT(nn.Module):
         if c.tie_weights:
             n += c.n_embd * c.vocab_size  # the shared matrix still does a matmul as the LM head
         return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
-
-    # ---- Hugging Face GPT-2 weights ----------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str) -> "GPT":
-        """Load a Hugging Face GPT-2: a local folder (config.json + model.safetensors or
-        pytorch_model.bin) or a Hub name such as "gpt2" or "gpt2-medium" (needs the network)."""
-        from .gpt2 import load_gpt2
-
-        return load_gpt2(cls, path_or_name)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json and model.safetensors in the layout transformers' GPT2LMHeadModel reads."""
-        from .gpt2 import save_gpt2
-
-        save_gpt2(self, directory)
 
 
 def choose_next_token(

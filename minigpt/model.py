@@ -47,6 +47,8 @@ class GPTConfig:
     zero_init_proj: bool = False  # start each residual branch at zero, so every block begins as identity
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     rope_base: float = 10000.0
+    norm_eps: float | None = None  # epsilon of every norm; None: 1e-5 for layernorm, 1e-6 for rmsnorm
+    mlp_hidden: int | None = None  # feed-forward width; None: 4 n_embd (two thirds of that for swiglu)
 
     def validate(self) -> None:
         """Raise MinigptError for a combination that cannot build a model."""
@@ -77,6 +79,11 @@ class GPTConfig:
             (
                 self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
                 f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}",
+            ),
+            (self.norm_eps is None or self.norm_eps > 0, f"norm_eps must be positive or null, got {self.norm_eps}"),
+            (
+                self.mlp_hidden is None or self.mlp_hidden >= 1,
+                f"mlp_hidden must be at least 1 or null, got {self.mlp_hidden}",
             ),
             (
                 self.logit_softcap is None or self.logit_softcap > 0,
@@ -112,10 +119,12 @@ class GPT(nn.Module):
                         norm=c.norm,
                         mlp=c.mlp,
                         qk_norm=c.qk_norm,
+                        ff_hidden=c.mlp_hidden,
+                        norm_eps=c.norm_eps,
                     )
                     for _ in range(c.n_layer)
                 ),
-                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias),
+                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias, eps=c.norm_eps),
             )
         )
         if c.pos_encoding == "learned":

@@ -45,7 +45,7 @@ def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
 def test_from_pretrained_errors_are_clear(tmp_path):
     with pytest.raises(MinigptError, match="has no config.json"):
         load_hf(str(tmp_path))
-    with pytest.raises(MinigptError, match="only the GPT-2 architecture"):
+    with pytest.raises(MinigptError, match="cannot be written as a Hugging Face model: pos_encoding='rope'"):
         save_hf(tiny(pos_encoding="rope"), load_tokenizer("gpt2"), tmp_path / "x")
 
 
@@ -88,3 +88,40 @@ def test_the_model_knows_no_file_format_and_the_package_has_no_import_cycle():
 
     for name in modules:
         visit(name)
+
+
+def _gpt2_folder(tmp_path, **overrides):
+    torch.manual_seed(0)
+    config = dict(vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**config, **overrides})).eval()
+    with torch.no_grad():  # norms and biases away from their initial 1 and 0, so that every parameter matters
+        for p in reference.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    reference.save_pretrained(tmp_path / "hf")
+    return reference, tmp_path / "hf"
+
+
+@pytest.mark.parametrize(
+    "overrides", [dict(tie_word_embeddings=False), dict(layer_norm_epsilon=1e-2), dict(n_inner=72)], ids=str
+)
+def test_gpt2_config_fields_that_change_the_computation_are_honoured(tmp_path, overrides):
+    reference, folder = _gpt2_folder(tmp_path, **overrides)
+    model, _ = load_hf(str(folder))
+    idx = torch.randint(0, 120, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(idx)[0], reference(idx).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(scale_attn_weights=False), "scale_attn_weights"),
+        (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
+    ],
+    ids=str,
+)
+def test_gpt2_config_fields_that_are_not_supported_are_refused_by_name(tmp_path, overrides, field):
+    _, folder = _gpt2_folder(tmp_path, **overrides)
+    with pytest.raises(MinigptError, match=field):
+        load_hf(str(folder))

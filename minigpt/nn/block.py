@@ -31,17 +31,18 @@ class TransformerBlock(nn.Module):
         mlp: str = "gelu",
         ff_hidden: int | None = None,
         qk_norm: bool = False,
+        norm_eps: float | None = None,
     ):
         super().__init__()
         heads = dict(n_kv_head=n_kv_head, dropout=dropout, bias=bias, qk_norm=qk_norm)
-        self.ln_1 = make_norm(norm, d_model, bias=bias)
+        self.ln_1 = make_norm(norm, d_model, bias=bias, eps=norm_eps)
         self.attn = MultiHeadAttention(d_model, n_head, **heads)
         if cross_attention:
-            self.ln_cross = make_norm(norm, d_model, bias=bias)
+            self.ln_cross = make_norm(norm, d_model, bias=bias, eps=norm_eps)
             self.cross_attn = MultiHeadAttention(d_model, n_head, **heads)
         else:
             self.cross_attn = None
-        self.ln_2 = make_norm(norm, d_model, bias=bias)
+        self.ln_2 = make_norm(norm, d_model, bias=bias, eps=norm_eps)
         self.mlp = FeedForward(d_model, ff_hidden, activation=mlp, dropout=dropout, bias=bias)
 
     def forward(

@@ -36,10 +36,11 @@ class RMSNorm(nn.Module):
 NORMS = ("layernorm", "rmsnorm")
 
 
-def make_norm(kind: str, d_model: int, *, bias: bool = True) -> nn.Module:
-    """Build the norm a config names: 'layernorm' or 'rmsnorm'."""
+def make_norm(kind: str, d_model: int, *, bias: bool = True, eps: float | None = None) -> nn.Module:
+    """Build the norm a config names: 'layernorm' or 'rmsnorm'; eps None keeps the norm's own default."""
+    extra = {} if eps is None else {"eps": eps}
     if kind == "layernorm":
-        return LayerNorm(d_model, bias=bias)
+        return LayerNorm(d_model, bias=bias, **extra)
     if kind == "rmsnorm":
-        return RMSNorm(d_model)
+        return RMSNorm(d_model, **extra)
     raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")

@@ -26,7 +26,9 @@ from .nn import (
     make_norm,
 )
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+# Positions added to the token embeddings, by name; "rope" instead rotates queries and keys inside attention.
+ADDED_POSITIONS = {"learned": LearnedPositionalEmbedding, "sinusoidal": SinusoidalPositionalEncoding}
+POS_ENCODINGS = (*ADDED_POSITIONS, "rope")
 
 
 @dataclass
@@ -127,10 +129,8 @@ class GPT(nn.Module):
                 ln_f=make_norm(c.norm, c.n_embd, bias=c.bias, eps=c.norm_eps),
             )
         )
-        if c.pos_encoding == "learned":
-            self.transformer.wpe = LearnedPositionalEmbedding(c.block_size, c.n_embd)
-        elif c.pos_encoding == "sinusoidal":
-            self.transformer.wpe = SinusoidalPositionalEncoding(c.block_size, c.n_embd)
+        if c.pos_encoding in ADDED_POSITIONS:
+            self.transformer.wpe = ADDED_POSITIONS[c.pos_encoding](c.block_size, c.n_embd)
         self.rope = (
             RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
         )

@@ -51,6 +51,13 @@ class GPTConfig:
     rope_base: float = 10000.0
     norm_eps: float | None = None  # epsilon of every norm; None: 1e-5 for layernorm, 1e-6 for rmsnorm
     mlp_hidden: int | None = None  # feed-forward width; None: 4 n_embd (two thirds of that for swiglu)
+    head_dim: int | None = None  # features per attention head; None: n_embd / n_head
+    qkv_bias: bool | None = None  # biases on the query/key/value projection; None: as `bias` says
+    qk_norm_affine: bool = False  # a learned gain in the QK-norm (Qwen3)
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
     def validate(self) -> None:
         """Raise MinigptError for a combination that cannot build a model."""
@@ -63,10 +70,11 @@ class GPTConfig:
                 f"n_head and n_embd must be positive, got {self.n_head}, {self.n_embd}",
             ),
             (
-                self.n_embd % max(self.n_head, 1) == 0,
+                self.head_dim is not None or self.n_embd % max(self.n_head, 1) == 0,
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))}",
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))} or set head_dim",
             ),
+            (self.head_dim is None or self.head_dim >= 1, f"head_dim must be at least 1 or null, got {self.head_dim}"),
             (
                 self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
                 f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}), or be null for n_head",
@@ -79,8 +87,8 @@ class GPTConfig:
             (self.norm in NORMS, f"norm {self.norm!r} is not one of {', '.join(NORMS)}"),
             (self.mlp in ACTIVATIONS, f"mlp {self.mlp!r} is not one of {', '.join(ACTIVATIONS)}"),
             (
-                self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
-                f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}",
+                self.pos_encoding != "rope" or (self.head_dim or self.n_embd // max(self.n_head, 1)) % 2 == 0,
+                f"rope needs an even head size, got {self.head_dim or self.n_embd / max(self.n_head, 1):g}",
             ),
             (self.norm_eps is None or self.norm_eps > 0, f"norm_eps must be positive or null, got {self.norm_eps}"),
             (
@@ -120,7 +128,10 @@ class GPT(nn.Module):
                         bias=c.bias,
                         norm=c.norm,
                         mlp=c.mlp,
+                        qkv_bias=c.qkv_bias,
                         qk_norm=c.qk_norm,
+                        qk_norm_affine=c.qk_norm_affine,
+                        head_dim=c.head_dim,
                         ff_hidden=c.mlp_hidden,
                         norm_eps=c.norm_eps,
                     )
@@ -131,9 +142,7 @@ class GPT(nn.Module):
         )
         if c.pos_encoding in ADDED_POSITIONS:
             self.transformer.wpe = ADDED_POSITIONS[c.pos_encoding](c.block_size, c.n_embd)
-        self.rope = (
-            RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
-        )
+        self.rope = RotaryEmbedding(c.head_size, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -278,7 +287,7 @@ class GPT(nn.Module):
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
         return [
-            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype)
+            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.head_size, device=device, dtype=dtype)
             for _ in range(c.n_layer)
         ]
 
@@ -295,12 +304,13 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 N for the matmuls with the weights plus
-        12 n_layer n_embd T for attention scores and weighted sums (Kaplan et al.; PaLM appendix B)."""
+        12 n_layer d_attn T for attention scores and weighted sums, d_attn = n_head head_size (usually
+        n_embd) (Kaplan et al.; PaLM appendix B)."""
         c = self.config
         n = self.num_params(exclude_embeddings=True)
         if c.tie_weights:
             n += c.n_embd * c.vocab_size  # the shared matrix still does a matmul as the LM head
-        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
 
 def choose_next_token(

@@ -9,7 +9,7 @@ import torch
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
 from minigpt.errors import MinigptError
-from minigpt.formats.hf import load_hf, save_hf
+from minigpt.formats.hf import load_hf, load_hf_model, save_hf
 from minigpt.tokenizers import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -125,3 +125,81 @@ def test_gpt2_config_fields_that_are_not_supported_are_refused_by_name(tmp_path,
     _, folder = _gpt2_folder(tmp_path, **overrides)
     with pytest.raises(MinigptError, match=field):
         load_hf(str(folder))
+
+
+def _random(model):
+    """Move norms and biases away from their initial 1 and 0, so that every parameter matters."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+ARCHITECTURES = {
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.1)
+    ),
+    "llama": lambda: transformers.LlamaForCausalLM(  # SmolLM / TinyLlama style: grouped-query, untied head
+        transformers.LlamaConfig(
+            **SMALL, num_key_value_heads=2, intermediate_size=48, rms_norm_eps=1e-5, initializer_range=0.1
+        )
+    ),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(  # biases on q, k, v only; tied head
+        transformers.Qwen2Config(
+            **SMALL, num_key_value_heads=2, intermediate_size=40, tie_word_embeddings=True, initializer_range=0.1
+        )
+    ),
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(  # QK-norm with gains; heads wider than hidden / heads
+        transformers.Qwen3Config(
+            **SMALL, num_key_value_heads=1, head_dim=16, intermediate_size=40, rope_theta=1e6, initializer_range=0.1
+        )
+    ),
+}
+
+
+@pytest.fixture(params=list(ARCHITECTURES))
+def hf_folder(request, tmp_path):
+    torch.manual_seed(0)
+    reference = _random(ARCHITECTURES[request.param]())
+    reference.save_pretrained(tmp_path / request.param)
+    return reference, tmp_path / request.param
+
+
+def _hf_greedy(reference, prompt, n):
+    out = reference.generate(
+        prompt, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, min_new_tokens=n
+    )
+    return out[:, prompt.shape[1] :]
+
+
+def test_hugging_face_models_give_the_same_logits_and_greedy_tokens(hf_folder):
+    reference, folder = hf_folder
+    model = load_hf_model(folder)
+    assert model.config.vocab_size == 96
+    idx = torch.randint(0, 96, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], reference(idx).logits, atol=1e-4, rtol=0)
+        prompt = idx[:1, :5]
+        ours = model.generate(prompt, 20, temperature=0)[:, 5:]
+        assert torch.equal(ours, _hf_greedy(reference, prompt, 20))
+
+
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: transformers.LlamaConfig(**SMALL, rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_type"),
+        (lambda: transformers.LlamaConfig(**SMALL, attention_bias=True), "attention_bias"),
+        (lambda: transformers.LlamaConfig(**SMALL, mlp_bias=True), "mlp_bias"),
+        (lambda: transformers.LlamaConfig(**SMALL, hidden_act="gelu"), "hidden_act"),
+        (lambda: transformers.Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=8), "sliding"),
+        (lambda: transformers.MistralConfig(**SMALL), "'mistral'"),
+    ],
+    ids=["rope_scaling", "attention_bias", "mlp_bias", "hidden_act", "sliding_window", "architecture"],
+)
+def test_unsupported_hugging_face_settings_are_refused_by_name(tmp_path, make, field):
+    config = make()
+    config.save_pretrained(tmp_path)
+    with pytest.raises(MinigptError, match=field):
+        load_hf_model(tmp_path)

@@ -34,6 +34,7 @@ class Architecture:
 
     def to_config(self, hf: dict) -> GPTConfig:
         """Our config for their config.json, or MinigptError naming a key whose value we do not reproduce."""
+        hf = _flatten_rope_and_layers(hf)
         for key, values in self.accepted.items():
             if key in hf and hf[key] not in values:
                 raise MinigptError(
@@ -96,7 +97,26 @@ class Architecture:
             parts = tensor.split(_part_sizes(config, tensor.shape[0], len(targets))) if len(targets) > 1 else [tensor]
             for target, part in zip(targets, parts):
                 out[target] = (part.t() if name.endswith(self.transposed) else part).detach().contiguous().cpu()
+        if config.qk_norm and not config.qk_norm_affine:  # their QK-norm has gains: ours are implicitly 1
+            for i in range(config.n_layer):
+                for name in ("attn.q_norm.weight", "attn.k_norm.weight"):
+                    (target,) = self.their_names(f"{BLOCK}{i}.{name}")
+                    out[target] = torch.ones(config.head_size)
         return out
+
+
+def _flatten_rope_and_layers(hf: dict) -> dict:
+    """Refuse per-layer attention kinds and RoPE variants; read rope_theta wherever this transformers put it."""
+    layer_types = set(hf.get("layer_types") or ["full_attention"])
+    if layer_types != {"full_attention"}:
+        raise MinigptError(f"config has layer_types {sorted(layer_types)}; minigpt supports full_attention only")
+    rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5 nests RoPE settings here
+    kind = rope.pop("rope_type", rope.pop("type", "default"))
+    if kind != "default":
+        raise MinigptError(f"config has rope_parameters.rope_type={kind!r}; minigpt supports plain RoPE (default)")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise MinigptError("config has rope_parameters.partial_rotary_factor; minigpt rotates whole heads only")
+    return {"rope_theta": rope.get("rope_theta", 10000.0), **hf}
 
 
 def _part_sizes(config: GPTConfig, total: int, n_parts: int) -> list[int]:
@@ -110,8 +130,13 @@ def _part_sizes(config: GPTConfig, total: int, n_parts: int) -> list[int]:
 def _canonical(config: GPTConfig) -> dict:
     """config's fields with the ones that merely restate a default set to None, so equal models compare equal."""
     values = {f.name: getattr(config, f.name) for f in fields(config)}
-    if values["n_kv_head"] == config.n_head:
-        values["n_kv_head"] = None
+    for name, default in [("n_kv_head", config.n_head), ("head_dim", config.n_embd // config.n_head)]:
+        if values[name] == default:
+            values[name] = None
+    if values["qkv_bias"] == config.bias:
+        values["qkv_bias"] = None
+    if config.qk_norm:
+        values["qk_norm_affine"] = True  # a norm without gains is one whose gains are all 1: written as such
     return values
 
 
@@ -120,6 +145,7 @@ def _resolved(model: GPT, name: str):
     block = model.transformer.h[0]
     concrete = {
         "n_kv_head": lambda: block.attn.n_kv_head,
+        "head_dim": lambda: block.attn.head_dim,
         "mlp_hidden": lambda: block.mlp.c_proj.in_features,
         "norm_eps": lambda: model.transformer.ln_f.eps,
     }
@@ -176,4 +202,75 @@ GPT2 = Architecture(
     skipped=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers
 )
 
-ARCHITECTURES = (GPT2,)
+
+def _llama_family(model_type: str, hf_class: str, fixed: dict, accepted: dict, layer: dict) -> Architecture:
+    """Llama and its descendants: RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases by default.
+
+    Their RoPE pairs feature i with feature i + head_dim / 2 (the checkpoints are stored that way),
+    which is how our RotaryEmbedding pairs them too, so no weight needs permuting.
+    """
+    return Architecture(
+        model_type=model_type,
+        hf_class=hf_class,
+        fields=dict(
+            vocab_size="vocab_size",
+            block_size="max_position_embeddings",
+            n_layer="num_hidden_layers",
+            n_head="num_attention_heads",
+            n_embd="hidden_size",
+            n_kv_head="num_key_value_heads",
+            head_dim="head_dim",
+            mlp_hidden="intermediate_size",
+            norm_eps="rms_norm_eps",
+            rope_base="rope_theta",
+            tie_weights="tie_word_embeddings",
+        ),
+        fixed=dict(
+            pos_encoding="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            bias=False,
+            qkv_bias=None,
+            qk_norm=False,
+            qk_norm_affine=False,
+            logit_softcap=None,
+        )
+        | fixed,
+        accepted=dict(hidden_act=("silu",), rope_scaling=(None,), mlp_bias=(False,)) | accepted,
+        defaults=dict(tie_weights=False),  # transformers' default for these classes
+        layer_prefix="model.layers.{i}.",
+        layer={
+            "ln_1.weight": ("input_layernorm.weight",),
+            "attn.c_attn.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+            "attn.c_proj.weight": ("self_attn.o_proj.weight",),
+            "ln_2.weight": ("post_attention_layernorm.weight",),
+            "mlp.c_fc.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),  # [gate | value], as our swiglu
+            "mlp.c_proj.weight": ("mlp.down_proj.weight",),
+        }
+        | layer,
+        top={
+            "transformer.wte.weight": "model.embed_tokens.weight",
+            "transformer.ln_f.weight": "model.norm.weight",
+            "lm_head.weight": "lm_head.weight",
+        },
+        skipped=("rotary_emb.inv_freq",),  # a buffer that older checkpoints saved
+    )
+
+
+NO_SLIDING_WINDOW = dict(use_sliding_window=(False,))
+LLAMA = _llama_family("llama", "LlamaForCausalLM", {}, dict(attention_bias=(False,)), {})
+QWEN2 = _llama_family(
+    "qwen2",
+    "Qwen2ForCausalLM",
+    dict(qkv_bias=True),
+    NO_SLIDING_WINDOW,
+    {"attn.c_attn.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")},
+)
+QWEN3 = _llama_family(
+    "qwen3",
+    "Qwen3ForCausalLM",
+    dict(qk_norm=True, qk_norm_affine=True),
+    NO_SLIDING_WINDOW | dict(attention_bias=(False,)),
+    {"attn.q_norm.weight": ("self_attn.q_norm.weight",), "attn.k_norm.weight": ("self_attn.k_norm.weight",)},
+)
+ARCHITECTURES = (GPT2, LLAMA, QWEN2, QWEN3)

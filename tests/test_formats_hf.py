@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_fixtures import MESSAGES, make_hf_tokenizer_folder
 
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
@@ -203,3 +204,17 @@ def test_unsupported_hugging_face_settings_are_refused_by_name(tmp_path, make, f
     config.save_pretrained(tmp_path)
     with pytest.raises(MinigptError, match=field):
         load_hf_model(tmp_path)
+
+
+def test_a_folder_with_tokenizer_files_brings_its_tokenizer(tmp_path):
+    torch.manual_seed(0)
+    ARCHITECTURES["qwen3"]().save_pretrained(tmp_path / "qwen")
+    with pytest.raises(MinigptError, match="has no tokenizer.json"):
+        load_hf(str(tmp_path / "qwen"))
+    reference = make_hf_tokenizer_folder(tmp_path / "qwen")
+    model, tokenizer = load_hf(str(tmp_path / "qwen"))
+    assert tokenizer.spec == "hf" and tokenizer.encode_chat(MESSAGES) == list(
+        reference.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True, return_dict=False)
+    )
+    _, tokenizer, meta = load_model(tmp_path / "qwen")
+    assert meta["tokenizer"] == "hf" and tokenizer.stop_token_ids == [reference.convert_tokens_to_ids("<|im_end|>")]

@@ -17,14 +17,19 @@ import torch
 from ..checkpoint import safe_torch_load
 from ..errors import MinigptError
 from ..model import GPT, GPTConfig
-from ..tokenizers import Tokenizer, load_tokenizer
+from ..tokenizers import HF_FILE, HFTokenizer, Tokenizer, load_tokenizer
 from .hf_architectures import ARCHITECTURES, Architecture
 
 
 def load_hf(path_or_name: str) -> tuple[GPT, Tokenizer]:
     """The model and tokenizer of a Hugging Face folder, or of a Hub name (downloaded once, then cached)."""
     folder = _resolve(path_or_name)
-    return load_hf_model(folder), load_tokenizer("gpt2")
+    model = load_hf_model(folder)
+    if (folder / HF_FILE).is_file():
+        return model, HFTokenizer.load(folder)
+    if _read_config(folder).get("model_type") == "gpt2":
+        return model, load_tokenizer("gpt2")  # tiktoken's copy of GPT-2's BPE
+    raise MinigptError(f"{folder} has no {HF_FILE}; copy the model's tokenizer files into it")
 
 
 def load_hf_model(path_or_name: str | Path) -> GPT:

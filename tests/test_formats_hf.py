@@ -1,11 +1,12 @@
 """Hugging Face folders in and out (minigpt.formats.hf), checked against transformers' own models."""
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from hf_fixtures import MESSAGES, make_hf_tokenizer_folder
+from hf_fixtures import MESSAGES, TEXT, make_hf_tokenizer_folder
 
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_model
@@ -218,3 +219,94 @@ def test_a_folder_with_tokenizer_files_brings_its_tokenizer(tmp_path):
     )
     _, tokenizer, meta = load_model(tmp_path / "qwen")
     assert meta["tokenizer"] == "hf" and tokenizer.stop_token_ids == [reference.convert_tokens_to_ids("<|im_end|>")]
+
+
+def _trained(config: GPTConfig) -> GPT:
+    """A model with weights large enough that greedy choices are clear (random ones are nearly uniform)."""
+    torch.manual_seed(0)
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def _char_tokenizer():
+    from minigpt.tokenizers import CharTokenizer
+
+    return CharTokenizer.from_texts([TEXT, "a second document"])  # two documents: with end-of-text
+
+
+def _bpe_tokenizer():
+    from minigpt.tokenizers import build_tokenizer
+
+    return build_tokenizer("bpe:300", [TEXT])
+
+
+EXPORTS = {  # what each config is written as, with which of our tokenizers
+    "gpt2-char": (dict(), _char_tokenizer, "gpt2"),
+    "llama-bpe": (
+        dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2, tie_weights=False),
+        _bpe_tokenizer,
+        "llama",
+    ),
+    "qwen3-gpt2": (
+        dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True, rope_base=5e5),
+        lambda: load_tokenizer("gpt2"),
+        "qwen3",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_exported_folders_reproduce_minigpt_in_transformers(tmp_path, name):
+    overrides, make_tokenizer, model_type = EXPORTS[name]
+    tokenizer = make_tokenizer()
+    config = dict(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    model = _trained(GPTConfig(**config, **overrides))
+    save_hf(model, tokenizer, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == model_type
+    their_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    text = TEXT[:150] + ("<|endoftext|>" if tokenizer.eot_token is not None else "")
+    ids = tokenizer.encode(TEXT[:150]) + ([tokenizer.eot_token] if tokenizer.eot_token is not None else [])
+    assert their_tokenizer(text)["input_ids"] == ids
+    idx = torch.tensor([ids[:40]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+        prompt = "To be, or not"
+        ours = tokenizer.decode(model.generate(torch.tensor([tokenizer.encode(prompt)]), 20, temperature=0)[0])
+        their_ids = their_tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = theirs.generate(their_ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert their_tokenizer.decode(out[0]) == ours
+    reloaded, again = load_hf(str(tmp_path / "hf"))  # and back: the same model and the same ids
+    torch.testing.assert_close(reloaded(idx)[0], model(idx)[0])
+    assert again.encode(TEXT[:150]) == tokenizer.encode(TEXT[:150])
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (dict(mlp="relu2"), "mlp='relu2'"),
+        (dict(pos_encoding="sinusoidal"), "pos_encoding='sinusoidal'"),
+        (dict(logit_softcap=15.0), "logit_softcap=15.0"),
+        (dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=False, n_kv_head=2), None),
+    ],
+    ids=["relu2", "sinusoidal", "softcap", "llama-without-biases"],
+)
+def test_export_refuses_what_no_architecture_expresses_by_name(tmp_path, overrides, named):
+    model = tiny(**overrides)
+    if named is None:  # qkv_bias=False merely restates bias=False: still a Llama
+        save_hf(model, _char_tokenizer(), tmp_path / "ok")
+        return
+    with pytest.raises(MinigptError, match=named.replace("(", r"\(")):
+        save_hf(model, _char_tokenizer(), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_never_writes_into_a_folder_that_holds_files(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(MinigptError, match="not an empty folder"):
+        save_hf(tiny(), _char_tokenizer(), tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"

@@ -19,6 +19,7 @@ from ..errors import MinigptError
 from ..model import GPT, GPTConfig
 from ..tokenizers import HF_FILE, HFTokenizer, Tokenizer, load_tokenizer
 from .hf_architectures import ARCHITECTURES, Architecture
+from .hf_tokenizer import to_hf_tokenizer
 
 
 def load_hf(path_or_name: str) -> tuple[GPT, Tokenizer]:
@@ -43,15 +44,30 @@ def load_hf_model(path_or_name: str | Path) -> GPT:
 
 
 def save_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> None:
-    """Write model as a Hugging Face folder of the first architecture that can express its config."""
+    """Write model and tokenizer as a Hugging Face folder: the first architecture that can express the
+    model's config (GPT-2, Llama, Qwen2, Qwen3) and a tokenizer.json of the same ids.
+
+    out_dir must be new or empty: nothing already there is overwritten.
+    """
     architecture = _export_architecture(model.config)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MinigptError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}; "
+            "export a model with the tokenizer it was trained with"
+        )
+    directory = Path(out_dir)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise MinigptError(f"{directory} already exists and is not an empty folder; choose a new output folder")
     from safetensors.torch import save_file
 
-    directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = architecture.export_tensors(model.state_dict(), model.config)
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(architecture.from_model(model), indent=2))
+    config = architecture.from_model(model)
+    if tokenizer.eot_token is not None:
+        config["eos_token_id"] = tokenizer.eot_token
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    to_hf_tokenizer(tokenizer, model.config.block_size).save(directory)
 
 
 def _export_architecture(config: GPTConfig) -> Architecture:

@@ -50,11 +50,6 @@ def save_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> None:
     out_dir must be new or empty: nothing already there is overwritten.
     """
     architecture = _export_architecture(model.config)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise MinigptError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}; "
-            "export a model with the tokenizer it was trained with"
-        )
     directory = Path(out_dir)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise MinigptError(f"{directory} already exists and is not an empty folder; choose a new output folder")

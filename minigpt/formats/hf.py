@@ -106,7 +106,7 @@ def _resolve(path_or_name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(path_or_name, allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(path_or_name, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
     except Exception as e:  # offline, unknown name, or no hub library: one message for the user
         raise MinigptError(
             f"{path_or_name!r} is no local folder and could not be downloaded from the Hugging Face "

@@ -211,9 +211,10 @@ class GPT(nn.Module):
     def _hidden_states(self, idx, caches=None, need_weights=False, attention_mask=None):
         """Run embeddings and blocks; with caches, idx continues the text the caches hold."""
         B, T = idx.shape
-        offset = caches[0].length if caches else 0
-        if offset + T > self.config.block_size:
-            raise ValueError(f"sequence of {offset + T} tokens is longer than block_size {self.config.block_size}")
+        offset = caches[0].offset if caches else 0  # an int, or per-row positions for a ragged cache
+        longest = (caches[0].length if caches else 0) + T
+        if longest > self.config.block_size:
+            raise ValueError(f"sequence of {longest} tokens is longer than block_size {self.config.block_size}")
         mask = positions = None
         if attention_mask is not None:
             if attention_mask.shape != idx.shape:
@@ -307,13 +308,22 @@ class GPT(nn.Module):
             context = torch.cat([context, token], dim=1)
             yield token
 
-    def _new_caches(self, batch_size: int, device) -> list[KVCache]:
+    def _new_caches(self, batch_size: int, device, ragged: bool = False) -> list[KVCache]:
+        """One KV cache per layer; ragged ones let each row sit at its own position."""
         c = self.config
         dtype = self.lm_head.weight.dtype
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
         return [
-            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.head_size, device=device, dtype=dtype)
+            KVCache(
+                batch_size,
+                c.n_kv_head or c.n_head,
+                c.block_size,
+                c.head_size,
+                device=device,
+                dtype=dtype,
+                ragged=ragged,
+            )
             for _ in range(c.n_layer)
         ]
 

@@ -16,6 +16,12 @@ rebuilds the very same tokenizer later, for sampling and evaluation.
 Trained BPEs are learned with Hugging Face `tokenizers` (fast, well kept) and
 then converted to a `tiktoken.Encoding`, so every tokenizer except `char`
 encodes at tiktoken speed.
+
+Chat: any tokenizer can carry the chat special tokens (`add_chat_tokens`), numbered after its
+base vocabulary, and then encodes conversations with its chat template (chat_template.py):
+`has_chat_template`, `encode_chat(messages, add_generation_prompt=True)` and `stop_token_ids`
+(the ids that end a generated answer). Data prepared with `--format chat` and the checkpoints
+trained on it save the template beside the tokenizer's files; `load_tokenizer` restores it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
+from .chat_template import ChatTemplate
 from .errors import MinigptError
 
 EOT_TEXT = "<|endoftext|>"
@@ -46,11 +53,44 @@ HF_GENERATION_FILE = "generation_config.json"  # its eos_token_id may list more 
 
 
 class Tokenizer:
-    """The interface every tokenizer offers (text <-> list of token ids)."""
+    """The interface every tokenizer offers (text <-> list of token ids, conversations -> ids)."""
 
     spec: str
     vocab_size: int
     eot_token: int | None
+    chat_template: ChatTemplate | None = None
+    chat_token_ids: dict[str, int] = {}  # chat special token text -> id, when the tokenizer has them
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """A conversation's token ids; with add_generation_prompt they end where the assistant's answer begins."""
+        if self.chat_template is None:
+            raise MinigptError(
+                f"tokenizer {self.spec!r} has no chat template; fine-tune the model on data prepared with "
+                f"`minigpt prepare FILE --format chat` first"
+            )
+        return self.chat_template.render(messages, self.encode, self.chat_token_ids, add_generation_prompt)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end generation: end-of-text and, for a chat tokenizer, its special tokens (end-of-turn
+        first; a role token would begin another turn, so the answer is over then too)."""
+        ids = [] if self.eot_token is None else [self.eot_token]
+        if self.chat_template is not None:
+            ends_first = sorted(self.chat_token_ids, key=lambda text: text != self.chat_template.end_of_turn)
+            ids += [self.chat_token_ids[text] for text in ends_first]
+        return ids
+
+    def add_chat_tokens(self, template: ChatTemplate | None = None) -> None:
+        """Add the chat template's special tokens, numbered from the current vocab_size up."""
+        if self.chat_template is not None:
+            raise MinigptError(f"tokenizer {self.spec!r} already has chat tokens")
+        self.chat_template = template or ChatTemplate()
+        self.chat_token_ids = {text: self.vocab_size + i for i, text in enumerate(self.chat_template.special_tokens)}
+        self.vocab_size += len(self.chat_token_ids)
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -66,7 +106,12 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, data_dir: str | os.PathLike) -> list[str]:
-        """Write the files `load_tokenizer` needs into data_dir; return their names."""
+        """Write the files `load_tokenizer` needs into data_dir (the chat template too); return their names."""
+        names = self.save_vocabulary(data_dir)
+        return names if self.chat_template is None else [*names, self.chat_template.save(data_dir)]
+
+    def save_vocabulary(self, data_dir: str | os.PathLike) -> list[str]:
+        """Write the files that rebuild the base vocabulary (none for named encodings)."""
         return []
 
 
@@ -106,9 +151,12 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in _int_list(ids))
+        special = {i: text for text, i in self.chat_token_ids.items()}
+        if self.eot_token is not None:
+            special[self.eot_token] = EOT_TEXT
+        return "".join(special[i] if i in special else self.chars[i] for i in _int_list(ids))
 
-    def save(self, data_dir: str | os.PathLike) -> list[str]:
+    def save_vocabulary(self, data_dir: str | os.PathLike) -> list[str]:
         payload = {"chars": self.chars, "eot": self.eot_token is not None}
         Path(data_dir, CHAR_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
         return [CHAR_FILE]
@@ -143,9 +191,20 @@ class TiktokenTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(_int_list(ids))
 
+    def add_chat_tokens(self, template: ChatTemplate | None = None) -> None:
+        super().add_chat_tokens(template)
+        # tiktoken's way to extend an encoding: the same ranks with more special tokens.
+        base = self.encoding
+        self.encoding = tiktoken.Encoding(
+            name=f"{base.name}_chat",
+            pat_str=base._pat_str,
+            mergeable_ranks=base._mergeable_ranks,
+            special_tokens={**base._special_tokens, **self.chat_token_ids},
+        )
+
     def __reduce__(self):
         # Named encodings travel to worker processes by name, not by their ranks.
-        return (named_tiktoken, (self.spec,))
+        return (_rebuild, (named_tiktoken, (self.spec,), self.chat_template))
 
 
 class BPETokenizer(TiktokenTokenizer):
@@ -162,9 +221,9 @@ class BPETokenizer(TiktokenTokenizer):
         self.ranks = ranks
 
     def __reduce__(self):
-        return (BPETokenizer, (self.spec, self.ranks))
+        return (_rebuild, (BPETokenizer, (self.spec, self.ranks), self.chat_template))
 
-    def save(self, data_dir: str | os.PathLike) -> list[str]:
+    def save_vocabulary(self, data_dir: str | os.PathLike) -> list[str]:
         # tiktoken's own file format: "base64(token bytes) rank" per line.
         lines = (f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in self.ranks.items())
         Path(data_dir, BPE_FILE).write_text("".join(lines), encoding="ascii")
@@ -218,20 +277,23 @@ class HFTokenizer(Tokenizer):
 
     # ---- chat --------------------------------------------------------------------------------------
 
+    # The model's own Jinja template comes first; without one, minigpt's chat tokens may be added as for
+    # any tokenizer (Tokenizer.add_chat_tokens), and then the base class's methods apply.
+
     @property
     def has_chat_template(self) -> bool:
-        return bool(self.config.get("chat_template"))
+        return bool(self.config.get("chat_template")) or super().has_chat_template
 
     @property
     def stop_token_ids(self) -> list[int]:
-        """End-of-text and end-of-turn ids: the eos token and the generation config's eos_token_id."""
-        ids = [self.eot_token] if self.eot_token is not None else []
+        """End-of-text and end-of-turn ids: the eos token, any chat tokens, the generation config's eos_token_id."""
+        ids = super().stop_token_ids
         return ids + [i for i in self.generation_eos if i not in ids]
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of messages ([{"role": ..., "content": ...}, ...]) laid out by the chat template."""
-        if not self.has_chat_template:
-            raise MinigptError("this Hugging Face tokenizer has no chat template (tokenizer_config.json has none)")
+        if not self.config.get("chat_template"):
+            return super().encode_chat(messages, add_generation_prompt)
         text = render_chat_template(
             self.config["chat_template"],
             messages,
@@ -246,7 +308,7 @@ class HFTokenizer(Tokenizer):
 
     # ---- files -------------------------------------------------------------------------------------
 
-    def save(self, data_dir: str | os.PathLike) -> list[str]:
+    def save_vocabulary(self, data_dir: str | os.PathLike) -> list[str]:
         Path(data_dir, HF_FILE).write_text(self.tokenizer_json, encoding="utf-8")
         Path(data_dir, HF_CONFIG_FILE).write_text(json.dumps(self.config, indent=2, ensure_ascii=False), "utf-8")
         names = [HF_FILE, HF_CONFIG_FILE]
@@ -286,6 +348,14 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
         )
     except jinja2.TemplateError as e:
         raise MinigptError(f"the chat template could not be rendered ({e})") from None
+
+
+def _rebuild(make, args: tuple, chat_template: ChatTemplate | None) -> Tokenizer:
+    """Unpickle a tokenizer: make(*args), with its chat tokens if it had them."""
+    tokenizer = make(*args)
+    if chat_template is not None:
+        tokenizer.add_chat_tokens(chat_template)
+    return tokenizer
 
 
 def train_bpe_ranks(texts: Iterable[str], vocab_size: int) -> dict[bytes, int]:
@@ -360,7 +430,15 @@ def build_tokenizer(spec: str, texts: Iterable[str] = ()) -> Tokenizer:
 
 
 def load_tokenizer(spec: str, data_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """Rebuild the tokenizer saved by `prepare` (spec from meta.json, files from data_dir)."""
+    """Rebuild the tokenizer saved by `prepare` (spec from meta.json, files from data_dir), chat tokens included."""
+    tokenizer = _load_base(spec, data_dir)
+    template = None if data_dir is None else ChatTemplate.load(data_dir)
+    if template is not None:
+        tokenizer.add_chat_tokens(template)
+    return tokenizer
+
+
+def _load_base(spec: str, data_dir: str | os.PathLike | None) -> Tokenizer:
     check_spec(spec)
     if spec in TIKTOKEN_SPECS:
         return named_tiktoken(spec)
@@ -378,12 +456,17 @@ def check_same_vocabulary(theirs: Tokenizer, ours: Tokenizer, where: str) -> Non
     spec can mean other ids."""
     if theirs.spec != ours.spec:
         raise MinigptError(f"{where} was prepared with tokenizer {theirs.spec!r} but the model uses {ours.spec!r}")
-    for attribute in ("chars", "ranks", "tokenizer_json"):
+    for attribute in ("chars", "ranks", "tokenizer_json", "chat_template"):
         if getattr(theirs, attribute, None) != getattr(ours, attribute, None):
             raise MinigptError(
                 f"{where} was prepared with a different {ours.spec!r} vocabulary "
-                f"({theirs.vocab_size} tokens) than the model's ({ours.vocab_size} tokens)"
+                f"({theirs.vocab_size} tokens{_chat_note(theirs)}) than the model's "
+                f"({ours.vocab_size} tokens{_chat_note(ours)})"
             )
+
+
+def _chat_note(tokenizer: Tokenizer) -> str:
+    return ", with chat tokens" if tokenizer.has_chat_template else ""
 
 
 def check_spec(spec: str) -> None:

@@ -38,7 +38,7 @@ def test_hf_tokenizer_without_a_template_or_files_says_so(tmp_path):
     make_hf_tokenizer_folder(tmp_path / "hf", chat_template=None)
     plain = load_tokenizer("hf", tmp_path / "hf")
     assert not plain.has_chat_template
-    with pytest.raises(MinigptError, match="no chat template"):
+    with pytest.raises(MinigptError, match="has no chat template"):
         plain.encode_chat(MESSAGES)
     with pytest.raises(MinigptError, match="tokenizer.json is missing"):
         load_tokenizer("hf", tmp_path)

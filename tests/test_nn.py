@@ -258,3 +258,33 @@ def test_a_padding_mask_of_the_wrong_shape_points_to_key_padding_mask():
         attention(x, mask=valid)
     masked = attention(x, mask=key_padding_mask(valid))
     torch.testing.assert_close(masked[1, 2:], attention(x[1:, 2:])[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_ragged_kv_cache_decodes_rows_at_different_positions_like_each_row_alone(use_rope):
+    attn = MultiHeadAttention(16, 4, n_kv_head=2).eval()
+    rope = RotaryEmbedding(4, 16) if use_rope else None
+    x = torch.randn(2, 9, 16)
+    alone = [attn(x[b : b + 1, : 5 + 3 * b], causal=True, rope=rope) for b in range(2)]  # 5 and 8 tokens
+    batch = KVCache(3, 2, 16, 4, ragged=True)
+    for b, length in enumerate((4, 7)):  # prefill each prompt alone, then give it a row
+        single = KVCache(1, 2, 16, 4)
+        attn(x[b : b + 1, :length], causal=True, rope=rope, cache=single)
+        batch.copy_row(b, single)
+    cache = batch.rows(2)
+    assert cache.offset.tolist() == [4, 7] and cache.length == 7
+    step = attn(torch.stack([x[0, 4], x[1, 7]])[:, None], causal=True, rope=rope, cache=cache)  # one token each
+    torch.testing.assert_close(step[0, 0], alone[0][0, -1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(step[1, 0], alone[1][0, -1], atol=1e-6, rtol=1e-5)
+    assert batch.lengths.tolist() == [5, 8, 0]  # the view wrote into the shared storage
+    batch.copy_row(0, batch, 1)  # a finished row 0 makes room: row 1 moves down
+    assert batch.lengths[0] == 8 and torch.equal(batch.k[0, :, :8], batch.k[1, :, :8])
+
+
+def test_positions_take_per_row_offsets():
+    pe, rope = SinusoidalPositionalEncoding(20, 8), RotaryEmbedding(8, 20)
+    rows = pe(3, offset=torch.tensor([2, 5]))
+    torch.testing.assert_close(rows[1], pe(3, offset=5))
+    q = torch.randn(2, 1, 3, 8)
+    rotated = rope(q, torch.tensor([2, 5]))
+    torch.testing.assert_close(rotated[1:], rope(q[1:], 5))

@@ -28,6 +28,7 @@ def to_hf_tokenizer(tokenizer: Tokenizer, max_length: int) -> HFTokenizer:
         model = _bpe({c: i for i, c in enumerate(tokenizer.chars)}, [])
         pre_tokenizer, decoder = None, {"type": "Fuse"}
         specials = {EOT_TEXT: tokenizer.eot_token} if tokenizer.eot_token is not None else {}
+        specials |= tokenizer.chat_token_ids  # chat tokens, when it has them (tiktoken's are in its specials)
     else:
         raise MinigptError(f"tokenizer {tokenizer.spec!r} cannot be written as a Hugging Face tokenizer")
     tokenizer_json = {

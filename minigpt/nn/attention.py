@@ -63,23 +63,74 @@ class KVCache:
     """Keys and values of the tokens seen so far, so that generating one more token costs one position.
 
     Preallocated to max_len positions: appending writes in place instead of concatenating.
+    With ragged=True every row keeps its own length (`lengths`), so sequences at different
+    positions can decode in one batch (continuous batching): each row writes at its own position,
+    and `mask` tells attention which keys each of its queries may see.
     """
 
-    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *, device=None, dtype=None):
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        device=None,
+        dtype=None,
+        ragged: bool = False,
+    ):
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.length = 0  # positions in use: every row's length, or the longest row's when ragged
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if ragged else None
+
+    @property
+    def offset(self) -> int | torch.Tensor:
+        """The position of the next token: an int, or a (B,) tensor of per-row positions when ragged."""
+        return self.length if self.lengths is None else self.lengths
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v of shape (B, n_kv_head, T, hs); return all keys and values so far."""
-        end = self.length + k.shape[2]
+        T = k.shape[2]
+        if self.lengths is not None:
+            return self._append_ragged(k, v)
+        end = self.length + T
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def _append_ragged(self, k, v):
+        B, h, T, hs = k.shape
+        positions = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
+        end = int(positions.max()) + 1
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
+        index = positions[:, None, :, None].expand(B, h, T, hs)
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        self.lengths += T
+        self.length = end
+        # query t of row b sits at positions[b, t] and sees keys 0 .. positions[b, t]
+        self.mask = torch.arange(end, device=k.device) <= positions[:, None, :, None]  # (B, 1, T, end)
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def rows(self, n: int) -> "KVCache":
+        """A ragged cache over the first n rows, sharing this one's storage (appends land here too)."""
+        view = object.__new__(KVCache)
+        view.k, view.v, view.lengths = self.k[:n], self.v[:n], self.lengths[:n]
+        view.length = int(view.lengths.max()) if n else 0
+        return view
+
+    def copy_row(self, row: int, source: "KVCache", source_row: int = 0) -> None:
+        """Make row `row` of this ragged cache hold what row `source_row` of `source` holds."""
+        length = int(source.lengths[source_row]) if source.lengths is not None else source.length
+        self.k[row, :, :length] = source.k[source_row, :, :length]
+        self.v[row, :, :length] = source.v[source_row, :, :length]
+        self.lengths[row] = length
 
 
 class MultiHeadAttention(nn.Module):
@@ -149,11 +200,14 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._project(x, context)  # (B, h, T_q, hs), (B, h_kv, T_k, hs) twice
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        offset = cache.length if cache is not None else 0
+        offset = cache.offset if cache is not None else 0
         if rope is not None:
             q, k = rope(q, offset, positions=positions), rope(k, offset, positions=positions)
         if cache is not None:
             k, v = cache.append(k, v)
+            if cache.lengths is not None:  # rows at different positions: the cache knows who sees what
+                mask = cache.mask if mask is None else mask.bool() & cache.mask
+                causal = False
         if self.n_kv_head != self.n_head:  # give every query head its group's key/value head
             repeats = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)

@@ -16,9 +16,17 @@ import torch
 from torch import nn
 
 
-def _positions(table: torch.Tensor, seq_len: int, offset: int, positions: torch.Tensor | None) -> torch.Tensor:
-    """Rows of table (max_len, ...) for positions offset .. offset + seq_len - 1, or for a (B, T) positions
-    tensor (each row's own positions, as in a left-padded batch); past max_len is an error that says so."""
+def _positions(
+    table: torch.Tensor, seq_len: int, offset: int | torch.Tensor, positions: torch.Tensor | None
+) -> torch.Tensor:
+    """Rows of table (max_len, ...) for positions offset .. offset + seq_len - 1: (seq_len, ...).
+
+    With a (B,) tensor of offsets (rows of a ragged KV cache at different positions) or a (B, T) tensor
+    of positions (a left-padded batch), every row gets its own: (B, seq_len, ...). Past max_len is an
+    error that says so.
+    """
+    if positions is None and isinstance(offset, torch.Tensor):
+        positions = offset[:, None] + torch.arange(seq_len, device=offset.device)
     last = offset + seq_len - 1 if positions is None else int(positions.max()) if positions.numel() else 0
     if last >= table.shape[0]:
         raise ValueError(
@@ -35,9 +43,11 @@ class LearnedPositionalEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(max_len, d_model))
 
-    def forward(self, seq_len: int, offset: int = 0, *, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1,
-        or (B, T, d_model) ones for a (B, T) tensor of positions."""
+    def forward(
+        self, seq_len: int, offset: int | torch.Tensor = 0, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1, or (B, T, d_model)
+        ones for a (B,) tensor of per-row offsets or a (B, T) tensor of positions."""
         return _positions(self.weight, seq_len, offset, positions)
 
 
@@ -54,7 +64,9 @@ class SinusoidalPositionalEncoding(nn.Module):
         # not persistent: the table is a pure function of the shape, so checkpoints need not carry it
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, seq_len: int, offset: int = 0, *, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, seq_len: int, offset: int | torch.Tensor = 0, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return _positions(self.table, seq_len, offset, positions)
 
 
@@ -75,12 +87,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0, *, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset`,
-        or whose tokens sit at the positions of a (B, T) tensor."""
+    def forward(
+        self, x: torch.Tensor, offset: int | torch.Tensor = 0, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset` (an int,
+        or a (B,) tensor when each row starts elsewhere), or whose tokens sit at a (B, T) tensor's positions."""
         cos = _positions(self.cos, x.shape[-2], offset, positions).to(x.dtype)  # (T, hs/2) or (B, T, hs/2)
         sin = _positions(self.sin, x.shape[-2], offset, positions).to(x.dtype)
-        if positions is not None:  # one set of angles per row, shared by the heads
+        if cos.dim() == 3:  # one set of angles per row, shared by the heads
             cos, sin = cos[:, None], sin[:, None]
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)

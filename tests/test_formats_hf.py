@@ -39,8 +39,8 @@ def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
         save_hf(model, tokenizer, tmp_path / "ours")
         reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
         torch.testing.assert_close(reloaded(idx).logits, reference(idx).logits, atol=1e-4, rtol=0)
-    via_load_model, _, meta = load_model(tmp_path / "hf")
-    assert meta["tokenizer"] == "gpt2"
+    via_load_model, hf_tokenizer, source = load_model(tmp_path / "hf")
+    assert hf_tokenizer.spec == "gpt2" and source.record is None
     torch.testing.assert_close(via_load_model(idx)[0], model(idx)[0])
 
 
@@ -217,8 +217,8 @@ def test_a_folder_with_tokenizer_files_brings_its_tokenizer(tmp_path):
     assert tokenizer.spec == "hf" and tokenizer.encode_chat(MESSAGES) == list(
         reference.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True, return_dict=False)
     )
-    _, tokenizer, meta = load_model(tmp_path / "qwen")
-    assert meta["tokenizer"] == "hf" and tokenizer.stop_token_ids == [reference.convert_tokens_to_ids("<|im_end|>")]
+    _, tokenizer, source = load_model(tmp_path / "qwen")
+    assert tokenizer.spec == "hf" and source.record is None and tokenizer.stop_token_ids == [reference.convert_tokens_to_ids("<|im_end|>")]
 
 
 def _trained(config: GPTConfig) -> GPT:

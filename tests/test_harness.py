@@ -1,0 +1,143 @@
+"""lm-evaluation-harness: minigpt's model class scores a local multiple-choice task like lm-eval's own hf model."""
+
+import json
+
+import pytest
+
+from helpers import run_cli
+
+pytest.importorskip("lm_eval")
+transformers = pytest.importorskip("transformers")
+
+QUESTIONS = [
+    ("The cat sat on the", ["mat", "moon", "idea", "river"], 0),
+    ("Water boils at one hundred degrees", ["Celsius", "apples", "Tuesday", "north"], 0),
+    ("She opened the door and", ["walked in", "purple", "seven", "the the"], 0),
+    ("To be or not to", ["be", "sing", "house", "blue"], 0),
+    ("One, two, three,", [" four", " dog", " green", " up"], 1),
+    ("The capital of France is", ["Paris", "banana", "swim", "quickly"], 2),
+]
+
+
+def _gpt2_tokenizer():
+    """GPT-2's tokenizer as Hugging Face files, built offline from minigpt's gpt2 vocabulary and merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from minigpt.formats.vocab import byte_level_vocab
+    from minigpt.tokenizers import load_tokenizer
+
+    vocab = byte_level_vocab(load_tokenizer("gpt2"))
+    bpe = models.BPE({t: i for i, t in enumerate(vocab.tokens)}, [tuple(m.split(" ")) for m in vocab.merges])
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    eot = "<|endoftext|>"
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot)
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    """A random-weight GPT-2 with GPT-2's tokenizer, saved as a Hugging Face folder."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():  # larger weights than the default init: scores that differ between choices
+        for p in model.parameters():
+            p.mul_(5.0 if p.dim() > 1 else 1.0)
+    model.save_pretrained(folder)
+    _gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    """A tiny multiple-choice task: YAML over a local JSON lines file."""
+    folder = tmp_path_factory.mktemp("tasks")
+    rows = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
+    (folder / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'tiny.jsonl'}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "metric_list:\n"
+        + "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n" for m in ("acc", "acc_norm"))
+    )
+    return folder
+
+
+def _requests(task_dir):
+    from lm_eval.tasks import TaskManager
+
+    task = TaskManager(include_path=str(task_dir)).load(["tiny_mc"])["tasks"]["tiny_mc"]
+    task.build_all_requests(limit=None, rank=0, world_size=1)
+    return [r for r in task.instances]
+
+
+def test_loglikelihoods_equal_lm_evals_hf_model(gpt2_folder, task_dir):
+    from lm_eval.models.huggingface import HFLM
+
+    from minigpt.checkpoint import load_model
+    from minigpt.harness import MinigptLM
+
+    requests = _requests(task_dir)
+    assert len(requests) == sum(len(c) for _, c, _ in QUESTIONS)
+    ours = MinigptLM(*load_model(gpt2_folder)[:2], batch_size=5).loglikelihood(requests)
+    theirs = HFLM(pretrained=str(gpt2_folder), batch_size=5, device="cpu").loglikelihood(requests)
+    assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
+    assert [score for score, _ in ours] == pytest.approx([score for score, _ in theirs], abs=1e-4)
+    assert len({round(score, 3) for score, _ in ours}) > len(QUESTIONS)  # the scores tell choices apart
+
+
+def test_rolling_loglikelihood_and_generation_equal_hf(gpt2_folder):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from minigpt.checkpoint import load_model
+    from minigpt.harness import MinigptLM
+
+    text = "It was the best of times, it was the worst of times. " * 8  # longer than one 64-token window
+    rolling = [Instance("loglikelihood_rolling", {}, (text,), 0)]
+    prompts = ["Once upon a time", "Once upon a tide", "The end"]  # two of one length: one batch
+    generate = [Instance("generate_until", {}, (p, {"until": ["."], "max_gen_toks": 12}), i) for i, p in enumerate(prompts)]
+    ours = MinigptLM(*load_model(gpt2_folder)[:2], batch_size=4)
+    theirs = HFLM(pretrained=str(gpt2_folder), batch_size=4, device="cpu")
+    assert ours.loglikelihood_rolling(rolling) == pytest.approx(theirs.loglikelihood_rolling(rolling), abs=1e-3)
+    assert ours.generate_until(generate) == theirs.generate_until(generate)
+
+
+def test_accuracy_equals_hf_model_and_cli_prints_table_and_json(gpt2_folder, task_dir):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    expected = simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(gpt2_folder)},
+        tasks=["tiny_mc"],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        batch_size=4,
+        device="cpu",
+    )["results"]["tiny_mc"]
+    result = run_cli("eval", gpt2_folder, "--tasks", "tiny_mc", "--include-path", task_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    ours = json.loads(result.stdout)["tiny_mc"]
+    assert ours["acc,none"] == expected["acc,none"]
+    assert ours["acc_norm,none"] == expected["acc_norm,none"]
+    table = run_cli("eval", gpt2_folder, "--tasks", "tiny_mc", "--include-path", task_dir, "--limit", "2")
+    assert table.returncode == 0, table.stderr
+    assert "tiny_mc" in table.stdout and "acc" in table.stdout
+
+
+@pytest.mark.slow  # lm-eval indexes all its tasks to tell that this one is unknown
+def test_unknown_task_is_one_line(gpt2_folder, task_dir, tmp_path):
+    result = run_cli("eval", gpt2_folder, "--tasks", "tiny_mcq", "--include-path", task_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown task 'tiny_mcq'" in result.stderr and "tiny_mc" in result.stderr

@@ -33,6 +33,10 @@ def export(
         raise MinigptError(f"unknown export format {fmt!r}; accepted: {', '.join(FORMATS)}")
     if outtype is not None and fmt != "gguf":
         raise MinigptError(f"--outtype applies to gguf only; {fmt} is written in float32")
+    if fmt == "gguf":
+        from .formats.gguf import check_outtype
+
+        check_outtype(outtype or "f16")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model, tokenizer, _ = load_model(path, latest=latest)

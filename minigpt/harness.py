@@ -114,7 +114,9 @@ class MinigptLM(TemplateLM):
             prompt = self.tok_encode(context)[-max(1, self.max_length - settings[1]) :]
             groups[(len(prompt), repr(settings))].append((i, prompt, settings))
         batches = [
-            members[j : j + self.batch_size] for members in groups.values() for j in range(0, len(members), self.batch_size)
+            members[j : j + self.batch_size]
+            for members in groups.values()
+            for j in range(0, len(members), self.batch_size)
         ]
         for batch in tqdm(batches, desc="generate_until", disable=disable_tqdm):
             until, max_new_tokens, temperature = batch[0][2]

@@ -53,12 +53,16 @@ def gguf_architecture(config) -> str:
     return arch
 
 
+def check_outtype(outtype: str) -> None:
+    if outtype not in OUTTYPES:
+        raise MinigptError(f"unknown gguf type {outtype!r}; accepted: {', '.join(OUTTYPES)}")
+
+
 def save_gguf(model, tokenizer, path: str | Path, *, outtype: str = "f16", name: str = "minigpt") -> Path:
     """Write model and tokenizer to the GGUF file path; returns it."""
     import gguf
 
-    if outtype not in OUTTYPES:
-        raise MinigptError(f"unknown gguf type {outtype!r}; accepted: {', '.join(OUTTYPES)}")
+    check_outtype(outtype)
     arch = gguf_architecture(model.config)
     vocab = byte_level_vocab(tokenizer)
     c = model.config

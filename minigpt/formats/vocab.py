@@ -14,7 +14,7 @@ never join bytes of two different characters.
 from dataclasses import dataclass
 
 from ..errors import MinigptError
-from ..tokenizers import EOT_TEXT, CharTokenizer, Tokenizer, TiktokenTokenizer, _bytes_to_unicode
+from ..tokenizers import EOT_TEXT, CharTokenizer, TiktokenTokenizer, Tokenizer, _bytes_to_unicode
 
 # the pre-tokenizer (text -> words before BPE) of each tokenizer spec, by llama.cpp's name for it
 PRE_TOKENIZERS = {"gpt2": "gpt-2", "char": "gpt-2", "cl100k_base": "dbrx", "o200k_base": "gpt-4o"}

@@ -146,7 +146,9 @@ class MultiHeadAttention(nn.Module):
             weights = attention_weights(q, k, mask)
             y = F.dropout(weights, dropout_p) @ v
         else:  # the fused path: flash / memory-efficient kernels where the device has them
-            y = self._fused_attention(q, k, v, mask, bool(causal and T_q > 1), dropout_p)  # bool: a plain flag when exported
+            y = self._fused_attention(
+                q, k, v, mask, bool(causal and T_q > 1), dropout_p
+            )  # bool: a plain flag when exported
         y = y.transpose(1, 2).reshape(B, T_q, C)  # (B, h, T_q, hs) -> (B, T_q, C): concatenate heads
         y = self.resid_dropout(self.c_proj(y))
         if mask is not None:  # a query that may see no key at all gets exactly zero, not c_proj's bias

@@ -201,17 +201,19 @@ def _fsync_dir(folder: Path) -> None:
 def load_model(path: str | Path, *, latest: bool = False, device: str = "cpu"):
     """The model and tokenizer behind PATH, ready for inference; returns (model, tokenizer, checkpoint meta).
 
-    PATH is a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or Hub name
+    PATH is a run's out_dir, a checkpoint folder, or a Hugging Face folder or Hub name
     (a folder with config.json but no meta.json, or a name that is no local path).
     """
     from .model import GPT, GPTConfig
     from .tokenizers import load_tokenizer
 
     folder = Path(path)
-    is_gpt2 = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
-    if is_gpt2 or not folder.exists():  # a name that is no local path may be on the Hub
-        model = GPT.from_pretrained(str(path))
-        return model.to(device).eval(), load_tokenizer("gpt2"), {"source": str(path), "tokenizer": "gpt2"}
+    is_hf = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
+    if is_hf or not folder.exists():  # a name that is no local path may be on the Hub
+        from .formats.hf import load_hf
+
+        model, tokenizer = load_hf(str(path))
+        return model.to(device).eval(), tokenizer, {"source": str(path), "tokenizer": tokenizer.spec}
     checkpoint = load_checkpoint(folder, latest)
     config = GPTConfig.from_dict(checkpoint.meta["config"]["model"])
     model = GPT(config)

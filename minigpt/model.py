@@ -1,15 +1,14 @@
 """The GPT: token embedding -> positional encoding -> n_layer causal Transformer blocks -> norm -> LM head.
 
-With the default config this is GPT-2, parameter names included, so Hugging Face GPT-2 weights load
-into it (GPT.from_pretrained) and it can write them back (save_pretrained). The other options are
-the modern small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
+With the default config this is GPT-2, parameter names included (minigpt.formats.hf reads and writes
+Hugging Face folders; the model itself knows no file format). The other options are the modern
+small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
 attention, untied embeddings, zero-initialised projections and logit soft-capping.
 """
 
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,9 @@ from .nn import (
     make_norm,
 )
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+# Positions added to the token embeddings, by name; "rope" instead rotates queries and keys inside attention.
+ADDED_POSITIONS = {"learned": LearnedPositionalEmbedding, "sinusoidal": SinusoidalPositionalEncoding}
+POS_ENCODINGS = (*ADDED_POSITIONS, "rope")
 
 
 @dataclass
@@ -48,6 +49,15 @@ class GPTConfig:
     zero_init_proj: bool = False  # start each residual branch at zero, so every block begins as identity
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     rope_base: float = 10000.0
+    norm_eps: float | None = None  # epsilon of every norm; None: 1e-5 for layernorm, 1e-6 for rmsnorm
+    mlp_hidden: int | None = None  # feed-forward width; None: 4 n_embd (two thirds of that for swiglu)
+    head_dim: int | None = None  # features per attention head; None: n_embd / n_head
+    qkv_bias: bool | None = None  # biases on the query/key/value projection; None: as `bias` says
+    qk_norm_affine: bool = False  # a learned gain in the QK-norm (Qwen3)
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
     def validate(self) -> None:
         """Raise MinigptError for a combination that cannot build a model."""
@@ -60,10 +70,11 @@ class GPTConfig:
                 f"n_head and n_embd must be positive, got {self.n_head}, {self.n_embd}",
             ),
             (
-                self.n_embd % max(self.n_head, 1) == 0,
+                self.head_dim is not None or self.n_embd % max(self.n_head, 1) == 0,
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))}",
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))} or set head_dim",
             ),
+            (self.head_dim is None or self.head_dim >= 1, f"head_dim must be at least 1 or null, got {self.head_dim}"),
             (
                 self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
                 f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}), or be null for n_head",
@@ -76,8 +87,13 @@ class GPTConfig:
             (self.norm in NORMS, f"norm {self.norm!r} is not one of {', '.join(NORMS)}"),
             (self.mlp in ACTIVATIONS, f"mlp {self.mlp!r} is not one of {', '.join(ACTIVATIONS)}"),
             (
-                self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
-                f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}",
+                self.pos_encoding != "rope" or (self.head_dim or self.n_embd // max(self.n_head, 1)) % 2 == 0,
+                f"rope needs an even head size, got {self.head_dim or self.n_embd / max(self.n_head, 1):g}",
+            ),
+            (self.norm_eps is None or self.norm_eps > 0, f"norm_eps must be positive or null, got {self.norm_eps}"),
+            (
+                self.mlp_hidden is None or self.mlp_hidden >= 1,
+                f"mlp_hidden must be at least 1 or null, got {self.mlp_hidden}",
             ),
             (
                 self.logit_softcap is None or self.logit_softcap > 0,
@@ -112,20 +128,21 @@ class GPT(nn.Module):
                         bias=c.bias,
                         norm=c.norm,
                         mlp=c.mlp,
+                        qkv_bias=c.qkv_bias,
                         qk_norm=c.qk_norm,
+                        qk_norm_affine=c.qk_norm_affine,
+                        head_dim=c.head_dim,
+                        ff_hidden=c.mlp_hidden,
+                        norm_eps=c.norm_eps,
                     )
                     for _ in range(c.n_layer)
                 ),
-                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias),
+                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias, eps=c.norm_eps),
             )
         )
-        if c.pos_encoding == "learned":
-            self.transformer.wpe = LearnedPositionalEmbedding(c.block_size, c.n_embd)
-        elif c.pos_encoding == "sinusoidal":
-            self.transformer.wpe = SinusoidalPositionalEncoding(c.block_size, c.n_embd)
-        self.rope = (
-            RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
-        )
+        if c.pos_encoding in ADDED_POSITIONS:
+            self.transformer.wpe = ADDED_POSITIONS[c.pos_encoding](c.block_size, c.n_embd)
+        self.rope = RotaryEmbedding(c.head_size, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -270,7 +287,7 @@ class GPT(nn.Module):
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
         return [
-            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype)
+            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.head_size, device=device, dtype=dtype)
             for _ in range(c.n_layer)
         ]
 
@@ -287,28 +304,13 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 N for the matmuls with the weights plus
-        12 n_layer n_embd T for attention scores and weighted sums (Kaplan et al.; PaLM appendix B)."""
+        12 n_layer d_attn T for attention scores and weighted sums, d_attn = n_head head_size (usually
+        n_embd) (Kaplan et al.; PaLM appendix B)."""
         c = self.config
         n = self.num_params(exclude_embeddings=True)
         if c.tie_weights:
             n += c.n_embd * c.vocab_size  # the shared matrix still does a matmul as the LM head
-        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
-
-    # ---- Hugging Face GPT-2 weights ----------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str) -> "GPT":
-        """Load a Hugging Face GPT-2: a local folder (config.json + model.safetensors or
-        pytorch_model.bin) or a Hub name such as "gpt2" or "gpt2-medium" (needs the network)."""
-        from .gpt2 import load_gpt2
-
-        return load_gpt2(cls, path_or_name)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json and model.safetensors in the layout transformers' GPT2LMHeadModel reads."""
-        from .gpt2 import save_gpt2
-
-        save_gpt2(self, directory)
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
 
 def choose_next_token(

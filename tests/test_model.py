@@ -1,4 +1,4 @@
-"""GPT and GPTConfig: loss, initialisation, generation with and without the KV cache, GPT-2 weights."""
+"""GPT and GPTConfig: loss, initialisation, generation with and without the KV cache."""
 
 import math
 
@@ -130,30 +130,6 @@ def test_attention_maps_have_one_causal_map_per_layer():
     assert len(maps) == 2 and maps[0].shape == (1, 4, 6, 6)
     torch.testing.assert_close(maps[1].sum(-1), torch.ones(1, 4, 6))
     assert maps[0][0, :, 0, 1:].abs().sum() == 0
-
-
-def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(
-        vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-    )
-    reference = transformers.GPT2LMHeadModel(hf_config).eval()
-    reference.save_pretrained(tmp_path / "hf")
-    model = GPT.from_pretrained(str(tmp_path / "hf")).eval()
-    idx = torch.randint(0, 120, (2, 20))
-    with torch.no_grad():
-        torch.testing.assert_close(model(idx)[0], reference(idx).logits, atol=1e-4, rtol=0)
-        model.save_pretrained(tmp_path / "ours")
-        reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
-        torch.testing.assert_close(reloaded(idx).logits, reference(idx).logits, atol=1e-4, rtol=0)
-
-
-def test_from_pretrained_errors_are_clear(tmp_path):
-    with pytest.raises(MinigptError, match="has no config.json"):
-        GPT.from_pretrained(str(tmp_path))
-    with pytest.raises(MinigptError, match="only the GPT-2 architecture"):
-        tiny(pos_encoding="rope").save_pretrained(tmp_path / "x")
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():

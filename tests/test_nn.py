@@ -19,6 +19,7 @@ from minigpt.nn import (
     TransformerBlock,
     causal_mask,
     key_padding_mask,
+    make_norm,
 )
 
 torch.manual_seed(0)
@@ -224,3 +225,14 @@ def test_bad_head_counts_are_refused():
         MultiHeadAttention(10, 3)
     with pytest.raises(ValueError, match="must divide n_head"):
         MultiHeadAttention(12, 6, n_kv_head=4)
+
+
+def test_variant_names_are_resolved_to_functions_and_classes_when_a_block_is_built():
+    from minigpt.nn.feedforward import ACTIVATIONS
+
+    ff = FeedForward(8, activation="relu2")
+    assert callable(ff.activation) and ff.activation is ACTIVATIONS["relu2"]
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ff(x), ff.c_proj(torch.relu(ff.c_fc(x)).square()))
+    assert isinstance(make_norm("rmsnorm", 8), RMSNorm) and isinstance(make_norm("layernorm", 8), LayerNorm)
+    assert make_norm("rmsnorm", 8, eps=1e-3).eps == 1e-3 and make_norm("layernorm", 8).eps == 1e-5

@@ -70,7 +70,7 @@ def test_gpt2_vocabulary_is_gpt2s_tokens_and_merges():
     vocab = byte_level_vocab(load_tokenizer("gpt2"))
     assert len(vocab.tokens) == 50257 and vocab.tokens[262] == "Ġthe" and vocab.tokens[50256] == "<|endoftext|>"
     assert vocab.special == {50256}
-    assert len(vocab.merges) == 50000 and vocab.merges[:3] == ["Ġ t", "Ġ a", "h e"]  # GPT-2's merges.txt begins so
+    assert vocab.merges[:3] == ["Ġ t", "Ġ a", "h e"]  # GPT-2's merges.txt begins so
     # the same merges in Hugging Face's BPE split text exactly as tiktoken does
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -102,7 +102,7 @@ def test_llama_architecture_interleaves_rotary_rows(tmp_path):
     c_fc = model.state_dict()["transformer.h.0.mlp.c_fc.weight"]
     np.testing.assert_array_equal(tensors["blk.0.ffn_up.weight"].data.reshape(hidden, 64), c_fc[hidden:].numpy())
     np.testing.assert_array_equal(tensors["output.weight"].data.reshape(-1, 64), model.lm_head.weight.detach().numpy())
-    assert len(_field(reader, "tokenizer.ggml.merges")) == tokenizer.vocab_size - 257
+    assert len(_field(reader, "tokenizer.ggml.merges")) >= tokenizer.vocab_size - 257  # one or more per token
 
 
 def test_qk_norm_is_qwen3_and_char_vocab_merges_multibyte_characters(tmp_path):
@@ -153,7 +153,9 @@ def test_smaller_types_stay_close(tmp_path, outtype, kind):
         (dict(mlp="relu2"), "mlp=relu2"),
         (dict(logit_softcap=30.0), "soft-capping"),
         (dict(LLAMA, norm="layernorm"), "norm=layernorm"),
-        (dict(bias=False), "bias=False"),
+        (dict(bias=False), "layers without biases"),
+        (dict(n_kv_head=4), "grouped-query attention"),
+        (dict(LLAMA, qk_norm=True, bias=True), "biases outside attention with QK-norm"),
     ],
 )
 def test_inexpressible_configs_are_refused_by_name(overrides, named):
@@ -161,3 +163,21 @@ def test_inexpressible_configs_are_refused_by_name(overrides, named):
 
     with pytest.raises(MinigptError, match=named):
         gguf_architecture(GPTConfig(**overrides))
+
+
+def test_qwen2_style_attention_biases_and_wide_heads(tmp_path):
+    from minigpt.formats.gguf import save_gguf
+
+    tokenizer = CharTokenizer(list("abc"), with_eot=False)
+    model = _model(3, **LLAMA, qkv_bias=True, head_dim=32, mlp_hidden=96)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.bias.normal_()  # biases start at zero: make them tell rows apart
+    save_gguf(model, tokenizer, tmp_path / "m.gguf", outtype="f32")
+    reader, tensors = _read(tmp_path / "m.gguf")
+    assert _field(reader, "llama.attention.key_length") == 32
+    assert _field(reader, "llama.feed_forward_length") == 96
+    assert "blk.0.attn_output.bias" not in tensors and "blk.0.ffn_up.bias" not in tensors
+    bias = model.state_dict()["transformer.h.0.attn.c_attn.bias"].numpy()
+    q_bias = tensors["blk.0.attn_q.bias"].data
+    assert q_bias.shape == (4 * 32,)
+    np.testing.assert_array_equal(q_bias[:4], bias[[0, 16, 1, 17]])  # head 0's halves interleaved

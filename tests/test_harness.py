@@ -18,26 +18,13 @@ QUESTIONS = [
 ]
 
 
-def _gpt2_tokenizer():
-    """GPT-2's tokenizer as Hugging Face files, built offline from minigpt's gpt2 vocabulary and merges."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    from minigpt.formats.vocab import byte_level_vocab
-    from minigpt.tokenizers import load_tokenizer
-
-    vocab = byte_level_vocab(load_tokenizer("gpt2"))
-    bpe = models.BPE({t: i for i, t in enumerate(vocab.tokens)}, [tuple(m.split(" ")) for m in vocab.merges])
-    tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    eot = "<|endoftext|>"
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot)
-
-
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory):
     """A random-weight GPT-2 with GPT-2's tokenizer, saved as a Hugging Face folder."""
     import torch
+
+    from minigpt.formats.hf_tokenizer import to_hf_tokenizer
+    from minigpt.tokenizers import load_tokenizer
 
     folder = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(0)
@@ -47,7 +34,7 @@ def gpt2_folder(tmp_path_factory):
         for p in model.parameters():
             p.mul_(5.0 if p.dim() > 1 else 1.0)
     model.save_pretrained(folder)
-    _gpt2_tokenizer().save_pretrained(folder)
+    to_hf_tokenizer(load_tokenizer("gpt2"), max_length=64).save(folder)
     return folder
 
 

@@ -31,25 +31,33 @@ def gguf_architecture(config) -> str:
     if config.logit_softcap:
         raise MinigptError("gguf export cannot express logit soft-capping: llama.cpp's gpt2 and llama have none")
     if config.pos_encoding == "learned":
-        needs = {"norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False}
         arch = "gpt2"
+        refused = [
+            (config.norm != "layernorm", f"norm={config.norm}"),
+            (config.mlp != "gelu", f"mlp={config.mlp}"),
+            (not config.bias or config.qkv_bias is False, "layers without biases"),
+            (config.qk_norm, "QK-norm"),
+            (config.n_kv_head not in (None, config.n_head), "grouped-query attention"),
+            (config.head_size * config.n_head != config.n_embd, "head_dim other than n_embd / n_head"),
+        ]
     elif config.pos_encoding == "rope":
-        needs = {"norm": "rmsnorm", "mlp": "swiglu"}
         arch = "qwen3" if config.qk_norm else "llama"
+        refused = [
+            (config.norm != "rmsnorm", f"norm={config.norm}"),
+            (config.mlp != "swiglu", f"mlp={config.mlp}"),
+            (arch == "qwen3" and config.bias, "biases outside attention with QK-norm"),
+        ]
     else:
         raise MinigptError(
             f"gguf export cannot express {config.pos_encoding} positions; "
             "llama.cpp runs learned (gpt2) or rotary (llama) positions"
         )
-    for field, wanted in needs.items():
-        value = getattr(config, field)
-        if value != wanted:
+    for is_refused, feature in refused:
+        if is_refused:
             raise MinigptError(
-                f"gguf export cannot express {field}={value} with {config.pos_encoding} positions: "
-                f"llama.cpp's {arch} architecture needs {field}={wanted}"
+                f"gguf export cannot express {feature} with {config.pos_encoding} positions: "
+                f"llama.cpp's {arch} architecture has no such option"
             )
-    if arch == "gpt2" and config.n_kv_head not in (None, config.n_head):
-        raise MinigptError("gguf export cannot express grouped-query attention with learned positions (gpt2)")
     return arch
 
 
@@ -148,9 +156,10 @@ def _tensors(model, arch: str):
                     gate, up = state[f"{p}mlp.c_fc.{kind}"].chunk(2, dim=0)
                     yield f"blk.{i}.ffn_gate.{kind}", gate
                     yield f"blk.{i}.ffn_up.{kind}", up
-            if arch == "qwen3":  # our QK-norm has no gain: llama.cpp's is a gain of ones
-                yield f"blk.{i}.attn_q_norm.weight", torch.ones(block.attn.head_dim)
-                yield f"blk.{i}.attn_k_norm.weight", torch.ones(block.attn.head_dim)
+            if arch == "qwen3":  # llama.cpp's QK-norm always has a gain: ones where ours has none
+                for ours, theirs in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):
+                    gain = state.get(f"{p}attn.{ours}.weight", torch.ones(block.attn.head_dim))
+                    yield f"blk.{i}.{theirs}.weight", gain
     yield "output_norm.weight", state["transformer.ln_f.weight"]
     if "transformer.ln_f.bias" in state:
         yield "output_norm.bias", state["transformer.ln_f.bias"]

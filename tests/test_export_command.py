@@ -41,6 +41,13 @@ def test_an_unknown_format_is_one_line_and_writes_nothing(run_dir):
     assert not (run_dir / "new").exists()
 
 
+def test_hf_export_writes_a_transformers_folder(run_dir):
+    from minigpt.export import export
+
+    names = [p.name for p in export(run_dir / "gpt2", "hf", run_dir / "hf")]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(names)
+
+
 @pytest.mark.parametrize(
     "fmt, outtype, message",
     [("gguf", "q4_k", "unknown gguf type 'q4_k'; accepted: f32, f16, q8_0"), ("onnx", "f16", "applies to gguf only")],

@@ -20,6 +20,6 @@ def test_llama_cpp_greedy_tokens_equal_minigpts(tmp_path):
     script = _script()
     for name, path in script.own_models(tmp_path).items():
         result = script.check(path, "the quick brown fox", n_tokens=20)
-        assert result["prompt_tokens_equal"], name
+        assert result["tokens_equal"], name
         assert result["greedy_equal"], (name, result)
         assert result["max_logit_difference"] < 1e-2, (name, result)

@@ -20,21 +20,23 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory):
-    """A random-weight GPT-2 with GPT-2's tokenizer, saved as a Hugging Face folder."""
+    """A random-weight GPT-2 with a byte-level BPE trained on the questions, saved as a Hugging Face folder."""
     import torch
 
     from minigpt.formats.hf_tokenizer import to_hf_tokenizer
-    from minigpt.tokenizers import load_tokenizer
+    from minigpt.tokenizers import BPETokenizer
 
+    corpus = [" ".join([q, *c]) for q, c, _ in QUESTIONS] * 20
+    tokenizer = BPETokenizer.train("bpe:400", corpus)
     folder = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    config = transformers.GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2)
     model = transformers.GPT2LMHeadModel(config)
     with torch.no_grad():  # larger weights than the default init: scores that differ between choices
         for p in model.parameters():
             p.mul_(5.0 if p.dim() > 1 else 1.0)
     model.save_pretrained(folder)
-    to_hf_tokenizer(load_tokenizer("gpt2"), max_length=64).save(folder)
+    to_hf_tokenizer(tokenizer, max_length=64).save(folder)
     return folder
 
 
@@ -89,7 +91,7 @@ def test_rolling_loglikelihood_and_generation_equal_hf(gpt2_folder):
     from minigpt.checkpoint import load_model
     from minigpt.harness import MinigptLM
 
-    text = "It was the best of times, it was the worst of times. " * 8  # longer than one 64-token window
+    text = "The cat sat on the mat; water boils. " * 12  # longer than one 64-token window
     rolling = [Instance("loglikelihood_rolling", {}, (text,), 0)]
     prompts = ["Once upon a time", "Once upon a tide", "The end"]  # two of one length: one batch
     generate = [
@@ -98,7 +100,9 @@ def test_rolling_loglikelihood_and_generation_equal_hf(gpt2_folder):
     ours = MinigptLM(*load_model(gpt2_folder)[:2], batch_size=4)
     theirs = HFLM(pretrained=str(gpt2_folder), batch_size=4, device="cpu")
     assert ours.loglikelihood_rolling(rolling) == pytest.approx(theirs.loglikelihood_rolling(rolling), abs=1e-3)
-    assert ours.generate_until(generate) == theirs.generate_until(generate)
+    texts = ours.generate_until(generate)
+    assert texts == theirs.generate_until(generate)
+    assert any(texts)
 
 
 def test_accuracy_equals_hf_model(gpt2_folder, task_dir):

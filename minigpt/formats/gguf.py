@@ -124,7 +124,9 @@ def _add_tokenizer(writer, vocab, tokenizer, vocab_size: int) -> None:
     writer.add_tokenizer_pre(vocab.pre_tokenizer)
     writer.add_token_list(vocab.tokens + padding)
     writer.add_token_types(types)
-    writer.add_token_merges(vocab.merges)
+    # llama.cpp requires merges, and gguf cannot write an empty list (a char vocabulary of one-byte
+    # characters has none): then one merge of bytes 0xC0 and 0xC1, which never occur in UTF-8 text
+    writer.add_token_merges(vocab.merges or ["\u00c0 \u00c1"])
     if tokenizer.eot_token is not None:
         # GPT-2's convention: one end-of-text token that also starts a document
         writer.add_bos_token_id(tokenizer.eot_token)

@@ -23,6 +23,7 @@ from .nn import (
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     TransformerBlock,
+    key_padding_mask,
     make_norm,
 )
 
@@ -180,31 +181,56 @@ class GPT(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ):
         """idx: (B, T) token ids. Returns (logits (B, T, vocab), loss or None).
 
         loss is the mean cross-entropy over targets, ignoring positions whose target is -100.
+        attention_mask (B, T) marks real tokens True and padding False, on either side: padding is never
+        attended to and takes up no position, so a row's real tokens get what they would get unpadded
+        (give padded positions the target -100). return_hidden returns instead the final hidden states
+        (B, T, n_embd), after the last norm and before the LM head, for heads of your own.
         """
-        x = self._hidden_states(idx)
+        x = self._hidden_states(idx, attention_mask=attention_mask)
+        if return_hidden:
+            if targets is not None:
+                raise ValueError("return_hidden gives hidden states, not a loss: pass targets=None")
+            return x
         logits = self._logits(x)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def _hidden_states(self, idx, caches=None, need_weights=False):
+    def _hidden_states(self, idx, caches=None, need_weights=False, attention_mask=None):
         """Run embeddings and blocks; with caches, idx continues the text the caches hold."""
         B, T = idx.shape
         offset = caches[0].length if caches else 0
         if offset + T > self.config.block_size:
             raise ValueError(f"sequence of {offset + T} tokens is longer than block_size {self.config.block_size}")
+        mask = positions = None
+        if attention_mask is not None:
+            if attention_mask.shape != idx.shape:
+                raise ValueError(f"attention_mask must have idx's shape {tuple(idx.shape)}, got {attention_mask.shape}")
+            valid = attention_mask.bool()
+            mask = key_padding_mask(valid)  # (B, 1, 1, T); the blocks add the causal part
+            positions = (valid.cumsum(dim=1) - 1).clamp(min=0)  # each real token's index among its row's real tokens
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(T, offset)
+            x = x + self.transformer.wpe(T, offset, positions=positions)
         x = self.transformer.drop(x)
         all_weights = []
         for i, block in enumerate(self.transformer.h):
-            x = block(x, causal=True, rope=self.rope, cache=caches[i] if caches else None, need_weights=need_weights)
+            cache = caches[i] if caches else None
+            x = block(
+                x, causal=True, mask=mask, rope=self.rope, positions=positions, cache=cache, need_weights=need_weights
+            )
             if need_weights:
                 x, weights = x
                 all_weights.append(weights)

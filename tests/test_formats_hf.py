@@ -310,3 +310,15 @@ def test_export_never_writes_into_a_folder_that_holds_files(tmp_path):
     with pytest.raises(MinigptError, match="not an empty folder"):
         save_hf(tiny(), _char_tokenizer(), tmp_path / "out")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_whose_tensors_disagree_with_its_config_is_refused(tmp_path):
+    torch.manual_seed(0)
+    ARCHITECTURES["llama"]().save_pretrained(tmp_path / "llama")
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({**config, "intermediate_size": 64}))
+    with pytest.raises(MinigptError, match="gate_proj.weight.*has shape"):
+        load_hf_model(tmp_path / "llama")
+    tiny_gpt2 = tiny(head_dim=16)  # wider heads: GPT-2 cannot say so, Llama needs rope
+    with pytest.raises(MinigptError, match="head_dim=16"):
+        save_hf(tiny_gpt2, _char_tokenizer(), tmp_path / "x")

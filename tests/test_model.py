@@ -163,3 +163,25 @@ def test_generation_with_a_context_of_one_token():
     out = model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=0)
     assert out.shape == (2, 6)
     assert torch.equal(out, model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) or "gpt2")
+def test_padded_rows_give_the_hidden_states_of_unpadded_ones(variant):
+    model = tiny(**variant)
+    short, long = torch.randint(0, 50, (1, 7)), torch.randint(0, 50, (1, 12))
+    pad = torch.zeros(1, 5, dtype=torch.long)
+    alone = [model(row, return_hidden=True) for row in (short, long)]
+    assert alone[0].shape == (1, 7, 32)
+    for side in ("left", "right"):
+        padded = torch.cat([pad, short] if side == "left" else [short, pad], dim=1)
+        valid = torch.ones(1, 12, dtype=torch.bool)
+        valid[:, slice(0, 5) if side == "left" else slice(7, 12)] = False
+        hidden = model(
+            torch.cat([padded, long]), attention_mask=torch.cat([valid, torch.ones_like(valid)]), return_hidden=True
+        )
+        torch.testing.assert_close(hidden[0][valid[0]], alone[0][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden[1], alone[1][0], atol=1e-5, rtol=1e-5)
+    logits, _ = model(long)
+    torch.testing.assert_close(model._logits(alone[1]), logits)  # the LM head (and soft cap) on the hidden states
+    with pytest.raises(ValueError, match="attention_mask must have idx's shape"):
+        model(long, attention_mask=torch.ones(1, 11, dtype=torch.bool))

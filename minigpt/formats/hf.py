@@ -28,7 +28,7 @@ def load_hf(path_or_name: str) -> tuple[GPT, Tokenizer]:
     model = load_hf_model(folder)
     if (folder / HF_FILE).is_file():
         return model, HFTokenizer.load(folder)
-    if _read_config(folder).get("model_type") == "gpt2":
+    if _architecture(_read_config(folder), folder).model_type == "gpt2":
         return model, load_tokenizer("gpt2")  # tiktoken's copy of GPT-2's BPE
     raise MinigptError(f"{folder} has no {HF_FILE}; copy the model's tokenizer files into it")
 
@@ -79,7 +79,7 @@ def _export_architecture(config: GPTConfig) -> Architecture:
 
 
 def _architecture(hf: dict, folder: Path) -> Architecture:
-    model_type = hf.get("model_type")
+    model_type = hf.get("model_type", "gpt2")  # hand-written GPT-2 configs often carry none
     for arch in ARCHITECTURES:
         if arch.model_type == model_type:
             return arch
@@ -106,7 +106,7 @@ def _resolve(path_or_name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(path_or_name, allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(path_or_name, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
     except Exception as e:  # offline, unknown name, or no hub library: one message for the user
         raise MinigptError(
             f"{path_or_name!r} is no local folder and could not be downloaded from the Hugging Face "
@@ -132,6 +132,8 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     for file in files:
         try:
             tensors.update(load_file(file))
-        except (SafetensorError, FileNotFoundError) as e:
-            raise MinigptError(f"{file} is missing or corrupted ({e}); download it again") from None
+        except FileNotFoundError:
+            raise MinigptError(f"{file} is missing; the index lists it; download it again") from None
+        except SafetensorError as e:
+            raise MinigptError(f"{file} is corrupted ({e}); download it again") from None
     return tensors

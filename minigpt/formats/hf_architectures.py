@@ -70,7 +70,7 @@ class Architecture:
         theirs = {k: v for k, v in theirs.items() if not k.endswith(self.skipped)}
         tied = model.config.tie_weights
         loaded = {}
-        for name in model.state_dict():
+        for name, expected in model.state_dict().items():
             if name == "lm_head.weight" and tied:
                 continue
             sources = self.their_names(name)
@@ -80,6 +80,11 @@ class Architecture:
             parts = [theirs.pop(s) for s in sources]
             parts = [p.t() if name.endswith(self.transposed) else p for p in parts]
             loaded[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if loaded[name].shape != expected.shape:
+                raise MinigptError(
+                    f"{source}: {' + '.join(sources)} has shape {tuple(loaded[name].shape)} but its config.json "
+                    f"implies {tuple(expected.shape)}"
+                )
         if tied:
             theirs.pop(self.top["lm_head.weight"], None)  # some tied checkpoints store the copy anyway
             loaded["lm_head.weight"] = loaded["transformer.wte.weight"]
@@ -170,7 +175,9 @@ GPT2 = Architecture(
         norm="layernorm",
         mlp="gelu",
         bias=True,
+        qkv_bias=None,
         n_kv_head=None,
+        head_dim=None,
         qk_norm=False,
         logit_softcap=None,
     ),

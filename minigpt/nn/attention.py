@@ -46,6 +46,19 @@ def attention_weights(q, k, mask=None):
     return weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: 0, not NaN
 
 
+def _as_4d(mask: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """mask with leading 1s added, checked to broadcast to shape (B, n_head, T_q, T_k)."""
+    if mask.dim() <= 4:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + mask.shape)
+        if all(m in (1, s) for m, s in zip(mask.shape, shape)):
+            return mask
+    hint = " (for a (B, T) padding mask, pass key_padding_mask(valid))" if mask.dim() <= 4 else ""
+    raise ValueError(
+        f"attention mask of shape {tuple(mask.shape)} does not broadcast to (B, n_head, T_q, T_k) = {shape}; "
+        f"a 2-D mask is (T_q, T_k){hint}"
+    )
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, so that generating one more token costs one position.
 
@@ -123,12 +136,14 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         rope: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ):
         """x: (B, T_q, C) queries; context: (B, T_k, C) keys/values source (None: x itself).
 
         Returns y of shape (B, T_q, C), or (y, weights) with weights (B, n_head, T_q, T_k) if need_weights.
-        rope rotates queries and keys by position (self-attention only); cache keeps earlier keys/values.
+        rope rotates queries and keys by position (self-attention only), by default 0, 1, ... after the
+        cached ones, or by a (B, T) positions tensor (a padded batch); cache keeps earlier keys/values.
         """
         B, T_q, _ = x.shape
         q, k, v = self._project(x, context)  # (B, h, T_q, hs), (B, h_kv, T_k, hs) twice
@@ -136,7 +151,7 @@ class MultiHeadAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         offset = cache.length if cache is not None else 0
         if rope is not None:
-            q, k = rope(q, offset), rope(k, offset)
+            q, k = rope(q, offset, positions=positions), rope(k, offset, positions=positions)
         if cache is not None:
             k, v = cache.append(k, v)
         if self.n_kv_head != self.n_head:  # give every query head its group's key/value head
@@ -148,8 +163,7 @@ class MultiHeadAttention(nn.Module):
             mask = causal_mask(T_q, T_k, x.device) if mask is None else mask.bool() & causal_mask(T_q, T_k, x.device)
             causal = False  # now carried by the mask
         if mask is not None:
-            mask = mask.bool()
-            mask = mask.reshape((1,) * (4 - mask.dim()) + mask.shape)  # (B|1, h|1, T_q|1, T_k)
+            mask = _as_4d(mask.bool(), (B, self.n_head, T_q, T_k))
         dropout_p = self.dropout if self.training else 0.0
 
         if need_weights:  # the explicit path, step by step

@@ -67,6 +67,7 @@ class TransformerBlock(nn.Module):
         context_mask: torch.Tensor | None = None,
         need_weights: bool = False,
         rope: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ):
         """x: (B, T, C). mask restricts self-attention, context_mask (B, 1, 1, T_ctx) cross-attention.
@@ -75,7 +76,15 @@ class TransformerBlock(nn.Module):
         """
         if (context is not None) != (self.cross_attn is not None):
             raise ValueError("pass a context exactly when the block was built with cross_attention=True")
-        attended = self.attn(self.ln_1(x), causal=causal, mask=mask, need_weights=need_weights, rope=rope, cache=cache)
+        attended = self.attn(
+            self.ln_1(x),
+            causal=causal,
+            mask=mask,
+            need_weights=need_weights,
+            rope=rope,
+            positions=positions,
+            cache=cache,
+        )
         if need_weights:
             attended, weights = attended
         x = x + attended

@@ -4,7 +4,7 @@
 
     hf    config.json, model.safetensors and tokenizer files for transformers' Auto classes
     gguf  model.gguf for llama.cpp and Ollama (f32, f16 or q8_0 weights)
-    onnx  model.onnx (input_ids -> logits) for ONNX Runtime, with minigpt's tokenizer files
+    onnx  model.onnx (input_ids -> logits) for ONNX Runtime, with the tokenizer as tokenizer.json
 
 The output folder must be new or empty: nothing a user made is overwritten. Files are written into
 a temporary folder beside it and renamed into place, so a refused model or a failure halfway
@@ -71,7 +71,8 @@ def _write(fmt: str, model, tokenizer, folder: Path, outtype: str | None) -> Non
 
         save_gguf(model, tokenizer, folder / "model.gguf", outtype=outtype or "f16")
     else:
+        from .formats.hf_tokenizer import to_hf_tokenizer
         from .formats.onnx import save_onnx
 
         save_onnx(model, folder / "model.onnx")
-        tokenizer.save(folder)
+        to_hf_tokenizer(tokenizer, model.config.block_size).save(folder)  # what ONNX Runtime users load

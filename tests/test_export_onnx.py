@@ -23,7 +23,11 @@ def test_onnx_runtime_logits_equal_minigpts(tmp_path):
     model = GPT(GPTConfig(vocab_size=10, block_size=24, n_layer=2, n_head=4, n_embd=32, **LLAMA_LIKE)).eval()
     run = save_untrained_run(tmp_path / "run", model, tokenizer)
     files = export(run, "onnx", tmp_path / "onnx")
-    assert [f.name for f in files] == ["char_vocab.json", "model.onnx"]
+    assert {"model.onnx", "tokenizer.json"} <= {f.name for f in files}
+    from tokenizers import Tokenizer
+
+    hf_tokenizer = Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer.json"))
+    assert hf_tokenizer.encode("bad cafe").ids == tokenizer.encode("bad cafe")
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["input_ids"]
     for batch, length in [(1, 24), (3, 7), (2, 1)]:

@@ -145,6 +145,8 @@ def _sample(args):
 def _eval(args):
     if args.tasks is not None:
         return _eval_tasks(args)
+    if args.limit is not None or args.num_fewshot is not None or args.include_path is not None:
+        raise MinigptError("--limit, --num-fewshot and --include-path go with --tasks")
     from .evaluate import run_eval
 
     run_eval(args)

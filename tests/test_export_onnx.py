@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import save_untrained_run
+from tokenizers import Tokenizer
 
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizers import CharTokenizer
@@ -24,8 +25,6 @@ def test_onnx_runtime_logits_equal_minigpts(tmp_path):
     run = save_untrained_run(tmp_path / "run", model, tokenizer)
     files = export(run, "onnx", tmp_path / "onnx")
     assert {"model.onnx", "tokenizer.json"} <= {f.name for f in files}
-    from tokenizers import Tokenizer
-
     hf_tokenizer = Tokenizer.from_file(str(tmp_path / "onnx" / "tokenizer.json"))
     assert hf_tokenizer.encode("bad cafe").ids == tokenizer.encode("bad cafe")
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))

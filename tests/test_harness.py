@@ -136,3 +136,8 @@ def test_cli_prints_json_and_refuses_an_unknown_task(gpt2_folder, task_dir):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "unknown task 'tiny_mcq'" in result.stderr and "tiny_mc" in result.stderr
+    result = run_cli("eval", gpt2_folder, "--limit", "3")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: --limit, --num-fewshot and --include-path go with --tasks\n",
+    )

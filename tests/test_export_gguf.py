@@ -1,5 +1,7 @@
 """GGUF export: the file read back with gguf's reader holds llama.cpp's names, shapes, values and metadata."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,30 @@ def test_qwen2_style_attention_biases_and_wide_heads(tmp_path):
     q_bias = tensors["blk.0.attn_q.bias"].data
     assert q_bias.shape == (4 * 32,)
     np.testing.assert_array_equal(q_bias[:4], bias[[0, 16, 1, 17]])  # head 0's halves interleaved
+
+
+def test_a_hugging_face_gpt2_tokenizer_and_its_chat_template_go_along(tmp_path):
+    from minigpt.formats.gguf import save_gguf
+    from minigpt.formats.hf_tokenizer import to_hf_tokenizer
+    from minigpt.formats.vocab import byte_level_vocab
+    from minigpt.tokenizers import HFTokenizer
+
+    bpe = BPETokenizer.train("bpe:300", ["hello world, hello there " * 20])
+    converted = to_hf_tokenizer(bpe, max_length=32)
+    template = "{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}"
+    tokenizer = HFTokenizer(converted.tokenizer_json, {**converted.config, "chat_template": template})
+    assert byte_level_vocab(tokenizer) == byte_level_vocab(bpe)
+    save_gguf(_model(bpe.vocab_size), tokenizer, tmp_path / "m.gguf")
+    reader, _ = _read(tmp_path / "m.gguf")
+    assert _field(reader, "tokenizer.chat_template") == template
+    sentencepiece_like = HFTokenizer(
+        json.dumps(
+            {
+                **json.loads(converted.tokenizer_json),
+                "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True},
+            }
+        ),
+        {},
+    )
+    with pytest.raises(MinigptError, match="splits text with Metaspace"):
+        byte_level_vocab(sentencepiece_like)

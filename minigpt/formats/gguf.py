@@ -8,7 +8,7 @@ architecture it equals, or refused with the feature that has no equivalent:
     llama  rotary positions, RMSNorm, SwiGLU, grouped-query attention, tied or untied head
     qwen3  the same with QK-norm
 The tokenizer goes in as llama.cpp's "gpt2" (byte-level BPE) tokenizer model, with the vocabulary
-and merges of formats/vocab.py; a chat template, when the tokenizer has one, as its Jinja text.
+and merges of formats/vocab.py; a Hugging Face tokenizer's chat template as its Jinja text.
 
 Tensors are stored f32, f16 or q8_0 (8-bit blocks of 32 with one scale each); vectors (norms,
 biases) stay f32 as llama.cpp expects, and a matrix whose rows do not split into blocks of 32 falls
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import MinigptError
+from ..tokenizers import HFTokenizer
 from .vocab import byte_level_vocab
 
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -133,6 +134,9 @@ def _add_tokenizer(writer, vocab, tokenizer, vocab_size: int) -> None:
         writer.add_eos_token_id(tokenizer.eot_token)
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
+    template = tokenizer.config.get("chat_template") if isinstance(tokenizer, HFTokenizer) else None
+    if isinstance(template, str):  # the Jinja text llama.cpp's chat mode applies
+        writer.add_chat_template(template)
 
 
 def _tensors(model, arch: str):

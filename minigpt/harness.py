@@ -109,9 +109,12 @@ class MinigptLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         results: list[str | None] = [None] * len(requests)
         groups = defaultdict(list)  # same prompt length and settings: one batch, no padding
+        eot = self.minigpt_tokenizer.eot_token
+        eot_text = None if eot is None else self.tok_decode([eot])
         for i, (context, gen_kwargs) in enumerate(req.args for req in requests):
-            settings = _generation_settings(gen_kwargs, self.tok_decode([self.eot_token_id]))
-            prompt = self.tok_encode(context)[-max(1, self.max_length - settings[1]) :]
+            settings = _generation_settings(gen_kwargs, eot_text)
+            # keep room for the answer; an empty context starts a document, as in scoring
+            prompt = self.tok_encode(context)[-max(1, self.max_length - settings[1]) :] or [self.eot_token_id]
             groups[(len(prompt), repr(settings))].append((i, prompt, settings))
         batches = [
             members[j : j + self.batch_size]
@@ -140,12 +143,12 @@ class MinigptLM(TemplateLM):
         return [_cut_at_stop(text, until) for text in texts]
 
 
-def _generation_settings(gen_kwargs: dict, eot_text: str) -> tuple[list[str], int, float]:
-    """(stop strings, max new tokens, temperature) from a task's generation arguments."""
+def _generation_settings(gen_kwargs: dict, eot_text: str | None) -> tuple[list[str], int, float]:
+    """(stop strings, max new tokens, temperature) from a task's generation arguments; end-of-text stops too."""
     kwargs = dict(gen_kwargs)
     until = kwargs.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
-    if eot_text not in until:
+    if eot_text is not None and eot_text not in until:
         until.append(eot_text)
     max_new_tokens = int(kwargs.pop("max_gen_toks", 256))
     temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0

@@ -141,3 +141,21 @@ def test_cli_prints_json_and_refuses_an_unknown_task(gpt2_folder, task_dir):
         2,
         "error: --limit, --num-fewshot and --include-path go with --tasks\n",
     )
+
+
+def test_generation_without_end_of_text_and_from_an_empty_context():
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from minigpt.harness import MinigptLM
+    from minigpt.model import GPT, GPTConfig
+    from minigpt.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer(list("\nab."), with_eot=False)  # a single text's vocabulary: no end-of-text
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=4, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    request = Instance("generate_until", {}, ("", {"until": ["zzz"], "max_gen_toks": 6}), 0)
+    (text,) = MinigptLM(model, tokenizer).generate_until([request])
+    start = torch.tensor([[tokenizer.encode("\n")[0]]])  # an empty context starts a document, as in sampling
+    assert text == tokenizer.decode(model.generate(start, 6, temperature=0)[0, 1:])
+    assert len(text) == 6  # newlines do not stop it: only the task's stop strings and end-of-text would

@@ -224,7 +224,8 @@ class MultiHeadAttention(nn.Module):
             weights = attention_weights(q, k, mask)
             y = F.dropout(weights, dropout_p) @ v
         else:  # the fused path: flash / memory-efficient kernels where the device has them
-            y = self._fused_attention(q, k, v, mask, causal and T_q > 1, dropout_p)
+            # bool(): a plain flag even when the length is symbolic (torch.onnx.export, torch.export)
+            y = self._fused_attention(q, k, v, mask, bool(causal and T_q > 1), dropout_p)
         y = y.transpose(1, 2).reshape(B, T_q, -1)  # (B, h, T_q, hs) -> (B, T_q, h * hs): concatenate heads
         y = self.resid_dropout(self.c_proj(y))
         if mask is not None:  # a query that may see no key at all gets exactly zero, not c_proj's bias

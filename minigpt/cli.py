@@ -255,8 +255,8 @@ def _eval(args):
 def _eval_tasks(args):
     import json
 
-    from .checkpoint import load_model
     from .device import resolve_device
+    from .load import load_model
 
     if args.data or args.text_file:
         raise MinigptError("--tasks brings its own data; leave out --data and --text-file")

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .checkpoint import load_model
 from .errors import MinigptError
+from .load import load_model
 
 FORMATS = ("hf", "gguf", "onnx")
 

@@ -10,7 +10,6 @@ tests/test_export_llama_cpp.py runs the same checks when llama_cpp is importable
 """
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -18,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt.checkpoint import load_model, save_checkpoint
+from minigpt.checkpoint import save_checkpoint
+from minigpt.config import RunConfig
 from minigpt.export import export
+from minigpt.load import load_model
 from minigpt.model import GPT, GPTConfig
+from minigpt.run import RunRecord
 from minigpt.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
 TEXT = "the quick brown fox jumps over the lazy dog; the dog sleeps in the café — naïve, isn't it?\n\n  1234 "
@@ -91,8 +93,8 @@ def own_models(folder: Path) -> dict[str, Path]:
             for p in model.parameters():
                 if p.dim() > 1:
                     p.mul_(4.0)
-        meta = {"config": {"model": dataclasses.asdict(config)}, "tokenizer": tokenizer.spec}
-        save_checkpoint(folder / f"run{i}", 1, model, meta, {}, tokenizer, keep=1, val_loss=None)
+        record = RunRecord(step=1, config=RunConfig(model=config), tokenizer=tokenizer.spec)
+        save_checkpoint(folder / f"run{i}", record, model, {}, tokenizer, keep=1)
         runs[name] = folder / f"run{i}"
     return runs
 

@@ -9,9 +9,9 @@ import torch
 from hf_fixtures import MESSAGES, TEXT, make_hf_tokenizer_folder
 
 from minigpt import GPT, GPTConfig
-from minigpt.load import load_model
 from minigpt.errors import MinigptError
 from minigpt.formats.hf import load_hf, load_hf_model, save_hf
+from minigpt.load import load_model
 from minigpt.tokenizers import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -218,7 +218,11 @@ def test_a_folder_with_tokenizer_files_brings_its_tokenizer(tmp_path):
         reference.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True, return_dict=False)
     )
     _, tokenizer, source = load_model(tmp_path / "qwen")
-    assert tokenizer.spec == "hf" and source.record is None and tokenizer.stop_token_ids == [reference.convert_tokens_to_ids("<|im_end|>")]
+    assert (
+        tokenizer.spec == "hf"
+        and source.record is None
+        and tokenizer.stop_token_ids == [reference.convert_tokens_to_ids("<|im_end|>")]
+    )
 
 
 def _trained(config: GPTConfig) -> GPT:

@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare, train, sample, eval, attention, plot, bench.
+"""The `minigpt` command: prepare, train, sample, eval, attention, plot, export, bench.
 
 Mistakes a user can make raise MinigptError; here they become one line on stderr and exit code 2
 (1 for runtime failures such as a full disk). --debug shows the full traceback instead.
@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--text-file", default=None, help="any text file, encoded with the model's tokenizer")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tasks", default=None, help="lm-evaluation-harness tasks instead, e.g. hellaswag,arc_easy")
+    p.add_argument("--limit", type=float, default=None, help="--tasks: examples per task (a fraction below 1)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="--tasks: examples shown before each question")
+    p.add_argument("--include-path", default=None, help="--tasks: a folder of your own task YAML files")
     p.set_defaults(run=_eval)
 
     p = commands.add_parser("attention", help="draw a trained model's attention weights for a prompt")
@@ -122,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.add_argument("--x", choices=("step", "time"), default="step", help="steps or wall-clock seconds")
     p.set_defaults(run=_plot)
+
+    p = commands.add_parser("export", help="write a model for transformers, llama.cpp / Ollama or ONNX Runtime")
+    p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face folder or name")
+    p.add_argument("--format", required=True, help="hf | gguf | onnx")
+    p.add_argument("--out", required=True, help="a new or empty output folder")
+    p.add_argument("--outtype", default=None, help="gguf weights: f32 | f16 | q8_0 (default f16)")
+    p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
+    p.set_defaults(run=_export)
 
     p = commands.add_parser("bench", help="measure training, generation and prepare speed on this machine")
     p.add_argument("--config", default="configs/shakespeare_char.yaml", help="the model to measure training with")
@@ -222,6 +234,10 @@ def _chat(args):
 
 
 def _eval(args):
+    if args.tasks is not None:
+        return _eval_tasks(args)
+    if args.limit is not None or args.num_fewshot is not None or args.include_path is not None:
+        raise MinigptError("--limit, --num-fewshot and --include-path go with --tasks")
     from .evaluate import run_eval
 
     run_eval(
@@ -234,6 +250,40 @@ def _eval(args):
         device=args.device,
         dtype=args.dtype,
     )
+
+
+def _eval_tasks(args):
+    import json
+
+    from .device import resolve_device
+    from .load import load_model
+
+    if args.data or args.text_file:
+        raise MinigptError("--tasks brings its own data; leave out --data and --text-file")
+    device = resolve_device(args.device)
+    model, tokenizer, _ = load_model(args.path, latest=args.latest, device=device)
+    from .harness import results_table, run_tasks  # lm_eval loads only here
+
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    results = run_tasks(
+        model,
+        tokenizer,
+        tasks,
+        limit=limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        device=device,
+        include_path=args.include_path,
+    )
+    print(json.dumps(results["results"], default=str) if args.json else results_table(results))
+
+
+def _export(args):
+    from .export import export
+
+    for path in export(args.path, args.format, args.out, outtype=args.outtype, latest=args.latest):
+        print(f"wrote {path}")
 
 
 def _attention(args):

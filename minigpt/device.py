@@ -43,8 +43,14 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on GPUs that have it (fp16 on older ones), bf16 on CPUs with bf16 units, else float32."""
+def resolve_dtype(name: str, device: torch.device, phase: str = "train") -> torch.dtype:
+    """The dtype a phase of work runs in; `auto` picks what is faster there.
+
+    phase "train" (and batched forward passes such as eval): bf16 on GPUs that have it (fp16 on older
+    ones) and on CPUs with bf16 units (AVX-512 BF16 / AMX), else float32. phase "generate": the same
+    on GPUs, but float32 on CPUs: generation is dominated by one-token decode steps, whose narrow
+    matmuls run slower in bf16 than in float32 on these CPUs (measured: `minigpt bench`).
+    """
     if name != "auto":
         if name not in DTYPES:
             raise MinigptError(f"unknown dtype {name!r}; expected auto, float32, bfloat16 or float16")
@@ -53,7 +59,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16():
+    if device.type == "cpu" and phase == "train" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
 

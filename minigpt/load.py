@@ -34,8 +34,10 @@ def load_model(
     folder = Path(path)
     is_hugging_face = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
     if is_hugging_face or not folder.exists():  # a name that is no local path may be on the Hub
-        model = GPT.from_pretrained(str(path))
-        return model.to(device).eval(), load_tokenizer("gpt2"), ModelSource(str(path), None)
+        from .formats.hf import load_hf
+
+        model, tokenizer = load_hf(str(path))
+        return model.to(device).eval(), tokenizer, ModelSource(str(path), None)
     checkpoint = load_checkpoint(folder, latest)
     config = checkpoint.record.config
     tokenizer = load_tokenizer(checkpoint.record.tokenizer, checkpoint.path)

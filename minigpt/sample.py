@@ -257,7 +257,7 @@ def run_sample(
     )
     prompt = read_prompt(prompt, prompt_file)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
 

@@ -7,6 +7,7 @@ A tokenizer is named by a *spec* string that `prepare` stores in meta.json:
     cl100k_base   the GPT-3.5/4 BPE from tiktoken
     o200k_base    the GPT-4o BPE from tiktoken
     bpe:N         a byte-level BPE with N tokens trained on the corpus
+    hf            a Hugging Face tokenizer.json, with its chat template (a model's own, from its folder)
 
 `build_tokenizer(spec, texts)` makes one for a new corpus; `save(dir)` writes
 whatever files it needs next to the token files; `load_tokenizer(spec, dir)`
@@ -42,9 +43,13 @@ EOT_TEXT = "<|endoftext|>"
 # runs and whitespace, each optionally led by one space. Trained BPEs use it too.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 TIKTOKEN_SPECS = {"gpt2": "r50k_base", "cl100k_base": "cl100k_base", "o200k_base": "o200k_base"}
-ACCEPTED = "char, gpt2, cl100k_base, o200k_base, bpe:N (N >= 257, e.g. bpe:4096)"
+ACCEPTED = "char, gpt2, cl100k_base, o200k_base, bpe:N (N >= 257, e.g. bpe:4096), hf"
 CHAR_FILE = "char_vocab.json"
 BPE_FILE = "bpe.tiktoken"
+HF_FILE = "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"
+HF_TEMPLATE_FILE = "chat_template.jinja"  # where newer transformers versions keep the chat template
+HF_GENERATION_FILE = "generation_config.json"  # its eos_token_id may list more tokens that end a reply
 
 
 class Tokenizer:
@@ -256,6 +261,114 @@ class BPETokenizer(TiktokenTokenizer):
         return cls(spec, train_bpe_ranks(texts, _bpe_size(spec)))
 
 
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizer.json` (run by the `tokenizers` library) and its tokenizer_config.json.
+
+    encode() adds no special tokens (no beginning-of-text): text is text. The chat template, a Jinja
+    template from the model's folder, is rendered in a sandbox (it comes from the internet) and then
+    encoded, special tokens included, as transformers' apply_chat_template does.
+    """
+
+    def __init__(self, tokenizer_json: str, config: dict, generation_eos: list[int] | None = None):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        self.spec = "hf"
+        self.tokenizer_json = tokenizer_json
+        self.config = config
+        self.generation_eos = list(generation_eos or [])
+        self.hf = RustTokenizer.from_str(tokenizer_json)
+        self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
+        self.eot_token = self._special_id("eos_token")
+
+    def _special_id(self, key: str) -> int | None:
+        token = self.config.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        return None if token is None else self.hf.token_to_id(token)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(_int_list(ids), skip_special_tokens=False)
+
+    # ---- chat --------------------------------------------------------------------------------------
+
+    # The model's own Jinja template comes first; without one, minigpt's chat tokens may be added as for
+    # any tokenizer (Tokenizer.add_chat_tokens), and then the base class's methods apply.
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.config.get("chat_template")) or super().has_chat_template
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """End-of-text and end-of-turn ids: the eos token, any chat tokens, the generation config's eos_token_id."""
+        ids = super().stop_token_ids
+        return ids + [i for i in self.generation_eos if i not in ids]
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of messages ([{"role": ..., "content": ...}, ...]) laid out by the chat template."""
+        if not self.config.get("chat_template"):
+            return super().encode_chat(messages, add_generation_prompt)
+        text = render_chat_template(
+            self.config["chat_template"],
+            messages,
+            add_generation_prompt,
+            {key: self._special_text(key) for key in ("bos_token", "eos_token", "pad_token", "unk_token")},
+        )
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def _special_text(self, key: str) -> str | None:
+        token = self.config.get(key)
+        return token.get("content") if isinstance(token, dict) else token
+
+    # ---- files -------------------------------------------------------------------------------------
+
+    def save_vocabulary(self, data_dir: str | os.PathLike) -> list[str]:
+        Path(data_dir, HF_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+        Path(data_dir, HF_CONFIG_FILE).write_text(json.dumps(self.config, indent=2, ensure_ascii=False), "utf-8")
+        names = [HF_FILE, HF_CONFIG_FILE]
+        if self.generation_eos:
+            Path(data_dir, HF_GENERATION_FILE).write_text(json.dumps({"eos_token_id": self.generation_eos}))
+            names.append(HF_GENERATION_FILE)
+        return names
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike) -> HFTokenizer:
+        """From a Hugging Face model folder or a folder this class saved into."""
+        tokenizer_json = _read_tokenizer_file(data_dir, HF_FILE, "hf")
+        config_path, template_path = Path(data_dir, HF_CONFIG_FILE), Path(data_dir, HF_TEMPLATE_FILE)
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        if not config.get("chat_template") and template_path.is_file():
+            config["chat_template"] = template_path.read_text(encoding="utf-8")
+        generation_path = Path(data_dir, HF_GENERATION_FILE)
+        eos = json.loads(generation_path.read_text()).get("eos_token_id") if generation_path.is_file() else None
+        return cls(tokenizer_json, config, [eos] if isinstance(eos, int) else eos)
+
+
+def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool, specials: dict) -> str:
+    """Render a Hugging Face chat template as transformers does: a sandboxed Jinja environment with
+    trimmed blocks, loop controls, raise_exception() and a tojson that keeps non-ASCII text."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise MinigptError(f"the chat template refused these messages: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **specials
+        )
+    except jinja2.TemplateError as e:
+        raise MinigptError(f"the chat template could not be rendered ({e})") from None
+
+
 def _rebuild(make, args: tuple, chat_template: ChatTemplate | None) -> Tokenizer:
     """Unpickle a tokenizer: make(*args), with its chat tokens if it had them."""
     tokenizer = make(*args)
@@ -326,6 +439,8 @@ def named_tiktoken(spec: str) -> TiktokenTokenizer:
 def build_tokenizer(spec: str, texts: Iterable[str] = ()) -> Tokenizer:
     """Make the tokenizer named by spec; char and bpe:N learn from `texts`."""
     check_spec(spec)
+    if spec == "hf":
+        raise MinigptError("tokenizer 'hf' comes with a Hugging Face model folder; it cannot be built from a corpus")
     if spec == "char":
         return CharTokenizer.from_texts(texts)
     if spec.startswith("bpe:"):
@@ -350,6 +465,8 @@ def _load_base(spec: str, data_dir: str | os.PathLike | None) -> Tokenizer:
         raise MinigptError(f"tokenizer {spec!r} needs the data folder it was prepared into (it holds its vocabulary)")
     if spec == "char":
         return CharTokenizer.load(data_dir)
+    if spec == "hf":
+        return HFTokenizer.load(data_dir)
     return BPETokenizer.load(spec, data_dir)
 
 
@@ -358,7 +475,7 @@ def check_same_vocabulary(theirs: Tokenizer, ours: Tokenizer, where: str) -> Non
     spec can mean other ids."""
     if theirs.spec != ours.spec:
         raise MinigptError(f"{where} was prepared with tokenizer {theirs.spec!r} but the model uses {ours.spec!r}")
-    for attribute in ("chars", "ranks", "chat_template"):
+    for attribute in ("chars", "ranks", "tokenizer_json", "chat_template"):
         if getattr(theirs, attribute, None) != getattr(ours, attribute, None):
             raise MinigptError(
                 f"{where} was prepared with a different {ours.spec!r} vocabulary "
@@ -373,7 +490,7 @@ def _chat_note(tokenizer: Tokenizer) -> str:
 
 def check_spec(spec: str) -> None:
     """Raise MinigptError unless spec names a tokenizer (without loading it)."""
-    if spec == "char" or spec in TIKTOKEN_SPECS:
+    if spec in ("char", "hf") or spec in TIKTOKEN_SPECS:
         return
     if spec.startswith("bpe:"):
         _bpe_size(spec)

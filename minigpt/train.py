@@ -171,6 +171,7 @@ class Trainer:
         self.stop_signal = None
         self.started = time.perf_counter() - self.elapsed  # reset when the loop starts: set-up is not training
         self.step_seconds = 0.0  # how long the last step took
+        self.budget_used = None if config.train.max_seconds is None else 0.0  # share of train.max_seconds
         self.closing_seconds = 0.0  # how long the final evaluation and save take: a time budget leaves room
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -292,6 +293,7 @@ class Trainer:
         self.model.train()
         while not self._finished():
             step_start = time.perf_counter()
+            self._plan_next_step()
             next_step = self.step + 1
             log_now = next_step % t.log_interval == 0
             save_now = next_step % t.checkpoint_interval == 0
@@ -344,7 +346,7 @@ class Trainer:
         Returns the step's mean loss as a tensor (reading it is left to the caller: on a GPU that is
         a sync). With check_finite, a non-finite gradient stops the run or skips the update.
         """
-        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self._budget_used())
+        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self.budget_used)
         self.optimizer.set_lr(self.lr_multiplier)
         loss, grad_norm = self._accumulate_gradients()
         self.step += 1
@@ -399,22 +401,24 @@ class Trainer:
         advice = "Lower train.lr" + ("" if skipping else ", or set train.on_nan=skip")
         raise MinigptError(f"{where}; stopped, {kept}. {advice}", exit_code=1)
 
-    def _budget_used(self) -> float | None:
-        """With train.max_seconds, the share of the time budget that will be spent once the next step
-        is done; the final evaluation and save are set aside (every process agrees on it)."""
+    def _plan_next_step(self) -> None:
+        """With train.max_seconds: the share of the budget spent once the next step is done, or 1.0
+        if there is no time for one more after it (so the last step runs at the schedule's end). The
+        final evaluation and save are set aside; every process agrees on the slowest clock."""
         budget = self.train_cfg.max_seconds
         if budget is None:
-            return None
+            return
         used = torch.tensor([time.perf_counter() - self.started + self.step_seconds], dtype=torch.float64)
         if self.world_size > 1:
-            dist.all_reduce(used, op=dist.ReduceOp.MAX)  # the slowest clock decides, on every rank alike
-        return min(1.0, used.item() / max(budget - self.closing_seconds, 1e-9))
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        available = max(budget - self.closing_seconds, 1e-9)
+        self.budget_used = 1.0 if used.item() + self.step_seconds >= available else used.item() / available
 
     def _finished(self) -> bool:
-        """max_steps reached, or no time left in the budget for another step."""
+        """max_steps reached, or the time budget's last step taken."""
         if self.train_cfg.max_seconds is None:
             return self.step >= self.train_cfg.max_steps
-        return self._budget_used() >= 1.0
+        return self.budget_used == 1.0
 
     def _agreed_stop(self) -> str | None:
         """The stop signal, agreed by every rank: all of them must save and stop after the same step."""

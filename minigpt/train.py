@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .chat_data import check_fits
 from .checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -112,6 +113,7 @@ class Trainer:
         model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
         self.config = config = dataclasses.replace(config, model=model.config)
         self.model = model.to(self.device)
+        check_fits(self.data_meta, config.model.block_size, data_dir)
         torch.manual_seed(config.seed + rank)
         self.optimizer = Optimizers(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)

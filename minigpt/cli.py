@@ -253,30 +253,21 @@ def _eval(args):
 
 
 def _eval_tasks(args):
-    import json
-
-    from .device import resolve_device
-    from .load import load_model
-
     if args.data or args.text_file:
         raise MinigptError("--tasks brings its own data; leave out --data and --text-file")
-    device = resolve_device(args.device)
-    model, tokenizer, _ = load_model(args.path, latest=args.latest, device=device)
-    from .harness import results_table, run_tasks  # lm_eval loads only here
+    from .harness import run_eval_tasks  # lm_eval loads only here
 
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    results = run_tasks(
-        model,
-        tokenizer,
-        tasks,
-        limit=limit,
+    run_eval_tasks(
+        args.path,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        limit=args.limit,
         num_fewshot=args.num_fewshot,
         batch_size=args.batch_size,
-        device=device,
         include_path=args.include_path,
+        as_json=args.json,
+        latest=args.latest,
+        device=args.device,
     )
-    print(json.dumps(results["results"], default=str) if args.json else results_table(results))
 
 
 def _export(args):

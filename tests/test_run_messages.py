@@ -52,20 +52,8 @@ def test_resuming_a_finished_run_says_so(char_data, tmp_path, capsys):
 
 def test_no_val_split_is_said_at_the_start(tmp_path, capsys, shakespeare_text):
     (tmp_path / "corpus.txt").write_text(shakespeare_text[:5000])
-    assert (
-        run_main(
-            capsys,
-            "prepare",
-            tmp_path / "corpus.txt",
-            "--tokenizer",
-            "char",
-            "--out",
-            tmp_path / "data",
-            "--val-fraction",
-            "0",
-        )[0]
-        == 0
-    )
+    prepare_argv = ["prepare", tmp_path / "corpus.txt", "--tokenizer", "char", "--out", tmp_path / "data"]
+    assert run_main(capsys, *prepare_argv, "--val-fraction", "0")[0] == 0
     code, _, err = run_main(capsys, *train_argv(tmp_path / "data", tmp_path / "run"))
     assert code == 0, err
     assert "no val split" in err and "no best checkpoint" in err

@@ -182,6 +182,13 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         2,
         "a window of block_size + 1 = 65 is needed; use a block_size below",
     ),
+    (
+        "train-val-split-shorter-than-the-block",
+        [*TRAIN, "data.dir={shortval}"],
+        2,
+        "{shortval}/val.bin holds 20 tokens, but a window of block_size + 1 = 33 is needed; use a block_size "
+        "below 20 or prepare again with a larger --val-fraction",
+    ),
     # --- train: the run folder and its checkpoints
     (
         "train-out-dir-a-file",
@@ -384,6 +391,7 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     (root / "tiny.txt").write_text(shakespeare_text[:60])  # 54 train tokens: less than block_size 64 needs
     prepare(str(root / "tiny.txt"), "char", root / "tiny", num_proc=1, progress=False)
     prepare(str(root / "small.txt"), "gpt2", root / "gpt2data", num_proc=1, progress=False)
+    prepare(str(root / "small.txt"), "char", root / "shortval", val_fraction=0.01, num_proc=1, progress=False)
     (root / "nometa").mkdir()
     for name in ("train.bin", "val.bin", "char_vocab.json"):
         shutil.copy(root / "tiny" / name, root / "nometa" / name)
@@ -414,6 +422,7 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
         "gpt2data": root / "gpt2data",
         "nometa": root / "nometa",
         "badmeta": root / "badmeta",
+        "shortval": root / "shortval",
     }
 
     def broken(name: str, file: str, damage) -> None:

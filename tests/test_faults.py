@@ -34,8 +34,8 @@ from minigpt.train import train
 
 # Wraps one callable, named by $KILL_AT = "module|attribute|N|when[|match]", so that its Nth call
 # (counting only calls with an argument whose str contains `match`) SIGKILLs the process:
-#   before  the call;  after  it;  half  after it, with the file it wrote cut to half its size, the folder
-#   it was given half emptied, or (for Trainer._log) the line it appended to metrics.jsonl cut in half.
+#   before  the call;  after  it;  half  after it, with the file it wrote (named or open) cut to half its size,
+#   the folder it was given half emptied, or (for Trainer._log) the line it appended to metrics.jsonl cut in half.
 # $SLOW_DOWN = "module|attribute|seconds" makes every call of one callable sleep first.
 DRIVER = r"""
 import importlib, os, signal, sys, time
@@ -50,6 +50,7 @@ def _owner(module, attribute):
 
 def _cut_in_half(args, result):
     paths = [Path(a) for a in args if isinstance(a, (str, os.PathLike))]
+    paths += [Path(a.name) for a in args if hasattr(a, "write") and isinstance(getattr(a, "name", None), str)]
     if not paths and hasattr(args[0], "out_dir"):  # Trainer._log: the metrics line it just appended
         metrics = Path(args[0].out_dir) / "metrics.jsonl"
         data = metrics.read_bytes()

@@ -193,7 +193,8 @@ def summary(meta: dict, out: str | os.PathLike) -> str:
     """What `prepare` made, in two lines: documents read and dropped, tokens, vocabulary, the split, the folder."""
     dropped = meta["dropped_documents"]
     n_dropped = dropped["no_text"] + dropped["empty"]
-    read = f"{meta['documents'] + n_dropped:,} documents read"
+    n_read = meta["documents"] + n_dropped
+    read = f"{n_read:,} document{'' if n_read == 1 else 's'} read"
     if n_dropped:
         read += (
             f", {n_dropped:,} dropped ({dropped['no_text']:,} with null or missing text, {dropped['empty']:,} empty)"

@@ -282,7 +282,7 @@ def test_the_summary_of_one_document_says_the_last_share_of_the_text(tmp_path):
     (tmp_path / "one.txt").write_text("some text\n" * 50)
     meta = prepare(str(tmp_path / "one.txt"), "char", tmp_path / "out", progress=False, num_proc=1)
     text = prepare_module.summary(meta, tmp_path / "out")
-    assert "1 documents read;" in text and "(the last 10% of the text)" in text and "dropped" not in text
+    assert "1 document read;" in text and "(the last 10% of the text)" in text and "dropped" not in text
 
 
 def test_help_says_val_fraction_counts_documents():

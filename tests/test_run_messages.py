@@ -23,7 +23,7 @@ def test_prepare_ends_with_its_summary(tmp_path, capsys):
     out = tmp_path / "data"
     code, stdout, _ = run_main(capsys, "prepare", tmp_path / "corpus.txt", "--tokenizer", "char", "--out", out)
     assert code == 0
-    assert re.search(rf"prepared {re.escape(str(out))}: 1 documents read; 760 tokens, vocabulary 14 \(char\)", stdout)
+    assert re.search(rf"prepared {re.escape(str(out))}: 1 document read; 760 tokens, vocabulary 13 \(char\)", stdout)
     assert "train 684 tokens, val 76 tokens (the last 10% of the text)" in stdout
 
 

@@ -1,14 +1,21 @@
-"""minigpt: a small, fast, hackable GPT framework on PyTorch."""
+"""minigpt: a small, fast, hackable GPT framework on PyTorch.
+
+    import minigpt
+    model, tokenizer = minigpt.load("out/quickstart")   # a run, a checkpoint, or a Hugging Face folder
+    model = minigpt.GPT(minigpt.GPTConfig(n_layer=4, n_head=4, n_embd=128))
+
+The names below are imported on first use, so `minigpt --help` starts without loading torch.
+"""
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "__version__"]
+
+_PUBLIC = {"GPT": ".model", "GPTConfig": ".model", "load": ".load"}
+__all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name: str):
-    # GPT and GPTConfig are imported on first use, not with the package: the command line starts
-    # without waiting for torch, and a Ctrl-C while torch loads reaches its handler (one line).
-    if name in ("GPT", "GPTConfig"):
-        from . import model
+    if name in _PUBLIC:
+        from importlib import import_module
 
-        return getattr(model, name)
+        return getattr(import_module(_PUBLIC[name], __name__), name)
     raise AttributeError(f"module 'minigpt' has no attribute {name!r}")

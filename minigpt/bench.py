@@ -114,14 +114,15 @@ NANOGPT_CPU = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.b
 BASELINE = ["dtype=float32", "compile=false"]  # a straightforward float32 eager loop
 
 
-def run_bench(args) -> dict:
-    """Training, generation and prepare speed, and peak memory; prints a table and JSON."""
+def run_bench(config: str, *, quick: bool = False, text: str | None = None, json_path: str | None = None) -> dict:
+    """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
+    peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
     device = resolve_device("auto")
-    windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if args.quick else {}
+    windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if quick else {}
     results = {"machine": machine(), "training": [], "generation": None, "prepare": None}
-    for name, overrides in ((args.config, []), ("nanoGPT CPU recipe", NANOGPT_CPU)):
-        base = bench_training(args.config, [*overrides, *BASELINE], **windows)
-        fast = bench_training(args.config, overrides, **windows)
+    for name, overrides in ((config, []), ("nanoGPT CPU recipe", NANOGPT_CPU)):
+        base = bench_training(config, [*overrides, *BASELINE], **windows)
+        fast = bench_training(config, overrides, **windows)
         results["training"].append(
             {
                 "name": name,
@@ -137,20 +138,20 @@ def run_bench(args) -> dict:
     # recomputation slows to seconds per token on long texts: it is timed on fewer tokens (shorter
     # texts favour it, so the reported speedup of the cache is, if anything, too small)
     results["generation"] = bench_generation(
-        device=str(device), new_tokens=300 if args.quick else 1000, recompute_tokens=100 if args.quick else 300
+        device=str(device), new_tokens=300 if quick else 1000, recompute_tokens=100 if quick else 300
     )
     _progress(f"generation: {results['generation']['cache_speedup']:.1f}x with the KV cache")
 
-    text = Path(args.text) if args.text else None
-    if text is not None and text.is_file():
+    text_file = Path(text) if text else None
+    if text_file is not None and text_file.is_file():
         from .bench_data import measure_prepare_throughput
 
-        results["prepare"] = measure_prepare_throughput(text, "gpt2", repeats=3)
+        results["prepare"] = measure_prepare_throughput(text_file, "gpt2", repeats=3)
     results["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     print(format_table(results))
     print(json.dumps(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))
     return results
 
 

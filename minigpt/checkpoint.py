@@ -4,7 +4,7 @@ A checkpoint is a folder out_dir/checkpoints/step_NNNNNNN/ holding
     model.safetensors  the weights (safetensors cannot carry code)
     state.pt           optimizer state and RNG states: tensors and plain containers only,
                        read back with torch.load(weights_only=True), which refuses anything else
-    meta.json          step, config, data loader position, val loss, tokenizer spec
+    meta.json          the run record (minigpt/run.py): step, config, loader positions, val loss, ...
     <tokenizer files>  so that sampling needs nothing but this folder
 It is written under a temporary name and renamed into place: a run killed at any moment leaves
 only complete checkpoints (and perhaps a temporary folder, removed at the next save).
@@ -24,19 +24,29 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import MinigptError, first_line
+from .run import RunRecord
 
 PREFIX = "step_"
+
+
+def checkpoint_dir(out_dir: Path | str, step: int) -> Path:
+    """The folder of a run's checkpoint at `step`: the one place its name is made."""
+    return Path(out_dir) / "checkpoints" / f"{PREFIX}{step:07d}"
 
 
 @dataclass
 class Checkpoint:
     path: Path
-    meta: dict
+    record: RunRecord
     weights: dict
 
     def state(self) -> dict:
-        """Optimizer and RNG states (loaded only when resuming)."""
-        return safe_torch_load(self.path / "state.pt")
+        """Optimizer, gradient scaler and RNG states (loaded only when resuming): Trainer.state_dict()."""
+        state = safe_torch_load(self.path / "state.pt")
+        if self.record.format == 1:  # the first release saved a bare list of optimizers and no scaler
+            optimizer = {"kind": self.record.config.train.optimizer, "optimizers": state["optimizers"]}
+            state = {"optimizer": optimizer, "scaler": {}, "rng": state["rng"]}
+        return state
 
 
 def model_state(model) -> dict:
@@ -47,22 +57,24 @@ def model_state(model) -> dict:
     return state
 
 
-def save_checkpoint(
-    out_dir: Path, step: int, model, meta: dict, state: dict, tokenizer, *, keep: int, val_loss: float | None
-) -> Path:
-    """Write checkpoint `step` atomically, update best.json, prune old ones. Returns its folder."""
-    root = Path(out_dir) / "checkpoints"
+def save_checkpoint(out_dir: Path, record: RunRecord, model, state: dict, tokenizer, *, keep: int) -> Path:
+    """Write the checkpoint of record.step atomically, update best.json, prune old ones. Returns its folder.
+
+    state is what resuming needs beyond the record (optimizer and RNG states: tensors and plain
+    containers); record.val_loss, when finite, competes for best.json.
+    """
+    final = checkpoint_dir(out_dir, record.step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a run killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
-    final = root / f"{PREFIX}{step:07d}"
-    tmp = root / f".tmp-{PREFIX}{step:07d}"
+    tmp = root / f".tmp-{final.name}"
     try:
         tmp.mkdir()
         save_file(model_state(model), tmp / "model.safetensors")
         torch.save(state, tmp / "state.pt")
         tokenizer.save(tmp)
-        _write_json(tmp / "meta.json", {**meta, "step": step, "val_loss": val_loss})
+        _write_json(tmp / "meta.json", record.to_dict())
         _fsync_tree(tmp)
         if final.exists():  # the same step saved again: set the old one aside whole, never half-deleted
             os.replace(final, root / f".tmp-old-{final.name}")
@@ -70,8 +82,8 @@ def save_checkpoint(
         shutil.rmtree(root / f".tmp-old-{final.name}", ignore_errors=True)
         _fsync_dir(root)
         best = read_best(root)
-        if val_loss is not None and (best is None or val_loss < best["val_loss"]):
-            _write_json_atomic(root / "best.json", {"step": step, "val_loss": val_loss})
+        if record.val_loss is not None and (best is None or record.val_loss < best["val_loss"]):
+            _write_json_atomic(root / "best.json", {"step": record.step, "val_loss": record.val_loss})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise MinigptError(
@@ -87,7 +99,7 @@ def _prune(root: Path, keep: int) -> None:
     best = read_best(root)
     steps = list_checkpoints(root)
     for path in steps[:-keep]:
-        if best is None or path.name != f"{PREFIX}{best['step']:07d}":
+        if best is None or path != checkpoint_dir(root.parent, best["step"]):
             shutil.rmtree(path, ignore_errors=True)  # one left behind is only disk space, not a failed save
 
 
@@ -122,8 +134,8 @@ def resolve(path: str | Path, latest: bool = False) -> Path:
             "or a checkpoint folder (with model.safetensors)"
         )
     best = None if latest else read_best(root)
-    if best is not None and (root / f"{PREFIX}{best['step']:07d}").is_dir():
-        return root / f"{PREFIX}{best['step']:07d}"
+    if best is not None and checkpoint_dir(path, best["step"]).is_dir():
+        return checkpoint_dir(path, best["step"])
     return steps[-1]
 
 
@@ -131,13 +143,13 @@ def load_checkpoint(path: str | Path, latest: bool = False) -> Checkpoint:
     """Read a checkpoint's meta and weights without running any code stored in it."""
     folder = resolve(path, latest)
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        record = RunRecord.from_json((folder / "meta.json").read_text(), folder / "meta.json")
         weights = load_file(folder / "model.safetensors")
     except FileNotFoundError as e:
         raise MinigptError(f"checkpoint {folder} is incomplete: {Path(e.filename).name} is missing") from None
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MinigptError(f"checkpoint {folder} is corrupted ({e}); use an earlier one in {folder.parent}") from None
-    return Checkpoint(folder, meta, weights)
+    return Checkpoint(folder, record, weights)
 
 
 def safe_torch_load(path: Path):
@@ -196,25 +208,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def load_model(path: str | Path, *, latest: bool = False, device: str = "cpu"):
-    """The model and tokenizer behind PATH, ready for inference; returns (model, tokenizer, checkpoint meta).
-
-    PATH is a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or Hub name
-    (a folder with config.json but no meta.json, or a name that is no local path).
-    """
-    from .model import GPT, GPTConfig
-    from .tokenizers import load_tokenizer
-
-    folder = Path(path)
-    is_gpt2 = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
-    if is_gpt2 or not folder.exists():  # a name that is no local path may be on the Hub
-        model = GPT.from_pretrained(str(path))
-        return model.to(device).eval(), load_tokenizer("gpt2"), {"source": str(path), "tokenizer": "gpt2"}
-    checkpoint = load_checkpoint(folder, latest)
-    config = GPTConfig.from_dict(checkpoint.meta["config"]["model"])
-    model = GPT(config)
-    load_weights(model, checkpoint.weights, checkpoint.path)
-    tokenizer = load_tokenizer(checkpoint.meta["tokenizer"], checkpoint.path)
-    return model.to(device).eval(), tokenizer, {**checkpoint.meta, "path": str(checkpoint.path)}

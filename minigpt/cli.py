@@ -9,9 +9,16 @@ import sys
 
 from .errors import MinigptError
 
+ESCAPES = r"type \n for a newline, \t for a tab, \\ for a backslash"
+
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (the usage block stays behind --help)."""
+    """argparse, but a usage mistake is one line (the usage block stays behind --help), and --help
+    shows every option's default beside its meaning."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -29,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file, folder or glob of .txt/.md/.jsonl/.json/.parquet; a Hub dataset name; "
         "or a built-in corpus: pydocs (offline), shakespeare",
     )
-    p.add_argument("--tokenizer", default="gpt2", help="char | gpt2 | cl100k_base | o200k_base | bpe:N (default gpt2)")
+    p.add_argument("--tokenizer", default="gpt2", help="char | gpt2 | cl100k_base | o200k_base | bpe:N")
     p.add_argument("--out", required=True, help="output folder for train.bin, val.bin, meta.json")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")
     p.add_argument("--text-column", default="text", help="the column with the text in json/parquet/Hub data")
     p.add_argument("--split", default="train", help="the split of a Hub dataset to read")
     p.add_argument("--config", default=None, help="the configuration (subset) of a Hub dataset")
-    p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (None: all cores)")
     p.add_argument("--max-chars", type=int, default=None, help="stop after this many characters of text")
     p.set_defaults(run=_prepare)
 
@@ -43,20 +50,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml ('-': defaults only)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=200")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    p.add_argument(
+        "--time",
+        default=None,
+        metavar="DURATION",
+        help="a wall-clock budget (90s, 5m, 1.5h): the schedule ends fully decayed when it is spent "
+        "(sets train.max_seconds; max_steps is then ignored)",
+    )
     p.set_defaults(run=_train)
 
     p = commands.add_parser("sample", help="generate text from a trained model or GPT-2")
     _add_model_arguments(p, dtype="auto")
     prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default=None, help="text to continue (default: start of a document)")
-    prompt.add_argument("--prompt-file", default=None, help="read the prompt from this file")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", nargs="+", default=None, metavar="STR", help="end a sample at any of these strings")
+    prompt.add_argument("--prompt", default="", help=f"text to continue ('' starts a new document); {ESCAPES}")
+    prompt.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file, as it is")
+    p.add_argument("--num-samples", type=int, default=1, help="samples to generate, as one batch")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling: the likeliest tokens up to mass p, in (0, 1]"
+    )
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible (0 to 2**64 - 1)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help=f"end a sample where this string appears (repeat for several); {ESCAPES}",
+    )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.set_defaults(run=_sample)
 
@@ -98,7 +120,7 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
     p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or name")
     p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", default=dtype, help=f"auto | float32 | bfloat16 | float16 (default {dtype})")
+    p.add_argument("--dtype", default=dtype, help="auto | float32 | bfloat16 | float16")
 
 
 def _prepare(args):
@@ -118,28 +140,53 @@ def _prepare(args):
 
 
 def _train(args):
-    from .config import load_config
+    from .config import load_config, parse_duration
     from .train import train
 
-    train(load_config(args.config, args.overrides), resume=args.resume)
+    budget = [f"train.max_seconds={parse_duration(args.time)}"] if args.time is not None else []
+    train(load_config(args.config, [*args.overrides, *budget]), resume=args.resume)
 
 
 def _sample(args):
-    from .sample import run_sample
+    from .sample import run_sample, unescape
 
-    run_sample(args)
+    run_sample(
+        args.path,
+        prompt=unescape(args.prompt),
+        prompt_file=args.prompt_file,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=[unescape(s) for s in args.stop],
+        stream=args.stream,
+        latest=args.latest,
+        device=args.device,
+        dtype=args.dtype,
+    )
 
 
 def _eval(args):
     from .evaluate import run_eval
 
-    run_eval(args)
+    run_eval(
+        args.path,
+        data=args.data,
+        text_file=args.text_file,
+        batch_size=args.batch_size,
+        as_json=args.json,
+        latest=args.latest,
+        device=args.device,
+        dtype=args.dtype,
+    )
 
 
 def _attention(args):
     from .viz import run_attention
 
-    run_attention(args)
+    run_attention(args.path, args.prompt, args.out, layer=args.layer, head=args.head, latest=args.latest)
 
 
 def _plot(args):
@@ -152,7 +199,7 @@ def _plot(args):
 def _bench(args):
     from .bench import run_bench
 
-    run_bench(args)
+    run_bench(args.config, quick=args.quick, text=args.text, json_path=args.json)
 
 
 def main(argv: list[str] | None = None) -> None:

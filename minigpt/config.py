@@ -30,6 +30,7 @@ class TrainConfig:
     batch_size: int = 12  # sequences per micro-step (per process)
     grad_accum: int = 1  # micro-steps per optimizer step
     max_steps: int = 2000
+    max_seconds: float | None = None  # a wall-clock budget: the schedule is laid on time, max_steps ignored
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     lr: float = 1e-3  # peak learning rate of AdamW
     muon_lr: float = 0.02  # peak learning rate of Muon, when optimizer is muon
@@ -100,6 +101,32 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     config = _build(RunConfig, values, prefix="")
     validate(config)
+    return config
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1.5h' or plain seconds ('90') -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise MinigptError(f"--time {text!r} is not a duration; give seconds, minutes or hours: 90s, 5m, 1.5h")
+    return seconds
+
+
+def config_from_dict(values: dict, source: Path | str) -> RunConfig:
+    """A saved run's config (a checkpoint's record, which keeps model.vocab_size) back as a RunConfig."""
+    values = {**values, "model": dict(values.get("model", {}))}
+    vocab_size = values["model"].pop("vocab_size", None)
+    try:
+        config = _build(RunConfig, values, prefix="")
+    except MinigptError as e:
+        raise MinigptError(f"the config saved in {source} does not fit this minigpt: {e}") from None
+    if vocab_size is not None:
+        config.model.vocab_size = vocab_size
     return config
 
 
@@ -196,6 +223,10 @@ def validate(config: RunConfig) -> None:
     for key in NOT_NEGATIVE:
         if flat[key] < 0:
             raise MinigptError(f"{key} must not be negative, got {flat[key]}")
+    if config.train.max_seconds is not None and config.train.max_seconds <= 0:
+        raise MinigptError(
+            f"train.max_seconds must be positive (or null for no budget), got {config.train.max_seconds}"
+        )
     if not 0 <= config.train.min_lr_ratio <= 1:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:

@@ -63,3 +63,16 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+    """Run model for inference (eval mode, no autograd, autocast to dtype), then give it back in the
+    mode it was in: a caller that was training keeps training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device, dtype):
+            yield
+    finally:
+        model.train(was_training)

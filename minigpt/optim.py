@@ -1,9 +1,10 @@
-"""Optimizers and the learning-rate schedule.
+"""The optimizer and the learning-rate schedule.
 
 AdamW decays matrices only: biases and norm gains are few and decaying them only hurts. With
 optimizer=muon, the hidden 2-D matrices (attention and MLP weights) are trained by Muon, which
 orthogonalises each update, and embeddings, the LM head, norms and biases by AdamW (Muon is
-meant for hidden layers only).
+meant for hidden layers only). `Optimizers` holds them and acts as one optimizer: adding an
+optimizer is one more entry in `_build`, adding a schedule one more branch in `lr_multiplier`.
 """
 
 import math
@@ -11,9 +12,60 @@ import math
 import torch
 
 from .config import TrainConfig
+from .errors import MinigptError
 
 
-def build_optimizers(model, train: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+class Optimizers:
+    """One or more torch optimizers over disjoint parameter groups, used as one."""
+
+    def __init__(self, model: torch.nn.Module, train: TrainConfig, device: torch.device):
+        self.kind = train.optimizer
+        self.optimizers = _build(model, train, device)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["peak_lr"] = group["lr"]
+
+    def set_lr(self, multiplier: float) -> None:
+        """Every group's rate: its peak rate times the schedule's multiplier."""
+        for group in self._groups():
+            group["lr"] = group["peak_lr"] * multiplier
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        """One update of every parameter (the scaler skips it if fp16 gradients overflowed)."""
+        for optimizer in self.optimizers:
+            scaler.step(optimizer)
+        scaler.update()
+
+    def unscale_(self, scaler: torch.amp.GradScaler) -> None:
+        """Divide fp16-scaled gradients back before clipping (nothing to do without fp16)."""
+        for optimizer in self.optimizers:
+            scaler.unscale_(optimizer)
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore moments and step counts; the configured rates and decay stay (they may have changed)."""
+        if state["kind"] != self.kind or len(state["optimizers"]) != len(self.optimizers):
+            raise MinigptError(
+                f"the saved optimizer state does not fit train.optimizer={self.kind}; "
+                f"resume with the optimizer the run was trained with, {state['kind']}"
+            )
+        configured = [{k: g[k] for k in ("peak_lr", "weight_decay", "betas") if k in g} for g in self._groups()]
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        for group, values in zip(self._groups(), configured):
+            group.update(values)
+
+    def _groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+
+def _build(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizers = []
     if train.optimizer == "muon":
@@ -28,32 +80,34 @@ def build_optimizers(model, train: TrainConfig, device: torch.device) -> list[to
     optimizers.append(
         torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=device.type == "cuda")
     )
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["peak_lr"] = group["lr"]
     return optimizers
 
 
-def lr_multiplier(step: int, train: TrainConfig) -> float:
-    """The schedule as a fraction of the peak rate: linear warmup, then cosine / linear decay to
-    min_lr_ratio, or for wsd a constant rate and a linear decay over the last decay_fraction."""
+def lr_multiplier(step: int, train: TrainConfig, budget_used: float | None = None) -> float:
+    """The rate of optimizer step `step` (0 .. max_steps - 1) as a fraction of the peak rate.
+
+    Linear warmup over warmup_steps, then cosine or linear decay to min_lr_ratio, or for wsd the
+    peak rate held until the last decay_fraction of the run and a linear decay over it. The decay
+    never starts before warmup ends (so the rate never jumps), and the last step is at min_lr_ratio.
+
+    With a time budget (train.max_seconds), the run's length is wall-clock time: budget_used (0..1)
+    places the decay, so the run ends fully decayed when its budget is spent; warmup still counts
+    steps, and the rate is the lower of the warmup ramp and the decay curve (no jump either).
+    """
+    warmup = (step + 1) / train.warmup_steps if step < train.warmup_steps else 1.0
+    if budget_used is not None:
+        return min(warmup, _decay(budget_used, 0.0, 1.0, train))
     if step < train.warmup_steps:
-        return (step + 1) / train.warmup_steps
-    floor = train.min_lr_ratio
+        return warmup
+    return _decay(step, train.warmup_steps, train.max_steps - 1, train)
+
+
+def _decay(position: float, start: float, end: float, train: TrainConfig) -> float:
+    """The schedule after warmup, for a position from start to end (steps, or shares of a time budget)."""
     if train.schedule == "wsd":
-        decay_start = train.max_steps * (1 - train.decay_fraction)
-        if step < decay_start:
-            return 1.0
-        progress = (step - decay_start) / max(1.0, train.max_steps - decay_start)
-    else:
-        progress = (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
-    progress = min(progress, 1.0)
+        start = max(start, end * (1 - train.decay_fraction))
+    progress = min(1.0, max(0.0, (position - start) / max(end - start, 1e-12)))
+    floor = train.min_lr_ratio
     if train.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1 - (1 - floor) * progress
-
-
-def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * multiplier

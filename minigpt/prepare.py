@@ -61,7 +61,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
-from .errors import MinigptError, first_line
+from .errors import MinigptError, first_line, read_user_text
 from .paths import check_output_folder, first_missing
 from .tokenizers import Tokenizer, build_tokenizer, check_spec
 
@@ -465,7 +465,7 @@ def _files_corpus(source: str, files: list[Path], text_column: str) -> Corpus:
         for path in files:
             kind = _file_kind(path)
             if kind == "text":
-                yield _read_text_file(path, counts.invalid_bytes)
+                yield read_user_text(path, invalid=counts.invalid_bytes)
             else:
                 yield from _table_texts(kind, path, text_column)
 
@@ -475,27 +475,6 @@ def _files_corpus(source: str, files: list[Path], text_column: str) -> Corpus:
 
 def _file_kind(path: Path) -> str:
     return TABLE_SUFFIXES.get(path.suffix.lower(), "text")
-
-
-def _read_text_file(path: Path, invalid: dict[str, int]) -> str:
-    """The file as text; bytes that are not UTF-8 become U+FFFD (counted, not fatal)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise MinigptError(f"cannot read {path} ({e.strerror or e}); give a readable {ACCEPTED_FILES} file") from None
-    if b"\x00" in data:
-        raise MinigptError(
-            f"{path} is not a text file (it holds NUL bytes: binary data or UTF-16); "
-            f"give UTF-8 text, or convert it first"
-        ) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # surrogateescape maps each bad byte to one lone surrogate: count, then replace.
-        text = data.decode("utf-8", errors="surrogateescape")
-        text, count = re.subn("[\udc80-\udcff]", "\ufffd", text)
-        invalid[str(path)] = count
-        return text
 
 
 def _warn_invalid_bytes(invalid: dict[str, int]) -> None:

@@ -64,6 +64,11 @@ class Tokenizer:
         """Write the files `load_tokenizer` needs into data_dir; return their names."""
         return []
 
+    def token_byte_counts(self) -> np.ndarray:
+        """UTF-8 bytes of text each id stands for (vocab_size,); 0 for special tokens such as
+        end-of-text, which are no text. What bits per byte divides by."""
+        raise NotImplementedError
+
 
 class CharTokenizer(Tokenizer):
     """One id per distinct character, in sorted order (nanoGPT's shakespeare_char).
@@ -103,6 +108,9 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in _int_list(ids))
 
+    def token_byte_counts(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8")) for c in self.chars] + [0] * (self.vocab_size - len(self.chars)))
+
     def save(self, data_dir: str | os.PathLike) -> list[str]:
         payload = {"chars": self.chars, "eot": self.eot_token is not None}
         Path(data_dir, CHAR_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
@@ -137,6 +145,17 @@ class TiktokenTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(_int_list(ids))
+
+    def token_byte_counts(self) -> np.ndarray:
+        special = self.encoding.special_tokens_set
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            try:
+                token = self.encoding.decode_single_token_bytes(i)
+            except KeyError:  # an unused id (cl100k_base has a few)
+                continue
+            counts[i] = 0 if token.decode("utf-8", "replace") in special else len(token)
+        return counts
 
     def __reduce__(self):
         # Named encodings travel to worker processes by name, not by their ranks.

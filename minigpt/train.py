@@ -10,7 +10,7 @@ optimizer, the data loader's position and every RNG state, so `--resume` continu
 the run stopped: on CPU the resumed run's losses are bitwise those of an uninterrupted run.
 """
 
-import json
+import dataclasses
 import math
 import os
 import random
@@ -26,15 +26,27 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import __version__
-from .checkpoint import list_checkpoints, load_checkpoint, load_weights, read_best, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    read_best,
+    save_checkpoint,
+)
 from .config import RunConfig, save_config
 from .data import BatchLoader, fixed_batches, load_meta
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import MinigptError
+from .metrics import MetricsLog
 from .model import GPT
-from .optim import build_optimizers, lr_multiplier, set_lr
+from .optim import Optimizers, lr_multiplier
+from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
+
+# fp16 overflow skips a step and halves the gradient scale; this many in a row is divergence, not overflow
+MAX_SKIPPED_STEPS = 25
 
 # dense bf16 peak FLOP/s by GPU model name, for MFU (the longest matching name wins)
 PEAK_FLOPS = {
@@ -63,34 +75,43 @@ def _init_distributed(config: RunConfig) -> tuple[int, int, int]:
     if "RANK" not in os.environ:
         return 0, 1, 0
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
+    use_cuda = _uses_cuda(config.device)
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        config.device = f"cuda:{local_rank}"
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def _uses_cuda(device: str) -> bool:
+    return device in ("auto", "cuda") and torch.cuda.is_available()
+
+
 class Trainer:
     def __init__(self, config: RunConfig, resume: bool, rank: int, world_size: int, local_rank: int):
-        self.config, self.rank, self.world_size = config, rank, world_size
+        self.rank, self.world_size = rank, world_size
         self.main = rank == 0
-        t = self.train_cfg = config.train
         self.out_dir = Path(config.out_dir)
-        self.device = resolve_device(config.device)
+        # each process of a multi-GPU run drives the GPU of its local rank
+        self.device = resolve_device(
+            f"cuda:{local_rank}" if world_size > 1 and _uses_cuda(config.device) else config.device
+        )
         self.dtype = resolve_dtype(config.dtype, self.device)
 
         data_dir = Path(config.data.dir)
         self.data_meta = load_meta(data_dir)
         self.tokenizer = load_tokenizer(self.data_meta["tokenizer"], data_dir)
-        config.model.vocab_size = self.data_meta["vocab_size"]
+        # the run's own copy of the config, with the vocabulary of its data (the caller's is left as it was)
+        model_config = dataclasses.replace(config.model, vocab_size=self.data_meta["vocab_size"])
+        self.config = config = dataclasses.replace(config, model=model_config)
+        t = self.train_cfg = config.train
         self._check_out_dir(resume)
 
         self._seed(config.seed + rank)  # ranks differ in dropout, agree in initial weights (set below)
         torch.manual_seed(config.seed)
         self.model = GPT(config.model).to(self.device)
         torch.manual_seed(config.seed + rank)
-        self.optimizers = build_optimizers(self.model, t, self.device)
+        self.optimizer = Optimizers(self.model, t, self.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         block = config.model.block_size
         self.loader = BatchLoader(
             data_dir / "train.bin",
@@ -108,14 +129,20 @@ class Trainer:
                 data_dir / "val.bin", self.data_meta["dtype"], block, t.batch_size, t.eval_steps, self.device
             )
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
+        self.skipped_in_a_row = 0
         self.last_val: tuple[int, float] | None = None
+        self.metrics = (
+            MetricsLog(self.out_dir, tensorboard=t.tensorboard, wandb_project=t.wandb_project, config=config)
+            if self.main
+            else None
+        )
         if resume:
             self._restore()
         elif self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "checkpoints" / "best.json").unlink(missing_ok=True)  # left beside deleted checkpoints
             save_config(config, self.out_dir / "config.yaml")
-            (self.out_dir / "metrics.jsonl").write_text("")
+            self.metrics.start()
 
         self.forward_model = self.model
         if config.compile == "true" or (config.compile == "auto" and self.device.type == "cuda"):
@@ -127,13 +154,14 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls where bf16 autocast does not reach
             torch.backends.cudnn.allow_tf32 = True
-        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.tokens_per_step = t.batch_size * block * t.grad_accum * world_size
         self.flops_per_token = self.model.flops_per_token(block)
         peak = _peak_flops(self.device) if self.device.type == "cuda" else None
         self.peak_flops = peak * world_size if peak else None  # no MFU for GPUs missing from PEAK_FLOPS
         self.stop_signal = None
-        self.writers = _extra_writers(t, self.out_dir, config) if self.main else []
+        self.started = time.perf_counter() - self.elapsed  # reset when the loop starts: set-up is not training
+        self.step_seconds = 0.0  # how long the last step took
+        self.closing_seconds = 0.0  # how long the final evaluation and save take: a time budget leaves room
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -154,62 +182,73 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _restore(self) -> None:
-        """Load the newest checkpoint: weights, optimizer, loader position, RNG states, metrics."""
+        """Continue from the newest checkpoint: weights, then everything state_dict holds."""
         checkpoint = load_checkpoint(self.out_dir, latest=True)
-        meta = checkpoint.meta
-        saved_model = meta["config"]["model"]
-        for key, value in self.config.to_dict()["model"].items():
-            if saved_model.get(key) != value:
+        self._check_same_run(checkpoint)
+        load_weights(self.model, checkpoint.weights, checkpoint.path)
+        self.load_state_dict(checkpoint.record, checkpoint.state())
+        if self.main:
+            self.metrics.truncate_after(self.step)
+            _print(f"resuming from {checkpoint.path} at step {self.step}")
+
+    def _check_same_run(self, checkpoint: Checkpoint) -> None:
+        saved = checkpoint.record
+        ours = dataclasses.asdict(self.config.model)
+        for key, value in dataclasses.asdict(saved.config.model).items():
+            if key != "vocab_size" and ours[key] != value:
                 raise MinigptError(
-                    f"the checkpoint in {checkpoint.path} was trained with model.{key}="
-                    f"{saved_model.get(key)!r} but the config says {value!r}; resume with the same model"
+                    f"the checkpoint in {checkpoint.path} was trained with model.{key}={value!r} "
+                    f"but the config says {ours[key]!r}; resume with the same model"
                 )
         check_same_vocabulary(
-            self.tokenizer, load_tokenizer(meta["tokenizer"], checkpoint.path), f"the data in {self.config.data.dir}"
+            self.tokenizer,
+            load_tokenizer(saved.tokenizer, checkpoint.path),
+            f"the data in {self.config.data.dir}",
         )
-        if meta["world_size"] != self.world_size:
+        if saved.world_size != self.world_size:
             raise MinigptError(
-                f"the checkpoint was written by {meta['world_size']} process(es); resume with the "
+                f"the checkpoint was written by {saved.world_size} process(es); resume with the "
                 f"same number (now {self.world_size}) so that every process continues its own batches"
             )
-        load_weights(self.model, checkpoint.weights, checkpoint.path)
-        state = checkpoint.state()
-        try:
-            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-                configured = [
-                    {k: group[k] for k in ("peak_lr", "weight_decay", "betas") if k in group}
-                    for group in optimizer.param_groups
-                ]
-                optimizer.load_state_dict(saved)
-                for group, values in zip(optimizer.param_groups, configured):
-                    group.update(values)  # the config's learning rate and decay apply to the resumed run
-        except ValueError:
-            raise MinigptError(
-                f"the optimizer state in {checkpoint.path} does not fit train.optimizer="
-                f"{self.train_cfg.optimizer}; resume with the optimizer the run was trained with, "
-                f"{meta['config']['train']['optimizer']}"
-            ) from None
-        self.loader.load_state_dict(meta["loader"][self.rank])
-        self.step, self.elapsed = meta["step"], meta["elapsed"]
-        self.best_val = meta["best_val_loss"] if meta["best_val_loss"] is not None else math.inf
+
+    def state_dict(self) -> dict:
+        """What resuming needs besides the weights and the record: optimizer, gradient scaler and
+        every process's RNG states (tensors and plain containers, for state.pt)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": self._gather(_rng_state()),
+        }
+
+    def load_state_dict(self, record: RunRecord, state: dict) -> None:
+        """Take up the run where `record` and `state` (a checkpoint's) left it."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when saved without fp16 (or by the first release)
+            self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(record.loader[self.rank])
+        self.step, self.elapsed = record.step, record.elapsed
+        self.best_val = record.best_val_loss if record.best_val_loss is not None else math.inf
         _set_rng_state(state["rng"][self.rank])
-        if self.main:  # forget what was logged after the checkpoint: the resumed run logs it again
-            metrics = self.out_dir / "metrics.jsonl"
-            kept = (
-                [line for line in metrics.read_text().splitlines() if _logged_step(line) <= self.step]
-                if metrics.exists()
-                else []
-            )
-            tmp = metrics.with_name("metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, metrics)
-            _print(f"resuming from {checkpoint.path} at step {self.step}")
+
+    def record(self, val_loss: float | None) -> RunRecord:
+        """The run as it stands, for a checkpoint's meta.json (loader positions of every process)."""
+        return RunRecord(
+            step=self.step,
+            config=self.config,
+            tokenizer=self.tokenizer.spec,
+            data=self.data_meta,
+            elapsed=self._clock(),
+            val_loss=val_loss,
+            best_val_loss=None if math.isinf(self.best_val) else self.best_val,
+            world_size=self.world_size,
+            loader=self._gather(self.loader.state_dict()),
+        )
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict:
         bar = tqdm(
-            total=self.train_cfg.max_steps,
+            total=self.train_cfg.max_steps if self.train_cfg.max_seconds is None else None,
             initial=self.step,
             disable=not (self.main and self.train_cfg.progress),
             file=sys.stderr,
@@ -222,24 +261,27 @@ class Trainer:
                 return self._loop(bar)
         finally:  # also when a NaN or a full disk stops the run: flush the logs
             bar.close()
-            for writer in self.writers:
-                writer.close()
+            if self.metrics is not None:
+                self.metrics.close()
 
     def _loop(self, bar) -> dict:
         t = self.train_cfg
-        check_each_step = self.device.type != "cuda" or t.on_nan == "skip"  # a check is a host sync on GPU
+        # a check is a host sync on GPU; skipping steps (fp16 overflow, on_nan=skip) must see each one
+        check_each_step = self.device.type != "cuda" or t.on_nan == "skip" or self.dtype == torch.float16
         summary = {"step": self.step}
         self.started = time.perf_counter() - self.elapsed  # wall-clock, carried across resumes
         window_start, window_step = time.perf_counter(), self.step
         self.model.train()
-        while self.step < t.max_steps:
+        while not self._finished():
+            step_start = time.perf_counter()
             next_step = self.step + 1
-            log_now = next_step % t.log_interval == 0 or next_step == t.max_steps
-            save_now = next_step % t.checkpoint_interval == 0 or next_step == t.max_steps
-            loss = self.train_step(check_finite=check_each_step or log_now or save_now)
+            log_now = next_step % t.log_interval == 0
+            save_now = next_step % t.checkpoint_interval == 0
+            loss = self.train_step(check_finite=check_each_step or log_now or save_now or t.max_seconds is not None)
+            self.step_seconds = time.perf_counter() - step_start
             stopping = self._agreed_stop()  # read once: a signal arriving later is handled after the next step
-            done = self.step == t.max_steps or stopping is not None
-            save_now = save_now or done
+            done = self._finished() or stopping is not None
+            log_now, save_now = log_now or done, save_now or done
             bar.update(1)
             if log_now:
                 loss_value = self._global_mean(loss)
@@ -250,7 +292,7 @@ class Trainer:
                     "step": self.step,
                     "time": self._clock(),
                     "train_loss": loss_value,
-                    "lr": lr_multiplier(self.step - 1, t) * t.lr,
+                    "lr": self.lr_multiplier * t.lr,
                     "tokens_per_s": round(tokens_per_s, 1),
                 }
                 if self.peak_flops:
@@ -268,7 +310,10 @@ class Trainer:
                 summary["val_loss"] = self._evaluate()
             if save_now:
                 self._save()
-            window_start += time.perf_counter() - paused  # evaluating and saving are not training throughput
+            pause = time.perf_counter() - paused
+            window_start += pause  # evaluating and saving are not training throughput
+            if save_now and self.step % t.eval_interval == 0:
+                self.closing_seconds = max(self.closing_seconds, pause)
             if stopping is not None:
                 if self.main:
                     _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
@@ -281,7 +326,8 @@ class Trainer:
         Returns the step's mean loss as a tensor (reading it is left to the caller: on a GPU that is
         a sync). With check_finite, a non-finite gradient stops the run or skips the update.
         """
-        set_lr(self.optimizers, lr_multiplier(self.step, self.train_cfg))
+        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self._budget_used())
+        self.optimizer.set_lr(self.lr_multiplier)
         loss, grad_norm = self._accumulate_gradients()
         self.step += 1
         if check_finite and not torch.isfinite(grad_norm):
@@ -303,35 +349,54 @@ class Trainer:
                     _, loss = self.forward_model(x, y)
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
-        for optimizer in self.optimizers:
-            self.scaler.unscale_(optimizer)
+        self.optimizer.unscale_(self.scaler)
         clip = self.train_cfg.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         return loss_sum / accum, grad_norm
 
     def _optimizer_step(self) -> None:
-        for optimizer in self.optimizers:
-            self.scaler.step(optimizer)
-        self.scaler.update()
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step(self.scaler)
+        self.optimizer.zero_grad()
+        self.skipped_in_a_row = 0
 
     def _non_finite(self, loss: torch.Tensor) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        if self.dtype == torch.float16:  # fp16 overflow is routine: the scaler lowers its scale and we go on
-            self.scaler.update()
-            return
+        """Skip this update (fp16 overflow, or train.on_nan=skip) or stop; a long run of skips is divergence."""
+        self.optimizer.zero_grad()
+        self.skipped_in_a_row += 1
         where = f"non-finite loss or gradients at step {self.step} (loss {loss.item():.4g})"
-        if self.train_cfg.on_nan == "skip":
-            _print(f"{where}: step skipped (train.on_nan=skip)")
+        skipping = self.dtype == torch.float16 or self.train_cfg.on_nan == "skip"
+        if skipping and self.skipped_in_a_row <= MAX_SKIPPED_STEPS:
+            if self.dtype == torch.float16:  # fp16 overflow is routine: the scaler lowers its scale and we go on
+                self.scaler.update()
+            else:
+                _print(f"{where}: step skipped (train.on_nan=skip)")
             return
+        if skipping:
+            where = f"{MAX_SKIPPED_STEPS + 1} steps in a row had non-finite gradients (last at step {self.step})"
         last = list_checkpoints(self.out_dir / "checkpoints")
         kept = f"the newest checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
         best = read_best(self.out_dir / "checkpoints")
-        if best and last and last[-1].name != f"step_{best['step']:07d}":  # the newest may hold diverged weights
+        if best and last and last[-1] != checkpoint_dir(self.out_dir, best["step"]):  # newest may have diverged
             kept += f", the best is step {best['step']} (val loss {best['val_loss']:.4g})"
-        raise MinigptError(f"{where}; stopped, {kept}. Lower train.lr, or set train.on_nan=skip", exit_code=1)
+        advice = "Lower train.lr" + ("" if skipping else ", or set train.on_nan=skip")
+        raise MinigptError(f"{where}; stopped, {kept}. {advice}", exit_code=1)
+
+    def _budget_used(self) -> float | None:
+        """With train.max_seconds, the share of the time budget that will be spent once the next step
+        is done; the final evaluation and save are set aside (every process agrees on it)."""
+        budget = self.train_cfg.max_seconds
+        if budget is None:
+            return None
+        used = torch.tensor([time.perf_counter() - self.started + self.step_seconds], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)  # the slowest clock decides, on every rank alike
+        return min(1.0, used.item() / max(budget - self.closing_seconds, 1e-9))
+
+    def _finished(self) -> bool:
+        """max_steps reached, or no time left in the budget for another step."""
+        if self.train_cfg.max_seconds is None:
+            return self.step >= self.train_cfg.max_steps
+        return self._budget_used() >= 1.0
 
     def _agreed_stop(self) -> str | None:
         """The stop signal, agreed by every rank: all of them must save and stop after the same step."""
@@ -383,35 +448,12 @@ class Trainer:
         val_loss = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
         if val_loss is not None and math.isfinite(val_loss):
             self.best_val = min(self.best_val, val_loss)
-        loader_states = self._gather(self.loader.state_dict())
-        rng_states = self._gather(_rng_state())
-        if not self.main:
-            return
-        meta = {
-            "config": {
-                **self.config.to_dict(),
-                "model": {**self.config.to_dict()["model"], "vocab_size": self.config.model.vocab_size},
-            },
-            "tokenizer": self.tokenizer.spec,
-            "data": self.data_meta,
-            "loader": loader_states,
-            "world_size": self.world_size,
-            "elapsed": self._clock(),
-            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-            "minigpt_version": __version__,
-        }
-        state = {"optimizers": [o.state_dict() for o in self.optimizers], "rng": rng_states}
         usable_val = val_loss if val_loss is not None and math.isfinite(val_loss) else None
-        save_checkpoint(
-            self.out_dir,
-            self.step,
-            self.model,
-            meta,
-            state,
-            self.tokenizer,
-            keep=self.train_cfg.keep_checkpoints,
-            val_loss=usable_val,
-        )
+        record, state = self.record(usable_val), self.state_dict()  # every rank takes part in the gathers
+        if self.main:
+            save_checkpoint(
+                self.out_dir, record, self.model, state, self.tokenizer, keep=self.train_cfg.keep_checkpoints
+            )
 
     def _gather(self, value) -> list:
         """Every rank's value, in rank order (a list of one without DDP)."""
@@ -422,19 +464,8 @@ class Trainer:
         return values
 
     def _log(self, record: dict) -> None:
-        if not self.main:
-            return
-        try:
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:  # a full disk: one line, and the last checkpoint is still there to resume from
-            raise MinigptError(
-                f"could not write {self.out_dir / 'metrics.jsonl'} ({e.strerror or e}); "
-                "free disk space and resume with --resume",
-                exit_code=1,
-            ) from e
-        for writer in self.writers:
-            writer.log(record)
+        if self.main:
+            self.metrics.append(record)
 
     @contextmanager
     def _stop_on_signals(self):
@@ -476,14 +507,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _logged_step(line: str) -> float:
-    """The step of a metrics.jsonl line; inf for a blank line or one a kill cut short (it is dropped)."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
-
-
 def _peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the GPU, for MFU; None for GPUs not in the table."""
     name = torch.cuda.get_device_name(device)
@@ -493,47 +516,3 @@ def _peak_flops(device: torch.device) -> float | None:
 
 def _print(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
-
-
-class _TensorBoard:
-    def __init__(self, out_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(out_dir / "tensorboard")
-
-    def log(self, record: dict) -> None:
-        for key, value in record.items():
-            if key != "step":
-                self.writer.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _WandB:
-    def __init__(self, project: str, config: RunConfig):
-        import wandb
-
-        self.run = wandb.init(project=project, config=config.to_dict())
-
-    def log(self, record: dict) -> None:
-        self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
-    def close(self) -> None:
-        self.run.finish()
-
-
-def _extra_writers(train_cfg, out_dir: Path, config: RunConfig) -> list:
-    """TensorBoard and Weights & Biases, when asked for and installed (metrics.jsonl is always written)."""
-    writers = []
-    for wanted, make, package in (
-        (train_cfg.tensorboard, lambda: _TensorBoard(out_dir), "tensorboard"),
-        (train_cfg.wandb_project, lambda: _WandB(train_cfg.wandb_project, config), "wandb"),
-    ):
-        if not wanted:
-            continue
-        try:
-            writers.append(make())
-        except ImportError:
-            _print(f"note: {package} is not installed (pip install {package}); logging to metrics.jsonl only")
-    return writers

@@ -5,13 +5,13 @@ We draw on matplotlib's object-oriented Figure rather than pyplot: it renders wi
 display, and leaves the global backend of a notebook or script that imports minigpt untouched.
 """
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from .errors import MinigptError
+from .metrics import metrics_file, read_metrics
 
 # How to show characters that would otherwise be invisible in a tick label.
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "↵"}
@@ -124,50 +124,22 @@ def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=No
     return _save(fig, out_path)
 
 
-def run_attention(args) -> None:
+def run_attention(
+    path: str, prompt: str, out: str, *, layer: int | None = None, head: int | None = None, latest: bool = False
+) -> None:
     """`minigpt attention PATH --prompt TEXT --out FILE [--layer L] [--head H] [--latest]`."""
-    from .checkpoint import load_model
+    from .load import load_model
     from .sample import encode_prompt
 
-    model, tokenizer, _ = load_model(args.path, latest=args.latest, device="cpu")  # small maps: CPU is enough
-    ids = encode_prompt(tokenizer, args.prompt, model.config.block_size)
+    model, tokenizer, _ = load_model(path, latest=latest, device="cpu")  # small maps: CPU is enough
+    ids = encode_prompt(tokenizer, prompt, model.config.block_size)
     weights = model.attention_maps(torch.tensor([ids]))  # n_layer x (1, n_head, T, T)
     tokens = [tokenizer.decode([i]) for i in ids]
-    path = plot_attention(
-        weights, tokens, args.out, layer=args.layer, head=args.head, title=f"{Path(args.path).name}: {args.prompt!r}"
-    )
-    print(f"wrote {path}")
+    written = plot_attention(weights, tokens, out, layer=layer, head=head, title=f"{Path(path).name}: {prompt!r}")
+    print(f"wrote {written}")
 
 
 # ---- losses ------------------------------------------------------------------------------------------
-
-
-def _metrics_file(path) -> Path:
-    path = Path(path)
-    file = path / "metrics.jsonl" if path.is_dir() else path
-    if not file.is_file():
-        raise MinigptError(f"no metrics file at {file}: pass a run directory holding metrics.jsonl, or the file")
-    return file
-
-
-def read_metrics(path) -> list[dict]:
-    """The records of a metrics.jsonl (a run directory or the file itself), one dict per line.
-
-    A truncated last line, as a run that is still writing or was killed may leave, is skipped.
-    """
-    file = _metrics_file(path)
-    lines = file.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                break
-            raise MinigptError(f"{file}, line {number} is not JSON: {e}") from e
-    return records
 
 
 def _curve(records, x, key):
@@ -190,7 +162,7 @@ def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step") ->
     if not runs:
         raise MinigptError("no runs to plot")
     if labels is None:
-        labels = [_metrics_file(run).parent.name or str(run) for run in runs]
+        labels = [metrics_file(run).parent.name or str(run) for run in runs]
     elif len(labels) != len(runs):
         raise MinigptError(f"got {len(labels)} labels for {len(runs)} runs")
 
@@ -202,7 +174,7 @@ def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step") ->
         train_x, train_y = _curve(records, x, "train_loss")
         val_x, val_y = _curve(records, x, "val_loss")
         if not train_y and not val_y:
-            raise MinigptError(f"{_metrics_file(run)} has no train_loss or val_loss lines with a {x!r} value")
+            raise MinigptError(f"{metrics_file(run)} has no train_loss or val_loss lines with a {x!r} value")
         if train_y:
             ax.plot(train_x, train_y, color=color, alpha=0.8, linewidth=1.2, label=f"{label} train")
         if val_y:

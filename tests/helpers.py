@@ -1,6 +1,5 @@
 """Helpers shared by the end-to-end tests: a small prepared corpus and running the CLI."""
 
-import json
 import os
 import subprocess
 import sys
@@ -39,9 +38,10 @@ def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 def read_metrics(out_dir: Path, drop=("time", "tokens_per_s", "mfu")) -> list[dict]:
-    """metrics.jsonl without the fields that depend on wall-clock time."""
-    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines if line.strip()]
+    """metrics.jsonl (through minigpt's one reader) without the fields that depend on wall-clock time."""
+    from minigpt.metrics import read_metrics as read_all
+
+    return [{k: v for k, v in record.items() if k not in drop} for record in read_all(out_dir)]
 
 
 def save_untrained_run(
@@ -51,13 +51,15 @@ def save_untrained_run(
     import dataclasses
 
     from minigpt.checkpoint import save_checkpoint
+    from minigpt.config import RunConfig
     from minigpt.data import load_meta
+    from minigpt.run import RunRecord
 
-    meta = {"config": {"model": dataclasses.asdict(model.config)}, "tokenizer": tokenizer.spec}
-    if data_dir is not None:
-        meta["config"]["data"] = {"dir": str(data_dir)}
-        meta["data"] = load_meta(data_dir)
-    save_checkpoint(run_dir, step, model, meta, {}, tokenizer, keep=2, val_loss=val_loss)
+    config = RunConfig(model=dataclasses.replace(model.config))
+    config.data.dir = str(data_dir) if data_dir is not None else ""
+    data = load_meta(data_dir) if data_dir is not None else {}
+    record = RunRecord(step=step, config=config, tokenizer=tokenizer.spec, data=data, val_loss=val_loss)
+    save_checkpoint(run_dir, record, model, {}, tokenizer, keep=2)
     return run_dir
 
 

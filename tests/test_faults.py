@@ -157,10 +157,10 @@ def assert_loadable(out_dir) -> int:
     """The newest checkpoint (and the best) load, weights and optimizer state; returns its step."""
     checkpoint = load_checkpoint(out_dir, latest=True)
     state = checkpoint.state()
-    assert state["optimizers"] and state["rng"]
+    assert state["optimizer"]["optimizers"] and state["rng"]
     assert all(torch.isfinite(t).all() for t in checkpoint.weights.values())
     load_checkpoint(out_dir)  # the best one
-    return checkpoint.meta["step"]
+    return checkpoint.record.step
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_1(
 
 
 def test_a_full_disk_while_logging_is_one_line_and_exit_1(char_data, tmp_path, monkeypatch, capsys):
-    import minigpt.train
+    import minigpt.metrics
 
     appends = []
 
@@ -277,7 +277,7 @@ def test_a_full_disk_while_logging_is_one_line_and_exit_1(char_data, tmp_path, m
                 raise OSError(errno.ENOSPC, "No space left on device")
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(minigpt.train, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(minigpt.metrics, "open", full_disk_open, raising=False)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         main(train_args(char_data, out))
@@ -344,7 +344,7 @@ def test_a_diverging_learning_rate_never_replaces_the_best_checkpoint(char_data,
         assert outcome.code == 1 and "non-finite loss" in error_line(err) and "the best is step 16" in err
     assert read_best(out / "checkpoints") == best
     kept = load_checkpoint(out)
-    assert kept.meta["step"] == 16 and all(torch.equal(kept.weights[k], good[k]) for k in good)
+    assert kept.record.step == 16 and all(torch.equal(kept.weights[k], good[k]) for k in good)
     newest = list_checkpoints(out / "checkpoints")[-1].name
     print(f"\ndivergence with lr=1e3: exit {outcome.code}, newest checkpoint {newest}, best still step 16")
 

@@ -7,8 +7,8 @@ import torch
 from helpers import run_main, save_untrained_run
 
 from minigpt import GPT, GPTConfig
-from minigpt.checkpoint import load_model
 from minigpt.errors import MinigptError
+from minigpt.load import load_model
 from minigpt.sample import _SampleText, generate_text
 from minigpt.tokenizers import load_tokenizer
 
@@ -225,6 +225,7 @@ def test_cli_stream_prints_the_same_text(run_dir, capsys):
         "50",
         "--stop",
         "\n\n",
+        "--stop",
         "e",
         "--device",
         "cpu",
@@ -259,3 +260,53 @@ def test_stream_writes_the_first_sample_piece_by_piece(loaded):
     texts = sample(loaded, num_samples=2, seed=2, stop=["\n"], max_new_tokens=30, stream_to=out)
     assert out.getvalue() == texts[0]
     assert len(out.pieces) == len(texts[0])  # one character per token, written as it came
+
+
+CPU = ["--device", "cpu", "--dtype", "float32"]
+
+
+def test_each_stop_takes_one_string_so_the_path_may_follow(loaded, run_dir, capsys):
+    """`--stop "\\n" out/run` used to swallow the path as a second stop string."""
+    full = sample(loaded, prompt="A", max_new_tokens=200, seed=3)[0]
+    argv = ["--prompt", "A", "--max-new-tokens", 200, "--temperature", 1.0, "--seed", 3, *CPU]
+    code, out, _ = run_main(capsys, "sample", "--stop", "\\n", run_dir, *argv)
+    assert code == 0 and out == "A" + full[: full.find("\n")] + "\n"
+
+
+def test_prompt_and_stop_read_backslashes_by_one_rule(loaded, run_dir, capsys):
+    expected = sample(loaded, prompt="A\nB", max_new_tokens=10, temperature=0)[0]
+    code, out, _ = cli(capsys, run_dir, "--prompt", "A\\nB", "--max-new-tokens", 10, "--temperature", 0, *CPU)
+    assert code == 0 and out == "A\nB" + expected + "\n"
+    from minigpt.sample import unescape
+
+    assert unescape("a\\tb\\\\n") == "a\tb\\n"  # an escaped backslash stays a backslash
+
+
+def test_a_seed_too_large_for_a_generator_is_one_line(run_dir, capsys):
+    code, _, err = cli(capsys, run_dir, "--seed", "1180591620717411303424", *CPU)
+    assert code == 2 and err.count("\n") == 1 and "--seed must be a whole number from 0 to 2**64 - 1" in err
+
+
+def test_ctrl_c_prints_what_was_generated_so_far(loaded, run_dir, capsys, monkeypatch):
+    """Without --stream, an interrupted sample used to print nothing."""
+    from minigpt.model import GPT as Model
+
+    real = Model.generate_stream
+    expected = sample(loaded, prompt="A", max_new_tokens=5, temperature=0)[0]
+
+    def interrupted_after_five(self, *args, **kwargs):
+        for i, token in enumerate(real(self, *args, **kwargs)):
+            if i == 5:
+                raise KeyboardInterrupt
+            yield token
+
+    monkeypatch.setattr(Model, "generate_stream", interrupted_after_five)
+    code, out, err = cli(capsys, run_dir, "--prompt", "A", "--temperature", 0, *CPU)
+    assert code == 130 and out == "A" + expected + "\n" and "interrupted" in err
+
+
+def test_help_shows_every_default(capsys):
+    code, out, _ = run_main(capsys, "sample", "--help")
+    assert code == 0
+    for default in ("(default: 0.8)", "(default: 200)", "(default: auto)", "(default: 1)"):
+        assert default in " ".join(out.split()), default

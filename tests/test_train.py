@@ -54,7 +54,7 @@ def test_training_lowers_the_loss_and_writes_a_run_folder(char_data, tmp_path):
     }
     assert not any(k.startswith("_orig_mod") for k in checkpoint.weights)
     assert (
-        checkpoint.meta["tokenizer"] == "char" and checkpoint.meta["config"]["model"]["vocab_size"] == 62
+        checkpoint.record.tokenizer == "char" and checkpoint.record.config.model.vocab_size == 62
     )  # characters in this excerpt
     assert set(checkpoint.state()["rng"][0]) >= {"python", "numpy", "torch"}
 
@@ -210,14 +210,37 @@ def test_training_options_learn(char_data, tmp_path, options):
 
 
 def test_learning_rate_schedules():
-    t = load_config(None, ["train.max_steps=1000", "train.warmup_steps=100", "train.min_lr_ratio=0.1"]).train
+    t = load_config(None, ["train.max_steps=1001", "train.warmup_steps=100", "train.min_lr_ratio=0.1"]).train
     assert lr_multiplier(0, t) == pytest.approx(0.01) and lr_multiplier(99, t) == pytest.approx(1.0)
     assert lr_multiplier(550, t) == pytest.approx(0.55)  # cosine halfway: floor + (1 - floor) / 2
-    assert lr_multiplier(1000, t) == pytest.approx(0.1)
+    assert lr_multiplier(1000, t) == pytest.approx(0.1)  # the last step is at the floor
     t.schedule = "linear"
     assert lr_multiplier(550, t) == pytest.approx(0.55) and lr_multiplier(775, t) == pytest.approx(0.325)
+    assert lr_multiplier(1000, t) == pytest.approx(0.1)
     t.schedule, t.decay_fraction = "wsd", 0.2
-    assert lr_multiplier(799, t) == 1.0 and lr_multiplier(900, t) == pytest.approx(0.55)
+    assert lr_multiplier(800, t) == 1.0 and lr_multiplier(900, t) == pytest.approx(0.55)
+    assert lr_multiplier(1000, t) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
+@pytest.mark.parametrize(
+    ("max_steps", "warmup", "decay_fraction"), [(10, 4, 0.8), (1000, 100, 1.0), (1000, 100, 0.2), (7, 0, 0.5)]
+)
+def test_schedules_never_jump_and_end_at_the_floor(schedule, max_steps, warmup, decay_fraction):
+    """Warmup overlapping wsd's decay window used to jump (1.0 -> 0.75, or 1.0 -> 0.91 at step 100),
+    and the last step never reached the floor."""
+    t = load_config(
+        None,
+        [f"train.max_steps={max_steps}", f"train.warmup_steps={warmup}", f"train.schedule={schedule}"]
+        + [f"train.decay_fraction={decay_fraction}", "train.min_lr_ratio=0"],
+    ).train
+    rates = [lr_multiplier(step, t) for step in range(max_steps)]
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert max(rates) == pytest.approx(1.0)
+    peak = rates.index(max(rates))
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1]))  # rises to the peak...
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1 :]))  # ...then only falls
+    assert rates[warmup] == 1.0  # the decay starts from the peak, where warmup ended
 
 
 def test_torch_compile_gives_the_same_logits_on_cpu():
@@ -231,10 +254,11 @@ def test_torch_compile_gives_the_same_logits_on_cpu():
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     from minigpt import GPT, GPTConfig
-    from minigpt.optim import build_optimizers
+    from minigpt.optim import Optimizers
 
     model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False))
-    muon, adamw = build_optimizers(model, load_config(None, ["train.optimizer=muon"]).train, torch.device("cpu"))
+    optimizer = Optimizers(model, load_config(None, ["train.optimizer=muon"]).train, torch.device("cpu"))
+    muon, adamw = optimizer.optimizers
     in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
     for name, p in model.named_parameters():
         hidden_matrix = p.dim() == 2 and name.startswith("transformer.h.")
@@ -253,3 +277,33 @@ def test_missing_logging_extras_only_add_a_note(char_data, tmp_path, capsys):
     summary = train(config_for(char_data, tmp_path / "run", "train.max_steps=2", "train.tensorboard=true"))
     assert summary["step"] == 2
     assert "tensorboard is not installed" in capsys.readouterr().err
+
+
+def test_a_time_budget_lays_the_schedule_on_the_clock():
+    t = load_config(None, ["train.max_seconds=60", "train.warmup_steps=10", "train.min_lr_ratio=0.1"]).train
+    assert lr_multiplier(0, t, budget_used=0.0) == pytest.approx(0.1)  # warmup still counts steps
+    assert lr_multiplier(500, t, budget_used=0.5) == pytest.approx(0.55)  # cosine halfway through the budget
+    assert lr_multiplier(900, t, budget_used=1.0) == pytest.approx(0.1)  # fully decayed when it is spent
+    t.schedule, t.decay_fraction = "wsd", 0.2
+    assert lr_multiplier(500, t, budget_used=0.8) == 1.0 and lr_multiplier(600, t, budget_used=0.9) == pytest.approx(
+        0.55
+    )
+    slow_warmup = [lr_multiplier(s, t, budget_used=0.85 + s / 1000) for s in range(10)]
+    assert slow_warmup == sorted(slow_warmup) or max(slow_warmup) <= 1.0  # the lower of ramp and decay: no jump
+
+
+def test_train_with_a_time_budget_ends_decayed_evaluated_and_saved(char_data, tmp_path, capsys):
+    from helpers import run_main
+
+    out = tmp_path / "run"
+    args = ["train", "-", f"data.dir={char_data}", f"out_dir={out}", *TINY, "train.eval_interval=1000"]
+    code, _, err = run_main(capsys, *args, "train.log_interval=1", "--time", "3s")
+    assert code == 0, err
+    metrics = read_metrics(out, drop=())
+    last_train = [m for m in metrics if "train_loss" in m][-1]
+    assert last_train["lr"] == pytest.approx(0.1 * 1e-3, rel=0.05)  # min_lr_ratio * lr: the schedule ran its course
+    assert "val_loss" in metrics[-1] and metrics[-1]["step"] == last_train["step"] > 1
+    checkpoint = load_checkpoint(out, latest=True)
+    assert checkpoint.record.step == last_train["step"] and checkpoint.record.config.train.max_seconds == 3.0
+    code, _, err = run_main(capsys, *args, "--time", "soon")
+    assert code == 2 and "--time 'soon' is not a duration; give seconds, minutes or hours" in err

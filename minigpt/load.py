@@ -1,0 +1,48 @@
+"""One way to get a model from a PATH, for every command and for Python users.
+
+    model, tokenizer = minigpt.load("out/shakespeare_char")
+
+PATH is a run's out_dir (its best checkpoint; latest=True for the newest), a checkpoint folder, or
+a Hugging Face folder or Hub name (a folder with config.json and no meta.json, or a name that is no
+local path; see minigpt/formats/).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, load_weights
+from .model import GPT
+from .run import RunRecord
+from .tokenizers import Tokenizer, load_tokenizer
+
+
+@dataclass
+class ModelSource:
+    """Where a loaded model came from."""
+
+    path: str  # the checkpoint folder, or the Hugging Face folder or name
+    record: RunRecord | None  # the run's record; None for a model that minigpt did not train
+
+
+def load_model(
+    path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu"
+) -> tuple[GPT, Tokenizer, ModelSource]:
+    """The model behind PATH in eval mode on device, its tokenizer, and where it came from."""
+    folder = Path(path)
+    is_hugging_face = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
+    if is_hugging_face or not folder.exists():  # a name that is no local path may be on the Hub
+        model = GPT.from_pretrained(str(path))
+        return model.to(device).eval(), load_tokenizer("gpt2"), ModelSource(str(path), None)
+    checkpoint = load_checkpoint(folder, latest)
+    model = GPT(checkpoint.record.config.model)
+    load_weights(model, checkpoint.weights, checkpoint.path)
+    tokenizer = load_tokenizer(checkpoint.record.tokenizer, checkpoint.path)
+    return model.to(device).eval(), tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
+
+
+def load(path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer behind PATH (see load_model), for use in Python."""
+    model, tokenizer, _ = load_model(path, latest=latest, device=device)
+    return model, tokenizer

@@ -32,7 +32,7 @@ def test_train_says_what_it_will_do_and_which_checkpoint_is_best(char_data, tmp_
     code, _, err = run_main(capsys, *train_argv(char_data, out))
     assert code == 0, err
     start = err.splitlines()[0]
-    for fragment in ("parameters", "device cpu", "float32", "tokens per step", "train tokens"):
+    for fragment in ("parameters on cpu", "float32", "tokens per step", "train tokens"):
         assert fragment in start, start
     assert re.search(r"step time [\d.]+ ms", err), err  # measured after the first steps
     best = list_checkpoints(out / "checkpoints")[-1]

@@ -243,7 +243,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_1(
     original, calls = getattr(owner, name), []
 
     def full_disk(*args, **kwargs):
-        calls.append(any(str(a).endswith(file) for a in args))
+        calls.append(any(str(getattr(a, "name", a)).endswith(file) for a in args))  # a path, or a file open on it
         if sum(calls) == 2 and calls[-1]:  # writing that file of the second checkpoint, step 8
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(*args, **kwargs)

@@ -51,14 +51,14 @@ def test_a_full_disk_while_saving_is_one_line_exit_1_and_resumable(char_data, tm
         assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
         if saved:
             assert "the previous checkpoint is intact" in line and "--resume" in line
-            assert load_checkpoint(out, latest=True).meta["step"] == 4
+            assert load_checkpoint(out, latest=True).record.step == 4
         else:
             assert "no checkpoint was saved yet" in line
 
         remount(disk, "size=8m")  # space was freed
         again = run_cli(*train_argv(char_data, out, "train.max_steps=12", *(["--resume"] if saved else [])))
         assert again.returncode == 0, again.stderr
-        assert load_checkpoint(out, latest=True).meta["step"] == 12
+        assert load_checkpoint(out, latest=True).record.step == 12
 
 
 # ---- read-only and misplaced output folders ----------------------------------------------------
@@ -118,10 +118,10 @@ def test_a_second_run_into_a_busy_out_dir_is_refused_and_kill_9_leaves_no_stale_
     finally:
         first.kill()  # SIGKILL: the kernel drops its lock with it
         first.wait()
-    step = load_checkpoint(out, latest=True).meta["step"]
+    step = load_checkpoint(out, latest=True).record.step
     resumed = run_cli(*train_argv(char_data, out, f"train.max_steps={step + 2}"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert load_checkpoint(out, latest=True).meta["step"] == step + 2
+    assert load_checkpoint(out, latest=True).record.step == step + 2
 
 
 # ---- Ctrl-C while starting up -------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from minigpt.checkpoint import load_model, save_checkpoint
+from minigpt.errors import MinigptError
 from minigpt.export import export
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
@@ -116,4 +117,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MinigptError as e:
+        sys.exit(f"error: {e}")

@@ -5,6 +5,7 @@ Mistakes a user can make raise MinigptError; here they become one line on stderr
 """
 
 import argparse
+import signal
 import sys
 
 from .errors import MinigptError
@@ -38,8 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", default="gpt2", help="char | gpt2 | cl100k_base | o200k_base | bpe:N")
     p.add_argument("--out", required=True, help="output folder for train.bin, val.bin, meta.json")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text held out for validation")
-    p.add_argument("--text-column", default="text", help="the column with the text in json/parquet/Hub data")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share held out for validation: the end of the text for one document, else whole documents "
+        "(the summary says how much text that is)",
+    )
+    p.add_argument(
+        "--text-column", default=None, help="the column with the text in json/parquet/Hub data (None: 'text')"
+    )
     p.add_argument("--split", default="train", help="the split of a Hub dataset to read")
     p.add_argument("--config", default=None, help="the configuration (subset) of a Hub dataset")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (None: all cores)")
@@ -153,7 +162,7 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
 
 
 def _prepare(args):
-    from .prepare import prepare
+    from .prepare import prepare, summary
 
     tokenizer = args.tokenizer
     if args.tokenizer_from is not None:
@@ -161,7 +170,8 @@ def _prepare(args):
 
         tokenizer = source_tokenizer(args.tokenizer_from)
     if args.format == "chat":
-        from .chat_data import prepare_chat, summary
+        from .chat_data import prepare_chat
+        from .chat_data import summary as chat_summary
 
         meta = prepare_chat(
             args.source,
@@ -172,9 +182,9 @@ def _prepare(args):
             split=args.split,
             config=args.config,
         )
-        print("\n".join(summary(meta)), file=sys.stderr)
+        print("\n".join(chat_summary(meta)), file=sys.stderr)
         return
-    prepare(
+    meta = prepare(
         args.source,
         tokenizer,
         args.out,
@@ -185,6 +195,7 @@ def _prepare(args):
         num_proc=args.num_proc,
         max_chars=args.max_chars,
     )
+    print(summary(meta, args.out))
 
 
 def _train(args):
@@ -192,7 +203,9 @@ def _train(args):
     from .train import train
 
     budget = [f"train.max_seconds={parse_duration(args.time)}"] if args.time is not None else []
-    train(load_config(args.config, [*args.overrides, *budget]), resume=args.resume)
+    result = train(load_config(args.config, [*args.overrides, *budget]), resume=args.resume)
+    if "stopped_by" in result:  # saved, not finished: exit as a shell reports the signal, so `&&` stops
+        sys.exit(128 + signal.Signals[result["stopped_by"]])
 
 
 def _sample(args):
@@ -253,30 +266,21 @@ def _eval(args):
 
 
 def _eval_tasks(args):
-    import json
-
-    from .device import resolve_device
-    from .load import load_model
-
     if args.data or args.text_file:
         raise MinigptError("--tasks brings its own data; leave out --data and --text-file")
-    device = resolve_device(args.device)
-    model, tokenizer, _ = load_model(args.path, latest=args.latest, device=device)
-    from .harness import results_table, run_tasks  # lm_eval loads only here
+    from .harness import run_eval_tasks  # lm_eval loads only here
 
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    results = run_tasks(
-        model,
-        tokenizer,
-        tasks,
-        limit=limit,
+    run_eval_tasks(
+        args.path,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        limit=args.limit,
         num_fewshot=args.num_fewshot,
         batch_size=args.batch_size,
-        device=device,
         include_path=args.include_path,
+        as_json=args.json,
+        latest=args.latest,
+        device=args.device,
     )
-    print(json.dumps(results["results"], default=str) if args.json else results_table(results))
 
 
 def _export(args):

@@ -54,9 +54,10 @@ def open_tokens(path: str | os.PathLike, dtype: str | np.dtype, min_tokens: int 
         raise MinigptError(f"token file {path} does not exist; run `minigpt prepare SOURCE --out {path.parent}` first")
     if path.stat().st_size < min_tokens * np.dtype(dtype).itemsize:
         n = path.stat().st_size // np.dtype(dtype).itemsize
+        more = "prepare again with a larger --val-fraction" if path.name == "val.bin" else "prepare more data"
         raise MinigptError(
             f"{path} holds {n} tokens, but a window of block_size + 1 = {min_tokens} is needed; "
-            f"use a block_size below {n} or prepare more data"
+            f"use a block_size below {n} or {more}"
         )
     return np.memmap(path, dtype=dtype, mode="r")
 

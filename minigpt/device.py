@@ -1,6 +1,8 @@
 """Choosing the device and the precision, and the autocast context that applies the precision."""
 
 import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,6 +64,23 @@ def resolve_dtype(name: str, device: torch.device, phase: str = "train") -> torc
     if device.type == "cpu" and phase == "train" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def time_dtypes(run: Callable[[torch.dtype], None], candidates: tuple[torch.dtype, ...], repeats: int = 3) -> dict:
+    """Seconds of run(dtype) for each candidate: the best of `repeats` timed calls after a warm-up.
+
+    What dtype=auto measures on a CPU with bf16 units, where bf16 pays for wide matmuls but can lose
+    on narrow ones: which is faster depends on the model's width and the CPU, so it is timed.
+    """
+    seconds = {}
+    for dtype in candidates:
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run(dtype)
+            times.append(time.perf_counter() - start)
+        seconds[dtype] = min(times[1:])
+    return seconds
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -215,3 +215,37 @@ def results_table(results: dict) -> str:
     from lm_eval.utils import make_table
 
     return make_table(results)
+
+
+def run_eval_tasks(
+    path: str,
+    tasks: list[str],
+    *,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    include_path: str | None = None,
+    as_json: bool = False,
+    latest: bool = False,
+    device: str = "auto",
+) -> None:
+    """`minigpt eval PATH --tasks ...`: the tasks' metrics as a table, or as JSON with as_json.
+    limit: examples per task (a number of at least 1), or a share of each task (below 1)."""
+    import json
+
+    from .device import resolve_device
+    from .load import load_model
+
+    torch_device = resolve_device(device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
+    results = run_tasks(
+        model,
+        tokenizer,
+        tasks,
+        limit=int(limit) if limit is not None and limit >= 1 else limit,
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        device=torch_device,
+        include_path=include_path,
+    )
+    print(json.dumps(results["results"], default=str) if as_json else results_table(results))

@@ -38,14 +38,16 @@ from .checkpoint import (
 )
 from .config import RunConfig, save_config
 from .data import BatchLoader, chat_files, fixed_batches, load_meta
-from .device import autocast, resolve_device, resolve_dtype
+from .device import autocast, resolve_device, resolve_dtype, time_dtypes
 from .errors import MinigptError
 from .finetune import build_model, checkpoint_weights, load_run_weights
+from .lock import out_dir_lock
 from .metrics import MetricsLog
 from .optim import Optimizers, lr_multiplier
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
+TIMED_STEPS = 10  # steps the start-up estimate of the step time is measured over
 # fp16 overflow skips a step and halves the gradient scale; this many in a row is divergence, not overflow
 MAX_SKIPPED_STEPS = 25
 
@@ -62,10 +64,12 @@ PEAK_FLOPS = {
 
 
 def train(config: RunConfig, resume: bool = False) -> dict:
-    """Train as the config says; returns the final step's summary (step, train_loss, val_loss)."""
+    """Train as the config says; returns the final step's summary (step, train_loss, val_loss, and
+    stopped_by: the name of the signal that stopped the run early, if one did)."""
     rank, world_size, local_rank = _init_distributed(config)
     try:
-        return Trainer(config, resume, rank, world_size, local_rank).run()
+        with out_dir_lock(config.out_dir) if rank == 0 else nullcontext():  # one run per out_dir at a time
+            return Trainer(config, resume, rank, world_size, local_rank).run()
     finally:
         if world_size > 1:
             dist.destroy_process_group()
@@ -98,12 +102,13 @@ class Trainer:
         )
         self.dtype = resolve_dtype(config.dtype, self.device)
 
-        data_dir = Path(config.data.dir)
+        data_dir = Path(config.data.dir).absolute()  # saved with the run: eval finds it from any folder
         self.data_meta = load_meta(data_dir)
         self.tokenizer = load_tokenizer(self.data_meta["tokenizer"], data_dir)
         # the run's own copy of the config, with the vocabulary of its data (the caller's is left as it was)
         model_config = dataclasses.replace(config.model, vocab_size=self.data_meta["vocab_size"])
-        self.config = config = dataclasses.replace(config, model=model_config)
+        data_config = dataclasses.replace(config.data, dir=str(data_dir))
+        self.config = config = dataclasses.replace(config, model=model_config, data=data_config)
         t = self.train_cfg = config.train
         self._check_out_dir(resume)
 
@@ -114,6 +119,8 @@ class Trainer:
         self.config = config = dataclasses.replace(config, model=model.config)
         self.model = model.to(self.device)
         check_fits(self.data_meta, config.model.block_size, data_dir)
+        if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
+            self.dtype = self._faster_cpu_dtype()
         torch.manual_seed(config.seed + rank)
         self.optimizer = Optimizers(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
@@ -130,7 +137,7 @@ class Trainer:
             **chat_files(data_dir, "train"),  # chat data: masked targets, windows from conversation starts
         )
         self.val_batches = []
-        if self.data_meta.get("val_tokens", 0) > block:
+        if self.data_meta.get("val_tokens", 0) > 0:  # a val split shorter than the block is refused here
             self.val_batches = fixed_batches(
                 data_dir / "val.bin",
                 self.data_meta["dtype"],
@@ -140,6 +147,8 @@ class Trainer:
                 self.device,
                 **chat_files(data_dir, "val"),
             )
+        elif self.main:
+            _print(f"note: {data_dir} has no val split: no val loss, no best checkpoint (prepare with --val-fraction)")
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.skipped_in_a_row = 0
         self.last_val: tuple[int, float] | None = None
@@ -205,6 +214,27 @@ class Trainer:
             self.metrics.truncate_after(self.step)
             _print(f"resuming from {checkpoint.path} at step {self.step}")
 
+    def _faster_cpu_dtype(self) -> torch.dtype:
+        """dtype=auto on a CPU with bf16 units: time a forward and backward pass of this model on a
+        batch of this run's shape in float32 and in bf16, and train in the faster (every process
+        agrees). Nothing of the run changes: the batch is made up, gradients and RNG are put back."""
+        c, t = self.config.model, self.train_cfg
+        x = torch.randint(0, c.vocab_size, (t.batch_size, c.block_size), generator=torch.Generator().manual_seed(0))
+        rng = torch.get_rng_state()
+
+        def forward_backward(dtype: torch.dtype) -> None:
+            with autocast(self.device, dtype):
+                _, loss = self.model(x, x)
+            loss.backward()
+
+        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16))
+        self.model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        times = torch.tensor([seconds[torch.float32], seconds[torch.bfloat16]])
+        if self.world_size > 1:
+            dist.all_reduce(times)
+        return torch.float32 if times[0] <= times[1] else torch.bfloat16
+
     def _check_same_run(self, checkpoint: Checkpoint) -> None:
         saved = checkpoint.record
         ours = dataclasses.asdict(self.config.model)
@@ -243,6 +273,8 @@ class Trainer:
 
     def load_state_dict(self, record: RunRecord, state: dict) -> None:
         """Take up the run where `record` and `state` (a checkpoint's) left it."""
+        if self.config.dtype == "auto" and record.dtype is not None:  # what auto chose when the run began
+            self.dtype = getattr(torch, record.dtype)
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without fp16 (or by the first release)
             self.scaler.load_state_dict(state["scaler"])
@@ -263,11 +295,23 @@ class Trainer:
             best_val_loss=None if math.isinf(self.best_val) else self.best_val,
             world_size=self.world_size,
             loader=self._gather(self.loader.state_dict()),
+            dtype=str(self.dtype).removeprefix("torch."),
         )
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        t = self.train_cfg
+        if self.main:
+            _print(self._start_line())
+        if t.max_seconds is None and self.step >= t.max_steps:
+            if self.main:
+                _print(
+                    f"note: the run in {self.out_dir} already reached train.max_steps={t.max_steps} "
+                    f"(step {self.step}); nothing to do: raise train.max_steps to train longer"
+                )
+                _print(self._end_line())
+            return {"step": self.step}
         bar = tqdm(
             total=self.train_cfg.max_steps if self.train_cfg.max_seconds is None else None,
             initial=self.step,
@@ -279,11 +323,42 @@ class Trainer:
         )
         try:
             with self._stop_on_signals():
-                return self._loop(bar)
+                summary = self._loop(bar)
         finally:  # also when a NaN or a full disk stops the run: flush the logs
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
+        if self.main:
+            _print(self._end_line())
+        return summary
+
+    def _start_line(self) -> str:
+        """What this run is: size, device, precision, tokens per step, data (the step time follows, measured)."""
+        t = self.train_cfg
+        dtype = str(self.dtype).removeprefix("torch.")
+        until = f"to step {t.max_steps:,}" if t.max_seconds is None else f"for {_duration(t.max_seconds)}"
+        return (
+            f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device.type}, {dtype}: "
+            f"{self.tokens_per_step:,} tokens per step, {self.data_meta['train_tokens']:,} train tokens, "
+            f"{self.data_meta['val_tokens']:,} val tokens; from step {self.step:,} {until}"
+        )
+
+    def _end_line(self) -> str:
+        """Where the result is: the best checkpoint and the command that samples it."""
+        best = read_best(self.out_dir / "checkpoints")
+        if best is None:
+            return f"no best checkpoint (no val loss); sample the newest with: minigpt sample {self.out_dir} --latest"
+        return (
+            f"best checkpoint: step {best['step']} (val loss {best['val_loss']:.4f}); "
+            f"sample it with: minigpt sample {self.out_dir}"
+        )
+
+    def _report_step_time(self, seconds: float) -> None:
+        message = f"step time {seconds * 1e3:.1f} ms ({1 / seconds:.1f} steps/s)"
+        if self.train_cfg.max_seconds is None:  # with a time budget, the budget says when it ends
+            left = self.train_cfg.max_steps - self.step
+            message += f": the remaining {left:,} steps take about {_duration(left * seconds)} plus evaluation"
+        _print(message)
 
     def _loop(self, bar) -> dict:
         t = self.train_cfg
@@ -292,6 +367,7 @@ class Trainer:
         summary = {"step": self.step}
         self.started = time.perf_counter() - self.elapsed  # wall-clock, carried across resumes
         window_start, window_step = time.perf_counter(), self.step
+        timer = _StepTimer(TIMED_STEPS, self._synced_clock)
         self.model.train()
         while not self._finished():
             step_start = time.perf_counter()
@@ -305,6 +381,9 @@ class Trainer:
             done = self._finished() or stopping is not None
             log_now, save_now = log_now or done, save_now or done
             bar.update(1)
+            step_time = timer.tick(self.step, done)
+            if step_time is not None and self.main:
+                self._report_step_time(step_time)
             if log_now:
                 loss_value = self._global_mean(loss)
                 now = time.perf_counter()
@@ -334,11 +413,13 @@ class Trainer:
                 self._save()
             pause = time.perf_counter() - paused
             window_start += pause  # evaluating and saving are not training throughput
+            timer.exclude(pause)
             if save_now and self.step % t.eval_interval == 0:
                 self.closing_seconds = max(self.closing_seconds, pause)
             if stopping is not None:
                 if self.main:
                     _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
+                summary["stopped_by"] = self.stop_signal or "SIGTERM"  # a peer's signal: stopped all the same
                 break
         return summary
 
@@ -429,6 +510,12 @@ class Trainer:
         flag = torch.tensor([1.0 if self.stop_signal else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return (self.stop_signal or "a signal to another process") if flag.item() else None
+
+    def _synced_clock(self) -> float:
+        """time.perf_counter() once the GPU has finished the work queued so far."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _clock(self) -> float:
         """Wall-clock seconds of this run so far, evaluation and checkpoints included."""
@@ -542,6 +629,39 @@ def _peak_flops(device: torch.device) -> float | None:
     name = torch.cuda.get_device_name(device)
     matches = [key for key in PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)]
     return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+class _StepTimer:
+    """The mean step time over `steps` steps after a process's first (which warms up), measured once."""
+
+    def __init__(self, steps: int, clock):
+        self.steps, self.clock = steps, clock
+        self.start = self.first = None
+        self.measured = False
+
+    def tick(self, step: int, last: bool) -> float | None:
+        """Call after each step; returns the step time when it has just been measured."""
+        if self.measured:
+            return None
+        now = self.clock()
+        if self.start is None:
+            self.start, self.first = now, step
+            return None
+        if step - self.first >= self.steps or last:
+            self.measured = True
+            return (now - self.start) / (step - self.first)
+        return None
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out time spent on something else (evaluation, checkpoints)."""
+        if self.start is not None:
+            self.start += seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _print(message: str) -> None:

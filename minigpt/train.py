@@ -245,7 +245,9 @@ class Trainer:
                     f"but the config says {ours[key]!r}; resume with the same model"
                 )
         fresh_start = f"to train on other data, start a new run with train.init_from={self.out_dir}"
-        if saved.data_dir and Path(saved.data_dir).resolve() != Path(self.config.data.dir).resolve():
+        # the same data, even moved or prepared again: the counts prepare recorded must agree
+        identity = ("tokenizer", "vocab_size", "train_tokens", "val_tokens", "train_bytes", "val_bytes", "documents")
+        if any(saved.data.get(k) != self.data_meta.get(k) for k in identity if k in saved.data):
             raise MinigptError(
                 f"--resume continues the run on its own data ({saved.data_dir}), not {self.config.data.dir}; "
                 f"{fresh_start}"

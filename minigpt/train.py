@@ -42,6 +42,7 @@ from .errors import MinigptError
 from .metrics import MetricsLog
 from .model import GPT
 from .optim import Optimizers, lr_multiplier
+from .parallel import clip_gradients, no_gradient_sync
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
@@ -109,6 +110,11 @@ class Trainer:
         self._seed(config.seed + rank)  # ranks differ in dropout, agree in initial weights (set below)
         torch.manual_seed(config.seed)
         self.model = GPT(config.model).to(self.device)
+        self.sharded = t.parallel == "fsdp" and world_size > 1
+        if self.sharded:
+            from . import fsdp  # imported only here and in _save/_restore: FSDP's modules take seconds to import
+
+            fsdp.shard_model(self.model, self.device, self.dtype)  # before the optimizer: it takes the shards
         torch.manual_seed(config.seed + rank)
         self.optimizer = Optimizers(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
@@ -147,7 +153,7 @@ class Trainer:
         self.forward_model = self.model
         if config.compile == "true" or (config.compile == "auto" and self.device.type == "cuda"):
             self.forward_model = torch.compile(self.model)
-        if world_size > 1:
+        if world_size > 1 and not self.sharded:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(
                 self.forward_model, device_ids=[local_rank] if self.device.type == "cuda" else None
             )
@@ -183,7 +189,12 @@ class Trainer:
         """Continue from the newest checkpoint: weights, then everything state_dict holds."""
         checkpoint = load_checkpoint(self.out_dir, latest=True)
         self._check_same_run(checkpoint)
-        load_weights(self.model, checkpoint.weights, checkpoint.path)
+        if self.sharded:  # this process's shards of the weights and the optimizer state
+            from . import fsdp
+
+            fsdp.load_sharded_checkpoint(checkpoint.path, self.model, self.optimizer.optimizers)
+        else:
+            load_weights(self.model, checkpoint.weights, checkpoint.path)
         self.load_state_dict(checkpoint.record, checkpoint.state())
         if self.main:
             self.metrics.truncate_after(self.step)
@@ -203,6 +214,11 @@ class Trainer:
             load_tokenizer(saved.tokenizer, checkpoint.path),
             f"the data in {self.config.data.dir}",
         )
+        if saved.config.train.parallel != self.train_cfg.parallel:
+            raise MinigptError(
+                f"the checkpoint was written with train.parallel={saved.config.train.parallel}; "
+                f"resume with the same (now {self.train_cfg.parallel})"
+            )
         if saved.world_size != self.world_size:
             raise MinigptError(
                 f"the checkpoint was written by {saved.world_size} process(es); resume with the "
@@ -211,16 +227,17 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """What resuming needs besides the weights and the record: optimizer, gradient scaler and
-        every process's RNG states (tensors and plain containers, for state.pt)."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": self._gather(_rng_state()),
-        }
+        every process's RNG states (tensors and plain containers, for state.pt). An FSDP run's
+        optimizer state is sharded: it is saved beside, through torch.distributed.checkpoint."""
+        state = {"scaler": self.scaler.state_dict(), "rng": self._gather(_rng_state())}
+        if not self.sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, record: RunRecord, state: dict) -> None:
         """Take up the run where `record` and `state` (a checkpoint's) left it."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.sharded:  # else read with the weights' shards
+            self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without fp16 (or by the first release)
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(record.loader[self.rank])
@@ -335,7 +352,7 @@ class Trainer:
         for micro in range(accum):
             x, y = self.loader.next_batch()
             last = micro == accum - 1
-            sync = nullcontext() if last or self.world_size == 1 else self.forward_model.no_sync()
+            sync = nullcontext() if last or self.world_size == 1 else no_gradient_sync(self.forward_model)
             with sync:
                 with autocast(self.device, self.dtype):
                     _, loss = self.forward_model(x, y)
@@ -343,7 +360,7 @@ class Trainer:
             loss_sum += loss.detach()
         self.optimizer.unscale_(self.scaler)
         clip = self.train_cfg.grad_clip or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = clip_gradients(self.model, clip)
         return loss_sum / accum, grad_norm
 
     def _optimizer_step(self) -> None:
@@ -425,7 +442,19 @@ class Trainer:
             self.best_val = min(self.best_val, val_loss)
         usable_val = val_loss if val_loss is not None and math.isfinite(val_loss) else None
         record, state = self.record(usable_val), self.state_dict()  # every rank takes part in the gathers
-        if self.main:
+        if self.sharded:
+            from . import fsdp
+
+            fsdp.save_sharded_checkpoint(
+                self.out_dir,
+                record,
+                self.model,
+                self.optimizer.optimizers,
+                state,
+                self.tokenizer,
+                keep=self.train_cfg.keep_checkpoints,
+            )
+        elif self.main:
             save_checkpoint(
                 self.out_dir, record, self.model, state, self.tokenizer, keep=self.train_cfg.keep_checkpoints
             )

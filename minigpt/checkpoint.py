@@ -14,6 +14,7 @@ checkpoints/best.json names the step with the lowest val loss; it is replaced at
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ def save_checkpoint(
     """Write the checkpoint of record.step atomically, update best.json, prune old ones. Returns its folder.
 
     state is what resuming needs beyond the record (optimizer and RNG states: tensors and plain
-    containers); record.val_loss, when finite, competes for best.json. An FSDP run passes the gathered
-    `weights` (model_state's layout) and the folder of its sharded state, moved in as shards/.
+    containers); record.val_loss, when finite, competes for best.json. weights: the tensors to save
+    instead of the whole model's (a LoRA run saves its adapters, an FSDP run the weights it gathered);
+    shards: the folder of an FSDP run's sharded state, moved in as shards/.
     """
     final = checkpoint_dir(out_dir, record.step)
     root = final.parent
@@ -87,7 +89,8 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         save_file(model_state(model) if weights is None else weights, tmp / "model.safetensors")
-        torch.save(state, tmp / "state.pt")
+        with open(tmp / "state.pt", "wb") as f:  # written through Python, so a full disk shows as an OSError
+            torch.save(state, f)
         if shards is not None:
             os.replace(shards, tmp / SHARDS)
         tokenizer.save(tmp)
@@ -101,15 +104,36 @@ def save_checkpoint(
         best = read_best(root)
         if record.val_loss is not None and (best is None or record.val_loss < best["val_loss"]):
             _write_json_atomic(root / "best.json", {"step": record.step, "val_loss": record.val_loss})
-    except OSError as e:
+    except (OSError, SafetensorError, RuntimeError) as e:
+        reason = _write_error(e)
+        if reason is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise MinigptError(
-            f"could not save checkpoint to {final} ({e.strerror or e}); "
-            "the previous checkpoint is intact; free disk space and resume with --resume",
-            exit_code=1,
-        ) from e
+        kept = (
+            "the previous checkpoint is intact; free disk space and resume with --resume"
+            if list_checkpoints(root)
+            else "no checkpoint was saved yet; free disk space and run again"
+        )
+        raise MinigptError(f"could not save checkpoint to {final} ({reason}); {kept}", exit_code=1) from e
     _prune(root, keep)
     return final
+
+
+def _write_error(e: Exception) -> str | None:
+    """Why writing failed, as the OS said it (None if this was no failed write).
+
+    Each library reports a failed write its own way: Python raises OSError; safetensors raises
+    SafetensorError "... (os error 28)"; torch.save, writing to a Python file, raises RuntimeError
+    with the OSError as its context.
+    """
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if isinstance(e, SafetensorError):
+        code = re.search(r"os error (\d+)", str(e))
+        return os.strerror(int(code.group(1))) if code else first_line(e)
+    if isinstance(e.__context__, OSError):
+        return _write_error(e.__context__)
+    return None
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -137,10 +161,12 @@ def read_best(root: Path) -> dict | None:
 
 
 def resolve(path: str | Path, latest: bool = False) -> Path:
-    """A run's out_dir (its best checkpoint, or newest with latest=True) or a checkpoint folder -> folder."""
+    """A run's out_dir or its checkpoints/ (the best checkpoint, or newest with latest=True), or a checkpoint folder."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
+    if path.name == "checkpoints" and list_checkpoints(path):  # the run's checkpoints folder: the run
+        path = path.parent
     root = path / "checkpoints"
     steps = list_checkpoints(root)
     if not path.exists():

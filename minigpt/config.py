@@ -17,6 +17,7 @@ import yaml
 
 from .device import check_device_name
 from .errors import MinigptError
+from .lora import LoRASettings
 from .model import GPTConfig
 
 
@@ -30,6 +31,7 @@ class TrainConfig:
     batch_size: int = 12  # sequences per micro-step (per process)
     grad_accum: int = 1  # micro-steps per optimizer step
     max_steps: int = 2000
+    max_seconds: float | None = None  # a wall-clock budget: the schedule is laid on time, max_steps ignored
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     parallel: str = "ddp"  # ddp | fsdp: how torchrun's processes share the model (see minigpt/parallel.py)
     lr: float = 1e-3  # peak learning rate of AdamW
@@ -51,6 +53,8 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = False  # log to out_dir/tensorboard if tensorboard is installed
     wandb_project: str | None = None  # log to Weights & Biases if wandb is installed
+    init_from: str | None = None  # start from these weights: a run, a checkpoint, a Hugging Face folder or name
+    lora: LoRASettings = field(default_factory=LoRASettings)  # rank > 0: train low-rank adapters only
 
 
 @dataclass
@@ -103,6 +107,19 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     config = _build(RunConfig, values, prefix="")
     validate(config)
     return config
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1.5h' or plain seconds ('90') -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise MinigptError(f"--time {text!r} is not a duration; give seconds, minutes or hours: 90s, 5m, 1.5h")
+    return seconds
 
 
 def config_from_dict(values: dict, source: Path | str) -> RunConfig:
@@ -175,6 +192,10 @@ def _build(cls, values, prefix: str):
 
 def _coerce(value, kind, key: str):
     """Check value against the field's type; accept ints for floats and numeric strings like 1e-3."""
+    if typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise MinigptError(f"{key} must be a list of strings, e.g. [attn.c_attn, mlp.c_fc], got {value!r}")
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None and type(None) in allowed:
         return None
@@ -211,10 +232,20 @@ def validate(config: RunConfig) -> None:
     for key in NOT_NEGATIVE:
         if flat[key] < 0:
             raise MinigptError(f"{key} must not be negative, got {flat[key]}")
+    if config.train.max_seconds is not None and config.train.max_seconds <= 0:
+        raise MinigptError(
+            f"train.max_seconds must be positive (or null for no budget), got {config.train.max_seconds}"
+        )
+    config.train.lora.validate()
     if not 0 <= config.train.min_lr_ratio <= 1:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:
         raise MinigptError(f"train.decay_fraction must be in (0, 1], got {config.train.decay_fraction}")
+    if config.train.parallel == "fsdp" and config.train.lora.enabled:
+        raise MinigptError(
+            "train.lora cannot be used with train.parallel=fsdp (LoRA's gradients and optimizer state are a "
+            "small fraction of the model's, which is what FSDP would shard); use train.parallel=ddp"
+        )
     if config.train.parallel == "fsdp" and config.train.optimizer == "muon":
         raise MinigptError(
             "train.optimizer=muon cannot be used with train.parallel=fsdp (Muon orthogonalises whole matrices, "

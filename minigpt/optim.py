@@ -83,20 +83,30 @@ def _build(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> 
     return optimizers
 
 
-def lr_multiplier(step: int, train: TrainConfig) -> float:
+def lr_multiplier(step: int, train: TrainConfig, budget_used: float | None = None) -> float:
     """The rate of optimizer step `step` (0 .. max_steps - 1) as a fraction of the peak rate.
 
     Linear warmup over warmup_steps, then cosine or linear decay to min_lr_ratio, or for wsd the
     peak rate held until the last decay_fraction of the run and a linear decay over it. The decay
     never starts before warmup ends (so the rate never jumps), and the last step is at min_lr_ratio.
+
+    With a time budget (train.max_seconds), the run's length is wall-clock time: budget_used (0..1)
+    places the decay, so the run ends fully decayed when its budget is spent; warmup still counts
+    steps, and the rate is the lower of the warmup ramp and the decay curve (no jump either).
     """
+    warmup = (step + 1) / train.warmup_steps if step < train.warmup_steps else 1.0
+    if budget_used is not None:
+        return min(warmup, _decay(budget_used, 0.0, 1.0, train))
     if step < train.warmup_steps:
-        return (step + 1) / train.warmup_steps
-    last = train.max_steps - 1
-    decay_start = train.warmup_steps
+        return warmup
+    return _decay(step, train.warmup_steps, train.max_steps - 1, train)
+
+
+def _decay(position: float, start: float, end: float, train: TrainConfig) -> float:
+    """The schedule after warmup, for a position from start to end (steps, or shares of a time budget)."""
     if train.schedule == "wsd":
-        decay_start = max(decay_start, last * (1 - train.decay_fraction))
-    progress = min(1.0, max(0.0, (step - decay_start) / max(1, last - decay_start)))
+        start = max(start, end * (1 - train.decay_fraction))
+    progress = min(1.0, max(0.0, (position - start) / max(end - start, 1e-12)))
     floor = train.min_lr_ratio
     if train.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -21,6 +21,10 @@ Validation split (deterministic, and it needs no corpus size up front):
   document i (counting from 0 in corpus order) is in val exactly when
   floor((i + 1) * val_fraction) > floor(i * val_fraction), i.e. every tenth
   document for 0.1. A stream can be split as it goes, and the fraction is exact.
+  The fraction counts documents, not bytes: where document sizes differ, the
+  share of the text held out differs too, and the summary reports both. (A
+  split by bytes would change the data of every corpus already prepared, and
+  the numbers measured on them.)
 
 Safety: nothing is created until the input checked out; everything is
 written into a staging folder inside `out` and moved into place at the end,
@@ -58,11 +62,13 @@ from tqdm import tqdm
 
 from .corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
 from .errors import MinigptError, first_line, read_user_text
+from .paths import check_output_folder, first_missing
 from .tokenizers import Tokenizer, build_tokenizer, check_spec
 
 TEXT_SUFFIXES = (".txt", ".md")  # one file = one document, read by us
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # rows, read by `datasets`
 ACCEPTED_FILES = ".txt, .md, .jsonl, .json or .parquet"
+DEFAULT_TEXT_COLUMN = "text"
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 STAGING = ".prepare-staging"
 JOB_CHARS = 1 << 17  # characters per worker job: IPC costs ~1%, yet small corpora still spread over workers
@@ -73,21 +79,40 @@ SAFE_CUT = re.compile(r"(?<=\S\n)(?=[^\W\d_])")
 
 
 @dataclass
+class ReadCounts:
+    """What one pass over a corpus met besides text: the numbers the summary reports."""
+
+    invalid_bytes: dict[str, int] = field(default_factory=dict)  # non-UTF-8 bytes replaced, per file
+    no_text: int = 0  # table rows whose text is null or missing
+    empty: int = 0  # documents that are the empty string
+
+
+@dataclass
 class Corpus:
     """Where documents come from. `documents()` starts a fresh pass each call.
 
-    `read` yields the raw documents and records invalid UTF-8 bytes it replaced
-    (per file) in the dict it is given.
+    `read` yields the raw documents (None for a row without text) and records
+    what it replaced in the ReadCounts it is given.
     """
 
     source: str
-    read: Callable[[dict[str, int]], Iterator[str]]
-    invalid_bytes: dict[str, int] = field(default_factory=dict)
+    read: Callable[[ReadCounts], Iterator[str | None]]
+    text_column: str | None = None  # the column read from table data; None when there is none
+    counts: ReadCounts = field(default_factory=ReadCounts)
 
     def documents(self, max_chars: int | None = None) -> Iterator[str]:
-        self.invalid_bytes.clear()
-        docs = (doc for doc in self.read(self.invalid_bytes) if doc)
+        self.counts = ReadCounts()
+        docs = self._non_empty(self.read(self.counts))
         return docs if max_chars is None else _truncate(docs, max_chars)
+
+    def _non_empty(self, docs: Iterator[str | None]) -> Iterator[str]:
+        for doc in docs:
+            if doc is None:
+                self.counts.no_text += 1
+            elif not doc:
+                self.counts.empty += 1
+            else:
+                yield doc
 
 
 @dataclass
@@ -102,11 +127,11 @@ class Job:
 
 def prepare(
     source: str,
-    tokenizer: str,
+    tokenizer: str | Tokenizer,
     out: str | os.PathLike,
     *,
     val_fraction: float = 0.1,
-    text_column: str = "text",
+    text_column: str | None = None,
     split: str = "train",
     config: str | None = None,
     num_proc: int | None = None,
@@ -116,42 +141,58 @@ def prepare(
 ) -> dict:
     """Tokenize SOURCE into `out` (train.bin, val.bin, meta.json, tokenizer files); return the meta dict.
 
-    `split` and `config` select a Hub dataset's split and configuration (its
-    `name=`); `max_chars` stops after that many characters; `cache_dir` is
-    where built-in corpora are downloaded (default $MINIGPT_CACHE or
-    ~/.cache/minigpt).
+    `tokenizer` is a spec (built here) or a Tokenizer, such as the one of a model to fine-tune.
+    `text_column` names the column with the text in json/parquet/Hub data
+    (default "text"; plain-text files ignore it, with a note). `split` and
+    `config` select a Hub dataset's split and configuration (its `name=`);
+    `max_chars` stops after that many characters; `cache_dir` is where
+    built-in corpora are downloaded (default $MINIGPT_CACHE or ~/.cache/minigpt).
+    Null, missing and empty texts are dropped and counted in the meta.
 
     Validation split: one document -> its last `val_fraction` of characters;
     several -> document i goes to val iff floor((i+1)*f) > floor(i*f)
-    (evenly spaced whole documents; see the module docstring).
+    (evenly spaced whole documents, so `val_fraction` counts documents,
+    not bytes; see the module docstring).
     """
     _check_options(val_fraction, num_proc, max_chars)
-    check_spec(tokenizer)
-    out = Path(out)
-    if (out / "meta.json").exists():
-        raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
-    if out.exists() and not out.is_dir():
-        raise MinigptError(f"--out {out} is a file; give a folder path")
+    if isinstance(tokenizer, str):
+        check_spec(tokenizer)
+    out = check_out_folder(out)
     corpus = open_corpus(source, text_column=text_column, split=split, config=config, cache_dir=cache_dir)
     head = list(itertools.islice(corpus.documents(max_chars), 2))
     if not head:
         raise MinigptError(f"no text found in {source!r} (every document is empty)")
     single = len(head) == 1
-    if progress and (tokenizer == "char" or tokenizer.startswith("bpe:")):
-        print(f"building the {tokenizer} tokenizer from {source} ...", file=sys.stderr)
-    tok = build_tokenizer(tokenizer, corpus.documents(max_chars))
+    if isinstance(tokenizer, Tokenizer):  # --tokenizer-from: the tokenizer of the model to fine-tune
+        tok = tokenizer
+    else:
+        if progress and (tokenizer == "char" or tokenizer.startswith("bpe:")):
+            print(f"building the {tokenizer} tokenizer from {source} ...", file=sys.stderr)
+        tok = build_tokenizer(tokenizer, corpus.documents(max_chars))
 
-    new_root = _first_missing(out)  # removed again if anything fails
+    def write(staging: Path) -> tuple[dict, list[str]]:
+        meta = _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress)
+        meta.update(source=source, split=split, config=config, text_column=corpus.text_column, max_chars=max_chars)
+        _check_splits(meta, single, val_fraction)
+        return meta, ["train.bin", "val.bin"]
+
+    meta = write_staged(out, tok, write)
+    _warn_invalid_bytes(corpus.counts.invalid_bytes)
+    return meta
+
+
+def write_staged(out: Path, tok: Tokenizer, write: Callable[[Path], tuple[dict, list[str]]]) -> dict:
+    """Run write(staging), which writes the token files and returns (meta, their names); add the tokenizer's
+    files and meta.json; move them all into `out`, meta.json last. On any failure nothing is left behind."""
+    new_root = first_missing(out)  # removed again if anything fails
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
     staging.mkdir(parents=True)
     try:
-        meta = _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress)
-        meta.update(source=source, split=split, config=config, text_column=text_column, max_chars=max_chars)
-        _check_splits(meta, single, val_fraction)
+        meta, data_files = write(staging)
         meta["tokenizer_files"] = tok.save(staging)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for name in ["train.bin", "val.bin", *meta["tokenizer_files"], "meta.json"]:
+        for name in [*data_files, *meta["tokenizer_files"], "meta.json"]:
             os.replace(staging / name, out / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -159,18 +200,39 @@ def prepare(
             shutil.rmtree(new_root, ignore_errors=True)
         raise
     staging.rmdir()
-    _warn_invalid_bytes(corpus.invalid_bytes)
     return meta
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of `path` that does not exist yet (None if it exists)."""
-    missing = None
-    for folder in [path, *path.parents]:
-        if folder.exists():
-            return missing
-        missing = folder
-    return missing
+def check_out_folder(out: str | os.PathLike) -> Path:
+    """The --out folder, unless it cannot be one or already holds prepared data."""
+    out = check_output_folder(out, "--out")
+    if (out / "meta.json").exists():
+        raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
+    return out
+
+
+def summary(meta: dict, out: str | os.PathLike) -> str:
+    """What `prepare` made, in two lines: documents read and dropped, tokens, vocabulary, the split, the folder."""
+    dropped = meta["dropped_documents"]
+    n_dropped = dropped["no_text"] + dropped["empty"]
+    n_read = meta["documents"] + n_dropped
+    read = f"{n_read:,} document{'' if n_read == 1 else 's'} read"
+    if n_dropped:
+        read += (
+            f", {n_dropped:,} dropped ({dropped['no_text']:,} with null or missing text, {dropped['empty']:,} empty)"
+        )
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    fraction, text_bytes = meta["val_fraction"], meta["train_bytes"] + meta["val_bytes"]
+    if fraction == 0:
+        held_out = "no val split"
+    elif meta["documents"] == 1:
+        held_out = f"the last {fraction:.0%} of the text"
+    else:  # whole documents: the share of the text follows their sizes, so say both
+        held_out = f"{fraction:g} of the documents, {meta['val_bytes'] / max(text_bytes, 1):.1%} of the text"
+    return (
+        f"prepared {out}: {read}; {tokens:,} tokens, vocabulary {meta['vocab_size']:,} ({meta['tokenizer']})\n"
+        f"  train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens ({held_out})"
+    )
 
 
 def _check_options(val_fraction: float, num_proc: int | None, max_chars: int | None) -> None:
@@ -222,7 +284,8 @@ def _write_splits(
         "dtype": np.dtype(dtype).name,
         **counts,
         "val_fraction": val_fraction,
-        "invalid_utf8_bytes": sum(corpus.invalid_bytes.values()),
+        "invalid_utf8_bytes": sum(corpus.counts.invalid_bytes.values()),
+        "dropped_documents": {"no_text": corpus.counts.no_text, "empty": corpus.counts.empty},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "minigpt_version": _version(),
     }
@@ -250,8 +313,12 @@ def _segments(docs: Iterator[str], val_fraction: float, single: bool) -> Iterato
         yield "val", text[cut:], True
         return
     for i, doc in enumerate(docs):
-        in_val = int((i + 1) * val_fraction) > int(i * val_fraction)
-        yield ("val" if in_val else "train"), doc, True
+        yield ("val" if in_val(i, val_fraction) else "train"), doc, True
+
+
+def in_val(index: int, val_fraction: float) -> bool:
+    """Whether document `index` (from 0, in corpus order) goes to the val split: evenly spaced, exact fraction."""
+    return int((index + 1) * val_fraction) > int(index * val_fraction)
 
 
 def _jobs(segments: Iterable[tuple[str, str, bool]]) -> Iterator[Job]:
@@ -346,25 +413,41 @@ def _encode_jobs(
 def open_corpus(
     source: str,
     *,
-    text_column: str = "text",
+    text_column: str | None = None,
     split: str = "train",
     config: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Corpus:
-    """Resolve SOURCE: a built-in name first, then a local path or glob, then a Hub name."""
+    """Resolve SOURCE: a built-in name first, then a local path or glob, then a Hub name.
+
+    `text_column` (default "text") is read from json/parquet/Hub rows; naming one for a corpus
+    without such rows prints a note that it is ignored.
+    """
+    column = text_column or DEFAULT_TEXT_COLUMN
     if source == "shakespeare":
-        return _files_corpus(source, [shakespeare_path(cache_dir)], text_column)
-    if source == "pydocs":
-        return Corpus(source, lambda invalid: pydocs_documents())
-    files = _local_files(source)
-    if files is not None:
-        return _files_corpus(source, files, text_column)
-    if _looks_like_hub_name(source):
-        return Corpus(source, lambda invalid: _texts(_hub_rows(source, config, split), text_column, source))
-    raise MinigptError(
-        f"source {source!r} not found: give a file, folder or glob of {ACCEPTED_FILES} files, "
-        f"a built-in corpus ({', '.join(BUILTIN_CORPORA)}) or a Hub dataset name such as roneneldan/TinyStories"
-    )
+        corpus = _files_corpus(source, [shakespeare_path(cache_dir)], column)
+    elif source == "pydocs":
+        corpus = Corpus(source, lambda counts: pydocs_documents())
+    elif (files := _local_files(source)) is not None:
+        corpus = _files_corpus(source, files, column)
+    elif _looks_like_hub_name(source):
+
+        def hub_texts(counts: ReadCounts) -> Iterator[str | None]:
+            return _texts(_hub_rows(source, config, split), column, source, lambda i: f"{source} row {i + 1}")
+
+        return Corpus(source, hub_texts, text_column=column)
+    else:
+        raise MinigptError(
+            f"source {source!r} not found: give a file, folder or glob of {ACCEPTED_FILES} files, "
+            f"a built-in corpus ({', '.join(BUILTIN_CORPORA)}) or a Hub dataset name such as roneneldan/TinyStories"
+        )
+    if text_column is not None and corpus.text_column is None:
+        print(
+            f"note: --text-column {text_column} is ignored: {source} holds no .jsonl/.json/.parquet rows "
+            "(each text file is one document)",
+            file=sys.stderr,
+        )
+    return corpus
 
 
 def _looks_like_hub_name(source: str) -> bool:
@@ -397,16 +480,27 @@ def _local_files(source: str) -> list[Path] | None:
 
 
 def _files_corpus(source: str, files: list[Path], text_column: str) -> Corpus:
-    """Local files in sorted order; consecutive json/parquet files are read as one dataset."""
+    """Local files in sorted order.
 
-    def read(invalid: dict[str, int]) -> Iterator[str]:
-        for kind, group in itertools.groupby(files, key=lambda p: TABLE_SUFFIXES.get(p.suffix.lower(), "text")):
+    Each json/parquet file is read on its own: `datasets` reading several at once casts them to the
+    first file's column types, and turns a file whose values are not all strings into JSON text
+    (quotes included) instead of failing. On its own, every file's rows come back as written.
+    """
+
+    def read(counts: ReadCounts) -> Iterator[str | None]:
+        for path in files:
+            kind = _file_kind(path)
             if kind == "text":
-                yield from (read_user_text(p, invalid=invalid) for p in group)
+                yield read_user_text(path, invalid=counts.invalid_bytes)
             else:
-                yield from _table_texts(kind, list(group), text_column)
+                yield from _table_texts(kind, path, text_column)
 
-    return Corpus(source, read)
+    has_tables = any(_file_kind(p) != "text" for p in files)
+    return Corpus(source, read, text_column=text_column if has_tables else None)
+
+
+def _file_kind(path: Path) -> str:
+    return TABLE_SUFFIXES.get(path.suffix.lower(), "text")
 
 
 def _warn_invalid_bytes(invalid: dict[str, int]) -> None:
@@ -419,21 +513,40 @@ def _warn_invalid_bytes(invalid: dict[str, int]) -> None:
         )
 
 
-def _table_texts(kind: str, files: list[Path], text_column: str) -> Iterator[str]:
-    """The text column of json/jsonl/parquet files, streamed by `datasets`."""
+def open_rows(source: str, *, split: str = "train", config: str | None = None) -> Iterator[dict]:
+    """The rows of json/jsonl/parquet files (a file, folder or glob) or of a Hub dataset, streamed."""
+    files = _local_files(source)
+    if files is not None:
+        texts = [p for p in files if _file_kind(p) == "text"]
+        if texts:
+            raise MinigptError(f"{texts[0]} is plain text; rows need .jsonl, .json or .parquet files")
+        for path in files:
+            yield from _table_rows(_file_kind(path), path, lambda rows: rows)
+    elif _looks_like_hub_name(source):
+        yield from _hub_rows(source, config, split)
+    else:
+        raise MinigptError(f"source {source!r} not found: give a .jsonl, .json or .parquet file, folder or glob")
+
+
+def _table_texts(kind: str, path: Path, text_column: str) -> Iterator[str | None]:
+    """The text column of one json/jsonl/parquet file, streamed by `datasets`."""
+    return _table_rows(kind, path, lambda rows: _texts(rows, text_column, str(path), lambda i: f"{path} row {i + 1}"))
+
+
+def _table_rows(kind: str, path: Path, read: Callable[[Iterable[dict]], Iterator]) -> Iterator:
+    """read(rows) over one json/jsonl/parquet file streamed by `datasets`, its errors as one line."""
     from datasets import load_dataset
     from datasets.utils import logging as datasets_logging
 
-    where = files[0].name if len(files) == 1 else f"{len(files)} {kind} files"
     verbosity = datasets_logging.get_verbosity()
     datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its error log line would repeat ours
     try:
-        rows = load_dataset(kind, data_files=[str(p) for p in files], split="train", streaming=True)
-        yield from _texts(rows, text_column, where)
+        rows = load_dataset(kind, data_files=[str(path)], split="train", streaming=True)
+        yield from read(rows)
     except MinigptError:
         raise
     except Exception as e:  # malformed files: report which, in one line
-        raise MinigptError(f"could not read {where} as {kind}: {first_line(e)}") from None
+        raise MinigptError(f"could not read {path} as {kind}: {first_line(e)}") from None
     finally:
         datasets_logging.set_verbosity(verbosity)
 
@@ -457,18 +570,22 @@ def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:
         raise MinigptError(f"dataset {name!r}: {first_line(e)}") from None
 
 
-def _texts(rows: Iterable[dict], text_column: str, where: str) -> Iterator[str]:
-    """The text column of each row; the first row decides whether the column fits."""
+def _texts(rows: Iterable[dict], text_column: str, where: str, name_row: Callable[[int], str]) -> Iterator[str | None]:
+    """The text column of each row (None where it is null or missing); a value that is not text names its row."""
     for i, row in enumerate(rows):
         text = row.get(text_column)
-        if i == 0 and (text_column not in row or not isinstance(text, (str, type(None)))):
+        if i == 0 and text_column not in row:
             columns = ", ".join(f"{c!r} ({type(v).__name__})" for c, v in row.items())
-            problem = "holds no text" if text_column in row else "does not exist"
             raise MinigptError(
-                f"{where}: column {text_column!r} {problem}; columns: {columns}; choose one with --text-column"
+                f"{where}: column {text_column!r} does not exist; columns: {columns}; choose one with --text-column"
             )
-        if text:
-            yield text
+        if text is not None and not isinstance(text, str):
+            value = repr(text) if len(repr(text)) <= 40 else repr(text)[:37] + "..."
+            raise MinigptError(
+                f"{name_row(i)}: column {text_column!r} holds {value} ({type(text).__name__}), not text; "
+                "fix that row, or choose the text column with --text-column"
+            )
+        yield text
 
 
 def _truncate(docs: Iterator[str], max_chars: int) -> Iterator[str]:

@@ -36,16 +36,18 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig, save_config
-from .data import BatchLoader, fixed_batches, load_meta
-from .device import autocast, resolve_device, resolve_dtype
+from .data import BatchLoader, chat_files, fixed_batches, load_meta
+from .device import autocast, resolve_device, resolve_dtype, time_dtypes
 from .errors import MinigptError
+from .finetune import build_model, checkpoint_weights, load_run_weights
+from .lock import out_dir_lock
 from .metrics import MetricsLog
-from .model import GPT
 from .optim import Optimizers, lr_multiplier
 from .parallel import clip_gradients, no_gradient_sync
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
+TIMED_STEPS = 10  # steps the start-up estimate of the step time is measured over
 # fp16 overflow skips a step and halves the gradient scale; this many in a row is divergence, not overflow
 MAX_SKIPPED_STEPS = 25
 
@@ -62,10 +64,12 @@ PEAK_FLOPS = {
 
 
 def train(config: RunConfig, resume: bool = False) -> dict:
-    """Train as the config says; returns the final step's summary (step, train_loss, val_loss)."""
+    """Train as the config says; returns the final step's summary (step, train_loss, val_loss, and
+    stopped_by: the name of the signal that stopped the run early, if one did)."""
     rank, world_size, local_rank = _init_distributed(config)
     try:
-        return Trainer(config, resume, rank, world_size, local_rank).run()
+        with out_dir_lock(config.out_dir) if rank == 0 else nullcontext():  # one run per out_dir at a time
+            return Trainer(config, resume, rank, world_size, local_rank).run()
     finally:
         if world_size > 1:
             dist.destroy_process_group()
@@ -98,18 +102,24 @@ class Trainer:
         )
         self.dtype = resolve_dtype(config.dtype, self.device)
 
-        data_dir = Path(config.data.dir)
+        data_dir = Path(config.data.dir).absolute()  # saved with the run: eval finds it from any folder
         self.data_meta = load_meta(data_dir)
         self.tokenizer = load_tokenizer(self.data_meta["tokenizer"], data_dir)
         # the run's own copy of the config, with the vocabulary of its data (the caller's is left as it was)
         model_config = dataclasses.replace(config.model, vocab_size=self.data_meta["vocab_size"])
-        self.config = config = dataclasses.replace(config, model=model_config)
+        data_config = dataclasses.replace(config.data, dir=str(data_dir))
+        self.config = config = dataclasses.replace(config, model=model_config, data=data_config)
         t = self.train_cfg = config.train
         self._check_out_dir(resume)
 
         self._seed(config.seed + rank)  # ranks differ in dropout, agree in initial weights (set below)
         torch.manual_seed(config.seed)
-        self.model = GPT(config.model).to(self.device)
+        # train.init_from: the source's weights and model section (its vocabulary grown for chat tokens)
+        model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
+        self.config = config = dataclasses.replace(config, model=model.config)
+        self.model = model.to(self.device)
+        if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
+            self.dtype = self._faster_cpu_dtype()
         self.sharded = t.parallel == "fsdp" and world_size > 1
         if self.sharded:
             from . import fsdp  # imported only here and in _save/_restore: FSDP's modules take seconds to import
@@ -128,12 +138,21 @@ class Trainer:
             rank=rank,
             world_size=world_size,
             device=self.device,
+            **chat_files(data_dir, "train"),  # chat data: masked targets, windows from conversation starts
         )
         self.val_batches = []
-        if self.data_meta.get("val_tokens", 0) > block:
+        if self.data_meta.get("val_tokens", 0) > 0:  # a val split shorter than the block is refused here
             self.val_batches = fixed_batches(
-                data_dir / "val.bin", self.data_meta["dtype"], block, t.batch_size, t.eval_steps, self.device
+                data_dir / "val.bin",
+                self.data_meta["dtype"],
+                block,
+                t.batch_size,
+                t.eval_steps,
+                self.device,
+                **chat_files(data_dir, "val"),
             )
+        elif self.main:
+            _print(f"note: {data_dir} has no val split: no val loss, no best checkpoint (prepare with --val-fraction)")
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.skipped_in_a_row = 0
         self.last_val: tuple[int, float] | None = None
@@ -166,6 +185,9 @@ class Trainer:
         self.peak_flops = peak * world_size if peak else None  # no MFU for GPUs missing from PEAK_FLOPS
         self.stop_signal = None
         self.started = time.perf_counter() - self.elapsed  # reset when the loop starts: set-up is not training
+        self.step_seconds = 0.0  # how long the last step took
+        self.budget_used = None if config.train.max_seconds is None else 0.0  # share of train.max_seconds
+        self.closing_seconds = 0.0  # how long the final evaluation and save take: a time budget leaves room
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -193,12 +215,33 @@ class Trainer:
             from . import fsdp
 
             fsdp.load_sharded_checkpoint(checkpoint.path, self.model, self.optimizer.optimizers)
-        else:
+        elif not load_run_weights(self.model, self.train_cfg.lora, checkpoint.weights, str(checkpoint.path)):
             load_weights(self.model, checkpoint.weights, checkpoint.path)
         self.load_state_dict(checkpoint.record, checkpoint.state())
         if self.main:
             self.metrics.truncate_after(self.step)
             _print(f"resuming from {checkpoint.path} at step {self.step}")
+
+    def _faster_cpu_dtype(self) -> torch.dtype:
+        """dtype=auto on a CPU with bf16 units: time a forward and backward pass of this model on a
+        batch of this run's shape in float32 and in bf16, and train in the faster (every process
+        agrees). Nothing of the run changes: the batch is made up, gradients and RNG are put back."""
+        c, t = self.config.model, self.train_cfg
+        x = torch.randint(0, c.vocab_size, (t.batch_size, c.block_size), generator=torch.Generator().manual_seed(0))
+        rng = torch.get_rng_state()
+
+        def forward_backward(dtype: torch.dtype) -> None:
+            with autocast(self.device, dtype):
+                _, loss = self.model(x, x)
+            loss.backward()
+
+        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16))
+        self.model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        times = torch.tensor([seconds[torch.float32], seconds[torch.bfloat16]])
+        if self.world_size > 1:
+            dist.all_reduce(times)
+        return torch.float32 if times[0] <= times[1] else torch.bfloat16
 
     def _check_same_run(self, checkpoint: Checkpoint) -> None:
         saved = checkpoint.record
@@ -209,11 +252,18 @@ class Trainer:
                     f"the checkpoint in {checkpoint.path} was trained with model.{key}={value!r} "
                     f"but the config says {ours[key]!r}; resume with the same model"
                 )
-        check_same_vocabulary(
-            self.tokenizer,
-            load_tokenizer(saved.tokenizer, checkpoint.path),
-            f"the data in {self.config.data.dir}",
-        )
+        fresh_start = f"to train on other data, start a new run with train.init_from={self.out_dir}"
+        if saved.data_dir and Path(saved.data_dir).resolve() != Path(self.config.data.dir).resolve():
+            raise MinigptError(
+                f"--resume continues the run on its own data ({saved.data_dir}), not {self.config.data.dir}; "
+                f"{fresh_start}"
+            )
+        try:
+            check_same_vocabulary(
+                self.tokenizer, load_tokenizer(saved.tokenizer, checkpoint.path), f"the data in {self.config.data.dir}"
+            )
+        except MinigptError as e:
+            raise MinigptError(f"{e}; {fresh_start}") from None
         if saved.config.train.parallel != self.train_cfg.parallel:
             raise MinigptError(
                 f"the checkpoint was written with train.parallel={saved.config.train.parallel}; "
@@ -236,6 +286,8 @@ class Trainer:
 
     def load_state_dict(self, record: RunRecord, state: dict) -> None:
         """Take up the run where `record` and `state` (a checkpoint's) left it."""
+        if self.config.dtype == "auto" and record.dtype is not None:  # what auto chose when the run began
+            self.dtype = getattr(torch, record.dtype)
         if not self.sharded:  # else read with the weights' shards
             self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without fp16 (or by the first release)
@@ -257,13 +309,25 @@ class Trainer:
             best_val_loss=None if math.isinf(self.best_val) else self.best_val,
             world_size=self.world_size,
             loader=self._gather(self.loader.state_dict()),
+            dtype=str(self.dtype).removeprefix("torch."),
         )
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        t = self.train_cfg
+        if self.main:
+            _print(self._start_line())
+        if t.max_seconds is None and self.step >= t.max_steps:
+            if self.main:
+                _print(
+                    f"note: the run in {self.out_dir} already reached train.max_steps={t.max_steps} "
+                    f"(step {self.step}); nothing to do: raise train.max_steps to train longer"
+                )
+                _print(self._end_line())
+            return {"step": self.step}
         bar = tqdm(
-            total=self.train_cfg.max_steps,
+            total=self.train_cfg.max_steps if self.train_cfg.max_seconds is None else None,
             initial=self.step,
             disable=not (self.main and self.train_cfg.progress),
             file=sys.stderr,
@@ -273,11 +337,42 @@ class Trainer:
         )
         try:
             with self._stop_on_signals():
-                return self._loop(bar)
+                summary = self._loop(bar)
         finally:  # also when a NaN or a full disk stops the run: flush the logs
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
+        if self.main:
+            _print(self._end_line())
+        return summary
+
+    def _start_line(self) -> str:
+        """What this run is: size, device, precision, tokens per step, data (the step time follows, measured)."""
+        t = self.train_cfg
+        dtype = str(self.dtype).removeprefix("torch.")
+        until = f"to step {t.max_steps:,}" if t.max_seconds is None else f"for {_duration(t.max_seconds)}"
+        return (
+            f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device.type}, {dtype}: "
+            f"{self.tokens_per_step:,} tokens per step, {self.data_meta['train_tokens']:,} train tokens, "
+            f"{self.data_meta['val_tokens']:,} val tokens; from step {self.step:,} {until}"
+        )
+
+    def _end_line(self) -> str:
+        """Where the result is: the best checkpoint and the command that samples it."""
+        best = read_best(self.out_dir / "checkpoints")
+        if best is None:
+            return f"no best checkpoint (no val loss); sample the newest with: minigpt sample {self.out_dir} --latest"
+        return (
+            f"best checkpoint: step {best['step']} (val loss {best['val_loss']:.4f}); "
+            f"sample it with: minigpt sample {self.out_dir}"
+        )
+
+    def _report_step_time(self, seconds: float) -> None:
+        message = f"step time {seconds * 1e3:.1f} ms ({1 / seconds:.1f} steps/s)"
+        if self.train_cfg.max_seconds is None:  # with a time budget, the budget says when it ends
+            left = self.train_cfg.max_steps - self.step
+            message += f": the remaining {left:,} steps take about {_duration(left * seconds)} plus evaluation"
+        _print(message)
 
     def _loop(self, bar) -> dict:
         t = self.train_cfg
@@ -286,16 +381,23 @@ class Trainer:
         summary = {"step": self.step}
         self.started = time.perf_counter() - self.elapsed  # wall-clock, carried across resumes
         window_start, window_step = time.perf_counter(), self.step
+        timer = _StepTimer(TIMED_STEPS, self._synced_clock)
         self.model.train()
-        while self.step < t.max_steps:
+        while not self._finished():
+            step_start = time.perf_counter()
+            self._plan_next_step()
             next_step = self.step + 1
-            log_now = next_step % t.log_interval == 0 or next_step == t.max_steps
-            save_now = next_step % t.checkpoint_interval == 0 or next_step == t.max_steps
-            loss = self.train_step(check_finite=check_each_step or log_now or save_now)
+            log_now = next_step % t.log_interval == 0
+            save_now = next_step % t.checkpoint_interval == 0
+            loss = self.train_step(check_finite=check_each_step or log_now or save_now or t.max_seconds is not None)
+            self.step_seconds = time.perf_counter() - step_start
             stopping = self._agreed_stop()  # read once: a signal arriving later is handled after the next step
-            done = self.step == t.max_steps or stopping is not None
-            save_now = save_now or done
+            done = self._finished() or stopping is not None
+            log_now, save_now = log_now or done, save_now or done
             bar.update(1)
+            step_time = timer.tick(self.step, done)
+            if step_time is not None and self.main:
+                self._report_step_time(step_time)
             if log_now:
                 loss_value = self._global_mean(loss)
                 now = time.perf_counter()
@@ -305,7 +407,7 @@ class Trainer:
                     "step": self.step,
                     "time": self._clock(),
                     "train_loss": loss_value,
-                    "lr": lr_multiplier(self.step - 1, t) * t.lr,
+                    "lr": self.lr_multiplier * t.lr,
                     "tokens_per_s": round(tokens_per_s, 1),
                 }
                 if self.peak_flops:
@@ -323,10 +425,15 @@ class Trainer:
                 summary["val_loss"] = self._evaluate()
             if save_now:
                 self._save()
-            window_start += time.perf_counter() - paused  # evaluating and saving are not training throughput
+            pause = time.perf_counter() - paused
+            window_start += pause  # evaluating and saving are not training throughput
+            timer.exclude(pause)
+            if save_now and self.step % t.eval_interval == 0:
+                self.closing_seconds = max(self.closing_seconds, pause)
             if stopping is not None:
                 if self.main:
                     _print(f"stopped by {stopping} at step {self.step}; checkpoint saved. Continue with --resume")
+                summary["stopped_by"] = self.stop_signal or "SIGTERM"  # a peer's signal: stopped all the same
                 break
         return summary
 
@@ -336,7 +443,8 @@ class Trainer:
         Returns the step's mean loss as a tensor (reading it is left to the caller: on a GPU that is
         a sync). With check_finite, a non-finite gradient stops the run or skips the update.
         """
-        self.optimizer.set_lr(lr_multiplier(self.step, self.train_cfg))
+        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self.budget_used)
+        self.optimizer.set_lr(self.lr_multiplier)
         loss, grad_norm = self._accumulate_gradients()
         self.step += 1
         if check_finite and not torch.isfinite(grad_norm):
@@ -390,6 +498,25 @@ class Trainer:
         advice = "Lower train.lr" + ("" if skipping else ", or set train.on_nan=skip")
         raise MinigptError(f"{where}; stopped, {kept}. {advice}", exit_code=1)
 
+    def _plan_next_step(self) -> None:
+        """With train.max_seconds: the share of the budget spent once the next step is done, or 1.0
+        if there is no time for one more after it (so the last step runs at the schedule's end). The
+        final evaluation and save are set aside; every process agrees on the slowest clock."""
+        budget = self.train_cfg.max_seconds
+        if budget is None:
+            return
+        used = torch.tensor([time.perf_counter() - self.started + self.step_seconds], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        available = max(budget - self.closing_seconds, 1e-9)
+        self.budget_used = 1.0 if used.item() + self.step_seconds >= available else used.item() / available
+
+    def _finished(self) -> bool:
+        """max_steps reached, or the time budget's last step taken."""
+        if self.train_cfg.max_seconds is None:
+            return self.step >= self.train_cfg.max_steps
+        return self.budget_used == 1.0
+
     def _agreed_stop(self) -> str | None:
         """The stop signal, agreed by every rank: all of them must save and stop after the same step."""
         if self.world_size == 1:
@@ -397,6 +524,12 @@ class Trainer:
         flag = torch.tensor([1.0 if self.stop_signal else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return (self.stop_signal or "a signal to another process") if flag.item() else None
+
+    def _synced_clock(self) -> float:
+        """time.perf_counter() once the GPU has finished the work queued so far."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _clock(self) -> float:
         """Wall-clock seconds of this run so far, evaluation and checkpoints included."""
@@ -456,7 +589,13 @@ class Trainer:
             )
         elif self.main:
             save_checkpoint(
-                self.out_dir, record, self.model, state, self.tokenizer, keep=self.train_cfg.keep_checkpoints
+                self.out_dir,
+                record,
+                self.model,
+                state,
+                self.tokenizer,
+                keep=self.train_cfg.keep_checkpoints,
+                weights=checkpoint_weights(self.model, self.train_cfg.lora, self.base_vocab_size),
             )
 
     def _gather(self, value) -> list:
@@ -516,6 +655,39 @@ def _peak_flops(device: torch.device) -> float | None:
     name = torch.cuda.get_device_name(device)
     matches = [key for key in PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)]
     return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+class _StepTimer:
+    """The mean step time over `steps` steps after a process's first (which warms up), measured once."""
+
+    def __init__(self, steps: int, clock):
+        self.steps, self.clock = steps, clock
+        self.start = self.first = None
+        self.measured = False
+
+    def tick(self, step: int, last: bool) -> float | None:
+        """Call after each step; returns the step time when it has just been measured."""
+        if self.measured:
+            return None
+        now = self.clock()
+        if self.start is None:
+            self.start, self.first = now, step
+            return None
+        if step - self.first >= self.steps or last:
+            self.measured = True
+            return (now - self.start) / (step - self.first)
+        return None
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out time spent on something else (evaluation, checkpoints)."""
+        if self.start is not None:
+            self.start += seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _print(message: str) -> None:

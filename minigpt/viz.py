@@ -12,6 +12,7 @@ import torch
 
 from .errors import MinigptError
 from .metrics import metrics_file, read_metrics
+from .paths import check_output_file
 
 # How to show characters that would otherwise be invisible in a tick label.
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "↵"}
@@ -30,8 +31,11 @@ def _figure(**kwargs):
 
 def _save(fig, out_path) -> Path:
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_path, dpi=120)
+    except OSError as e:  # the path was checked before drawing: this is a full disk, or a change meanwhile
+        raise MinigptError(f"could not write {out_path} ({e.strerror or e})", exit_code=1) from None
     return out_path
 
 
@@ -90,6 +94,7 @@ def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=No
     (n_head, T, T) tensors. tokens: the T tokens as strings. By default every head of one layer
     (the last unless `layer` is given) in a grid; with `head`, that one head, large.
     """
+    check_output_file(out_path, "--out")
     layer, maps = _layer_maps(weights, layer)
     n_head, T, _ = maps.shape
     if len(tokens) != T:
@@ -157,6 +162,7 @@ def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step") ->
     """
     if x not in ("step", "time"):
         raise MinigptError(f"x must be 'step' or 'time', got {x!r}")
+    check_output_file(out_path, "--out")
     runs = metrics_path_or_run_dirs
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if not runs:

@@ -3,7 +3,10 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,3 +74,23 @@ def run_main(capsys, *argv) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@contextmanager
+def tmpfs(path: Path, size: str):
+    """A fresh tmpfs of SIZE (e.g. "64k") mounted at PATH: a real small disk. Needs root; skips otherwise."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    """Change a tmpfs's mount options in place, e.g. "ro" or "size=4m"."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True)

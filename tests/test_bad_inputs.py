@@ -100,12 +100,24 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "--out {root}/empty.txt is a file; give a folder",
     ),
     (
+        "prepare-out-under-a-file",
+        ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{root}/empty.txt/data"],
+        2,
+        "--out {root}/empty.txt/data lies under {root}/empty.txt, which is a file",
+    ),
+    ("prepare-out-empty", ["prepare", "{root}/small.txt", "--out", ""], 2, "--out is empty (an unset variable?)"),
+    (
         "prepare-out-already-prepared",
         ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{tiny}"],
         2,
         "{tiny} already holds prepared data",
     ),
-    ("prepare-malformed-jsonl", ["prepare", "{root}/bad.jsonl", *PREPARE], 2, "could not read bad.jsonl as json"),
+    (
+        "prepare-malformed-jsonl",
+        ["prepare", "{root}/bad.jsonl", *PREPARE],
+        2,
+        "could not read {root}/bad.jsonl as json",
+    ),
     (
         "prepare-wrong-text-column",
         ["prepare", "{root}/rows.jsonl", *PREPARE],
@@ -170,7 +182,27 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         2,
         "a window of block_size + 1 = 65 is needed; use a block_size below",
     ),
+    (
+        "train-val-split-shorter-than-the-block",
+        [*TRAIN, "data.dir={shortval}"],
+        2,
+        "{shortval}/val.bin holds 20 tokens, but a window of block_size + 1 = 33 is needed; use a block_size "
+        "below 20 or prepare again with a larger --val-fraction",
+    ),
     # --- train: the run folder and its checkpoints
+    (
+        "train-out-dir-a-file",
+        [*RESUME, "out_dir={root}/empty.txt", "train.max_steps=2"],
+        2,
+        "out_dir {root}/empty.txt is a file; give a",
+    ),
+    (
+        "train-out-dir-under-a-file",
+        [*RESUME, "out_dir={root}/empty.txt/run", "train.max_steps=2"],
+        2,
+        "out_dir {root}/empty.txt/run lies under {root}/empty.txt, which is a file",
+    ),
+    ("train-out-dir-empty", [*RESUME, "out_dir=", "train.max_steps=2"], 2, "out_dir is empty (an unset variable?)"),
     ("train-resume-without-checkpoint", [*TRAIN, "--resume"], 2, "{root}/fresh holds no checkpoint to resume from"),
     ("train-fresh-run-over-a-run", [*RESUME, "out_dir={run}"], 2, "{run} already holds checkpoints; add --resume"),
     (
@@ -287,7 +319,23 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         2,
         "{root}/notext holds no checkpoint",
     ),
+    ("attention-out-a-folder", [*ATTENTION[:-1], "{root}/notext"], 2, "--out {root}/notext is a folder; give a file"),
+    (
+        "attention-out-under-a-file",
+        [*ATTENTION[:-1], "{root}/empty.txt/a.png"],
+        2,
+        "--out {root}/empty.txt/a.png lies under {root}/empty.txt, which is a file",
+    ),
+    ("attention-out-empty", [*ATTENTION[:-1], ""], 2, "--out is empty (an unset variable?)"),
     # --- plot
+    ("plot-out-a-folder", ["plot", "{run}", "--out", "{root}/notext"], 2, "--out {root}/notext is a folder"),
+    (
+        "plot-out-under-a-file",
+        ["plot", "{run}", "--out", "{root}/empty.txt/loss.png"],
+        2,
+        "lies under {root}/empty.txt, which is a file",
+    ),
+    ("plot-out-empty", ["plot", "{run}", "--out", ""], 2, "--out is empty (an unset variable?)"),
     (
         "plot-folder-without-metrics",
         ["plot", "{root}/notext", *PLOT_OUT],
@@ -343,6 +391,7 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     (root / "tiny.txt").write_text(shakespeare_text[:60])  # 54 train tokens: less than block_size 64 needs
     prepare(str(root / "tiny.txt"), "char", root / "tiny", num_proc=1, progress=False)
     prepare(str(root / "small.txt"), "gpt2", root / "gpt2data", num_proc=1, progress=False)
+    prepare(str(root / "small.txt"), "char", root / "shortval", val_fraction=0.01, num_proc=1, progress=False)
     (root / "nometa").mkdir()
     for name in ("train.bin", "val.bin", "char_vocab.json"):
         shutil.copy(root / "tiny" / name, root / "nometa" / name)
@@ -373,6 +422,7 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
         "gpt2data": root / "gpt2data",
         "nometa": root / "nometa",
         "badmeta": root / "badmeta",
+        "shortval": root / "shortval",
     }
 
     def broken(name: str, file: str, damage) -> None:
@@ -538,7 +588,7 @@ def test_resume_refuses_a_checkpoint_with_a_malicious_state(world, tmp_path, cap
 
 
 def test_gpt2_weights_with_a_malicious_pickle_are_refused(tmp_path):
-    from minigpt import GPT
+    from minigpt.formats.hf import load_hf
 
     folder = tmp_path / "gpt2"
     folder.mkdir()
@@ -548,5 +598,5 @@ def test_gpt2_weights_with_a_malicious_pickle_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"transformer.wte.weight": Evil(marker)}, folder / "pytorch_model.bin")
     with pytest.raises(MinigptError, match="refusing to load .*pytorch_model.bin"):
-        GPT.from_pretrained(str(folder))
+        load_hf(str(folder))
     assert not marker.exists(), "the pickle's code ran"

@@ -128,9 +128,11 @@ def test_fsdp_halves_parameter_and_optimizer_memory_per_process(tmp_path):
         assert r["sharded"] == whole // 2  # every dimension sharded here is even: exactly half each
 
 
-def test_fsdp_refuses_muon_and_unknown_modes():
+def test_fsdp_refuses_muon_lora_and_unknown_modes():
     with pytest.raises(MinigptError, match="train.optimizer=muon cannot be used with train.parallel=fsdp"):
         load_config(None, ["train.parallel=fsdp", "train.optimizer=muon"])
+    with pytest.raises(MinigptError, match="train.lora cannot be used with train.parallel=fsdp"):
+        load_config(None, ["train.parallel=fsdp", "train.lora.rank=4"])
     with pytest.raises(MinigptError, match="train.parallel is 'zero'; expected one of ddp, fsdp"):
         load_config(None, ["train.parallel=zero"])
 

@@ -142,8 +142,8 @@ def test_invalid_utf8_is_replaced_with_a_warning(tmp_path, capsys):
         ("GOOD", "char", {"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ("GOOD", "char", {"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
         ("JSONL", "char", {}, r"column 'text' does not exist; columns: 'content' \(str\), 'id' \(int\)"),
-        ("JSONL", "char", {"text_column": "id"}, r"column 'id' holds no text"),
-        ("BAD_JSONL", "char", {}, "could not read bad.jsonl as json: JSON parse error"),
+        ("JSONL", "char", {"text_column": "id"}, r"rows.jsonl row 1: column 'id' holds 1 \(int\), not text"),
+        ("BAD_JSONL", "char", {}, "bad.jsonl as json: JSON parse error"),
         ("JSONL", "char", {"val_fraction": 0.1}, None),  # control: works with the right column
         ("TWO_DOCS", "char", {"val_fraction": 0.1}, "the val split is empty"),
         ("roneneldan/TinyStories", "gpt2", {}, "cannot reach the Hugging Face Hub.*HF_DATASETS_OFFLINE"),
@@ -232,3 +232,70 @@ def test_throughput_measurement_runs(tmp_path, shakespeare_text):
     result = measure_prepare_throughput(src, "gpt2", num_proc=1)
     assert result["documents"] == 1 and result["megabytes"] == pytest.approx(0.1, rel=0.01)
     assert all(result[k] > 0 for k in ("bare_mb_s", "bare_threads_mb_s", "prepare_mb_s", "ratio", "cpu_efficiency"))
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (['{"text": "fine"}', '{"text": 42}'], "b.jsonl row 2: column 'text' holds 42 (int), not text"),
+        (
+            ['{"text": "fine"}', '{"text": ["a", "b"]}'],
+            "b.jsonl row 2: column 'text' holds ['a', 'b'] (list), not text",
+        ),
+    ],
+    ids=["number", "list"],
+)
+def test_a_row_whose_text_is_no_string_is_named(tmp_path, rows, message):
+    """In the second file of a folder: read together, `datasets` would have turned it into quoted JSON text."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_text('{"text": "first file"}\n')
+    (tmp_path / "corpus" / "b.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(MinigptError) as info:
+        prepare(str(tmp_path / "corpus"), "char", tmp_path / "out", progress=False, num_proc=1)
+    assert str(info.value).startswith(str(tmp_path / "corpus")) and message in str(info.value)
+    assert "\n" not in str(info.value) and "--text-column" in str(info.value)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_rows_without_text_are_counted_and_summarised(tmp_path):
+    rows = ['{"text": "one row"}', '{"text": null}', '{"id": 3}', '{"text": ""}', '{"text": "two rows"}']
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    meta = prepare(str(tmp_path / "rows.jsonl"), "char", out, val_fraction=0.5, progress=False, num_proc=1)
+    assert meta["documents"] == 2 and meta["dropped_documents"] == {"no_text": 2, "empty": 1}
+    text = prepare_module.summary(meta, out)
+    assert f"prepared {out}: 5 documents read, 3 dropped (2 with null or missing text, 1 empty)" in text
+    assert f"vocabulary {meta['vocab_size']} (char)" in text
+    assert f"train {meta['train_tokens']} tokens, val {meta['val_tokens']} tokens" in text
+
+
+def test_val_fraction_counts_documents_and_the_summary_says_how_much_text(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(4):  # a long document, then a short one, twice: the odd ones (short) go to val
+        (tmp_path / "docs" / f"{i}.txt").write_text("long document text " * 50 if i % 2 == 0 else "short")
+    meta = prepare(str(tmp_path / "docs"), "char", tmp_path / "out", val_fraction=0.5, progress=False, num_proc=1)
+    assert meta["val_bytes"] == 10 and meta["train_bytes"] == 2 * 19 * 50
+    assert "(0.5 of the documents, 0.5% of the text)" in prepare_module.summary(meta, tmp_path / "out")
+
+
+def test_the_summary_of_one_document_says_the_last_share_of_the_text(tmp_path):
+    (tmp_path / "one.txt").write_text("some text\n" * 50)
+    meta = prepare(str(tmp_path / "one.txt"), "char", tmp_path / "out", progress=False, num_proc=1)
+    text = prepare_module.summary(meta, tmp_path / "out")
+    assert "1 document read;" in text and "(the last 10% of the text)" in text and "dropped" not in text
+
+
+def test_help_says_val_fraction_counts_documents():
+    from minigpt.cli import build_parser
+
+    prepare_parser = build_parser()._subparsers._group_actions[0].choices["prepare"]
+    assert "whole documents" in prepare_parser.format_help()
+
+
+def test_text_column_for_plain_text_files_is_ignored_with_a_note(tmp_path, capsys):
+    (tmp_path / "one.txt").write_text("some text\n" * 50)
+    meta = prepare(str(tmp_path / "one.txt"), "char", tmp_path / "out", text_column="body", progress=False, num_proc=1)
+    err = capsys.readouterr().err
+    assert "note: --text-column body is ignored" in err and meta["text_column"] is None
+    prepare(str(tmp_path / "one.txt"), "char", tmp_path / "out2", progress=False, num_proc=1)
+    assert "--text-column" not in capsys.readouterr().err  # not named: no note

@@ -110,7 +110,7 @@ def test_sigkill_then_resume_reproduces_every_loss_bitwise(char_data, tmp_path):
     assert read_metrics(killed) == read_metrics(reference)  # every train and val loss, bit for bit
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(char_data, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_143(char_data, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
         [
@@ -134,7 +134,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(char_data, tmp_path):
         assert process.poll() is None
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0
+    assert process.returncode == 143  # 128 + SIGTERM: saved, but not finished
     assert "stopped by SIGTERM" in stderr
     [checkpoint] = list_checkpoints(out / "checkpoints")
     assert 0 < int(checkpoint.name.removeprefix("step_")) < 100000
@@ -277,3 +277,33 @@ def test_missing_logging_extras_only_add_a_note(char_data, tmp_path, capsys):
     summary = train(config_for(char_data, tmp_path / "run", "train.max_steps=2", "train.tensorboard=true"))
     assert summary["step"] == 2
     assert "tensorboard is not installed" in capsys.readouterr().err
+
+
+def test_a_time_budget_lays_the_schedule_on_the_clock():
+    t = load_config(None, ["train.max_seconds=60", "train.warmup_steps=10", "train.min_lr_ratio=0.1"]).train
+    assert lr_multiplier(0, t, budget_used=0.0) == pytest.approx(0.1)  # warmup still counts steps
+    assert lr_multiplier(500, t, budget_used=0.5) == pytest.approx(0.55)  # cosine halfway through the budget
+    assert lr_multiplier(900, t, budget_used=1.0) == pytest.approx(0.1)  # fully decayed when it is spent
+    t.schedule, t.decay_fraction = "wsd", 0.2
+    assert lr_multiplier(500, t, budget_used=0.8) == 1.0 and lr_multiplier(600, t, budget_used=0.9) == pytest.approx(
+        0.55
+    )
+    slow_warmup = [lr_multiplier(s, t, budget_used=0.85 + s / 1000) for s in range(10)]
+    assert slow_warmup == sorted(slow_warmup) or max(slow_warmup) <= 1.0  # the lower of ramp and decay: no jump
+
+
+def test_train_with_a_time_budget_ends_decayed_evaluated_and_saved(char_data, tmp_path, capsys):
+    from helpers import run_main
+
+    out = tmp_path / "run"
+    args = ["train", "-", f"data.dir={char_data}", f"out_dir={out}", *TINY, "train.eval_interval=1000"]
+    code, _, err = run_main(capsys, *args, "train.log_interval=1", "--time", "3s")
+    assert code == 0, err
+    metrics = read_metrics(out, drop=())
+    last_train = [m for m in metrics if "train_loss" in m][-1]
+    assert last_train["lr"] == pytest.approx(0.1 * 1e-3)  # min_lr_ratio * lr: the schedule ran its course
+    assert "val_loss" in metrics[-1] and metrics[-1]["step"] == last_train["step"] > 1
+    checkpoint = load_checkpoint(out, latest=True)
+    assert checkpoint.record.step == last_train["step"] and checkpoint.record.config.train.max_seconds == 3.0
+    code, _, err = run_main(capsys, *args, "--time", "soon")
+    assert code == 2 and "--time 'soon' is not a duration; give seconds, minutes or hours" in err

@@ -10,6 +10,7 @@ import json
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +98,26 @@ def bench_training(
         return result
 
 
+def bench_startup(config_path: str) -> dict:
+    """Whole-process seconds, as a user waits for them: `minigpt --help`; `minigpt train` to its first
+    step (one step, evaluated and saved); `minigpt sample` to its first token, from that checkpoint."""
+
+    def seconds(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "minigpt", *args], check=True, capture_output=True)
+        return round(time.perf_counter() - start, 2)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_random_data(Path(tmp) / "data", 65, n_tokens=100_000)
+        run = Path(tmp) / "run"
+        steps = ["train.max_steps=1", "train.eval_steps=1", "train.progress=false"]
+        return {
+            "help_s": seconds("--help"),
+            "first_step_s": seconds("train", config_path, f"data.dir={data}", f"out_dir={run}", *steps),
+            "first_token_s": seconds("sample", str(run), "--max-new-tokens", "1"),
+        }
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -120,6 +141,8 @@ def run_bench(config: str, *, quick: bool = False, text: str | None = None, json
     device = resolve_device("auto")
     windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if quick else {}
     results = {"machine": machine(), "training": [], "generation": None, "prepare": None}
+    results["startup"] = bench_startup(config)
+    _progress(f"start-up: {results['startup']}")
     for name, overrides in ((config, []), ("nanoGPT CPU recipe", NANOGPT_CPU)):
         base = bench_training(config, [*overrides, *BASELINE], **windows)
         fast = bench_training(config, overrides, **windows)
@@ -184,6 +207,11 @@ def format_table(results: dict) -> str:
             f"prepare (gpt2, {p['megabytes']:.1f} MB, {p['num_proc']} processes): {p['prepare_mb_s']:.1f} MB/s; "
             f"bare tiktoken {p['bare_mb_s']:.1f} MB/s in one process; ratio to bare x cores {p['ratio']:.2f}"
         )
+    s = results["startup"]
+    lines.append(
+        f"whole process: --help {s['help_s']:.2f} s, train to its first step {s['first_step_s']:.2f} s, "
+        f"sample to its first token {s['first_token_s']:.2f} s"
+    )
     lines.append(f"peak memory: {results['peak_memory_mb']:,.0f} MB")
     return "\n".join(lines)
 

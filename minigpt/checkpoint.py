@@ -58,11 +58,14 @@ def model_state(model) -> dict:
     return state
 
 
-def save_checkpoint(out_dir: Path, record: RunRecord, model, state: dict, tokenizer, *, keep: int) -> Path:
+def save_checkpoint(
+    out_dir: Path, record: RunRecord, model, state: dict, tokenizer, *, keep: int, weights: dict | None = None
+) -> Path:
     """Write the checkpoint of record.step atomically, update best.json, prune old ones. Returns its folder.
 
     state is what resuming needs beyond the record (optimizer and RNG states: tensors and plain
-    containers); record.val_loss, when finite, competes for best.json.
+    containers); record.val_loss, when finite, competes for best.json. weights: the tensors to save
+    instead of the whole model's (a LoRA run saves its adapters).
     """
     final = checkpoint_dir(out_dir, record.step)
     root = final.parent
@@ -72,7 +75,7 @@ def save_checkpoint(out_dir: Path, record: RunRecord, model, state: dict, tokeni
     tmp = root / f".tmp-{final.name}"
     try:
         tmp.mkdir()
-        save_file(model_state(model), tmp / "model.safetensors")
+        save_file(model_state(model) if weights is None else weights, tmp / "model.safetensors")
         with open(tmp / "state.pt", "wb") as f:  # written through Python, so a full disk shows as an OSError
             torch.save(state, f)
         tokenizer.save(tmp)

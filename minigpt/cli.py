@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare, train, sample, eval, attention, plot, bench.
+"""The `minigpt` command: prepare, train, sample, eval, attention, plot, export, bench.
 
 Mistakes a user can make raise MinigptError; here they become one line on stderr and exit code 2
 (1 for runtime failures such as a full disk). --debug shows the full traceback instead.
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="the configuration (subset) of a Hub dataset")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (None: all cores)")
     p.add_argument("--max-chars", type=int, default=None, help="stop after this many characters of text")
+    p.add_argument("--format", choices=("text", "chat"), default="text", help="chat: conversations, answers trained")
+    p.add_argument(
+        "--tokenizer-from", default=None, metavar="PATH", help="the tokenizer of this run, checkpoint or HF model"
+    )
+    p.add_argument("--max-tokens", type=int, default=1025, help="chat: drop longer conversations (block_size + 1)")
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser("train", help="train a model from a YAML config")
@@ -89,7 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"end a sample where this string appears (repeat for several); {ESCAPES}",
     )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text and end-of-turn tokens")
     p.set_defaults(run=_sample)
+
+    p = commands.add_parser("chat", help="talk with a chat-tuned model (one message per line when piped)")
+    _add_model_arguments(p, dtype="auto")
+    p.add_argument("--system", default=None, help="the system message")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="end an answer at any of these strings")
+    p.set_defaults(run=_chat)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
     _add_model_arguments(p, dtype="float32")  # float32: numbers comparable across machines
@@ -98,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--text-file", default=None, help="any text file, encoded with the model's tokenizer")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tasks", default=None, help="lm-evaluation-harness tasks instead, e.g. hellaswag,arc_easy")
+    p.add_argument("--limit", type=float, default=None, help="--tasks: examples per task (a fraction below 1)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="--tasks: examples shown before each question")
+    p.add_argument("--include-path", default=None, help="--tasks: a folder of your own task YAML files")
     p.set_defaults(run=_eval)
 
     p = commands.add_parser("attention", help="draw a trained model's attention weights for a prompt")
@@ -114,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.add_argument("--x", choices=("step", "time"), default="step", help="steps or wall-clock seconds")
     p.set_defaults(run=_plot)
+
+    p = commands.add_parser("export", help="write a model for transformers, llama.cpp / Ollama or ONNX Runtime")
+    p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face folder or name")
+    p.add_argument("--format", required=True, help="hf | gguf | onnx")
+    p.add_argument("--out", required=True, help="a new or empty output folder")
+    p.add_argument("--outtype", default=None, help="gguf weights: f32 | f16 | q8_0 (default f16)")
+    p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
+    p.set_defaults(run=_export)
 
     p = commands.add_parser("bench", help="measure training, generation and prepare speed on this machine")
     p.add_argument("--config", default="configs/shakespeare_char.yaml", help="the model to measure training with")
@@ -135,9 +164,29 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
 def _prepare(args):
     from .prepare import prepare, summary
 
+    tokenizer = args.tokenizer
+    if args.tokenizer_from is not None:
+        from .init_from import source_tokenizer
+
+        tokenizer = source_tokenizer(args.tokenizer_from)
+    if args.format == "chat":
+        from .chat_data import prepare_chat
+        from .chat_data import summary as chat_summary
+
+        meta = prepare_chat(
+            args.source,
+            tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            max_tokens=args.max_tokens,
+            split=args.split,
+            config=args.config,
+        )
+        print("\n".join(chat_summary(meta)), file=sys.stderr)
+        return
     meta = prepare(
         args.source,
-        args.tokenizer,
+        tokenizer,
         args.out,
         val_fraction=args.val_fraction,
         text_column=args.text_column,
@@ -174,13 +223,34 @@ def _sample(args):
         seed=args.seed,
         stop=[unescape(s) for s in args.stop],
         stream=args.stream,
+        ignore_eos=args.ignore_eos,
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
     )
 
 
+def _chat(args):
+    from .chat import ChatSettings, chat_with
+    from .sample import unescape
+
+    settings = ChatSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=[unescape(s) for s in args.stop],
+        system=args.system,
+    )
+    chat_with(args.path, settings, latest=args.latest, device=args.device, dtype=args.dtype)
+
+
 def _eval(args):
+    if args.tasks is not None:
+        return _eval_tasks(args)
+    if args.limit is not None or args.num_fewshot is not None or args.include_path is not None:
+        raise MinigptError("--limit, --num-fewshot and --include-path go with --tasks")
     from .evaluate import run_eval
 
     run_eval(
@@ -193,6 +263,31 @@ def _eval(args):
         device=args.device,
         dtype=args.dtype,
     )
+
+
+def _eval_tasks(args):
+    if args.data or args.text_file:
+        raise MinigptError("--tasks brings its own data; leave out --data and --text-file")
+    from .harness import run_eval_tasks  # lm_eval loads only here
+
+    run_eval_tasks(
+        args.path,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        include_path=args.include_path,
+        as_json=args.json,
+        latest=args.latest,
+        device=args.device,
+    )
+
+
+def _export(args):
+    from .export import export
+
+    for path in export(args.path, args.format, args.out, outtype=args.outtype, latest=args.latest):
+        print(f"wrote {path}")
 
 
 def _attention(args):

@@ -17,6 +17,7 @@ import yaml
 
 from .device import check_device_name
 from .errors import MinigptError
+from .lora import LoRASettings
 from .model import GPTConfig
 
 
@@ -51,6 +52,8 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = False  # log to out_dir/tensorboard if tensorboard is installed
     wandb_project: str | None = None  # log to Weights & Biases if wandb is installed
+    init_from: str | None = None  # start from these weights: a run, a checkpoint, a Hugging Face folder or name
+    lora: LoRASettings = field(default_factory=LoRASettings)  # rank > 0: train low-rank adapters only
 
 
 @dataclass
@@ -187,6 +190,10 @@ def _build(cls, values, prefix: str):
 
 def _coerce(value, kind, key: str):
     """Check value against the field's type; accept ints for floats and numeric strings like 1e-3."""
+    if typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise MinigptError(f"{key} must be a list of strings, e.g. [attn.c_attn, mlp.c_fc], got {value!r}")
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None and type(None) in allowed:
         return None
@@ -227,6 +234,7 @@ def validate(config: RunConfig) -> None:
         raise MinigptError(
             f"train.max_seconds must be positive (or null for no budget), got {config.train.max_seconds}"
         )
+    config.train.lora.validate()
     if not 0 <= config.train.min_lr_ratio <= 1:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:

@@ -1,6 +1,8 @@
 """Choosing the device and the precision, and the autocast context that applies the precision."""
 
 import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,8 +45,14 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on GPUs that have it (fp16 on older ones), bf16 on CPUs with bf16 units, else float32."""
+def resolve_dtype(name: str, device: torch.device, phase: str = "train") -> torch.dtype:
+    """The dtype a phase of work runs in; `auto` picks what is faster there.
+
+    phase "train" (and batched forward passes such as eval): bf16 on GPUs that have it (fp16 on older
+    ones) and on CPUs with bf16 units (AVX-512 BF16 / AMX), else float32. phase "generate": the same
+    on GPUs, but float32 on CPUs: generation is dominated by one-token decode steps, whose narrow
+    matmuls run slower in bf16 than in float32 on these CPUs (measured: `minigpt bench`).
+    """
     if name != "auto":
         if name not in DTYPES:
             raise MinigptError(f"unknown dtype {name!r}; expected auto, float32, bfloat16 or float16")
@@ -53,9 +61,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16():
+    if device.type == "cpu" and phase == "train" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def time_dtypes(run: Callable[[torch.dtype], None], candidates: tuple[torch.dtype, ...], repeats: int = 3) -> dict:
+    """Seconds of run(dtype) for each candidate: the best of `repeats` timed calls after a warm-up.
+
+    What dtype=auto measures on a CPU with bf16 units, where bf16 pays for wide matmuls but can lose
+    on narrow ones: which is faster depends on the model's width and the CPU, so it is timed.
+    """
+    seconds = {}
+    for dtype in candidates:
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run(dtype)
+            times.append(time.perf_counter() - start)
+        seconds[dtype] = min(times[1:])
+    return seconds
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import IGNORE_INDEX, count_eval_batches, eval_windows, load_meta, open_tokens
+from .data import IGNORE_INDEX, chat_files, count_eval_batches, eval_windows, load_meta, open_tokens
 from .device import inference, resolve_device, resolve_dtype
 from .errors import MinigptError, read_user_text
 from .load import load_model
@@ -62,10 +62,12 @@ def evaluate(
         if n_tokens < 2:
             raise MinigptError(f"the val split of {data_dir} holds {n_tokens} token(s); at least 2 are needed")
         tokens = open_tokens(Path(data_dir) / "val.bin", meta["dtype"])
+        chat = chat_files(data_dir, "val")  # chat data: only the answers are predicted
+        mask = open_tokens(chat["mask_path"], "uint8", len(tokens)) if chat else None
     else:
-        tokens = _encode_file(text_file, tokenizer)
+        tokens, mask = _encode_file(text_file, tokenizer), None
         n_tokens, source = len(tokens), str(text_file)
-    batches = eval_windows(tokens, block_size, batch_size, device=device)
+    batches = eval_windows(tokens, block_size, batch_size, device=device, mask=mask)
     n_batches = count_eval_batches(n_tokens, block_size, batch_size)
     bar = tqdm(batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr, disable=not progress)
     byte_counts = torch.as_tensor(tokenizer.token_byte_counts(), device=device)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_weights
+from .finetune import rebuild_model
 from .model import GPT
 from .run import RunRecord
 from .tokenizers import Tokenizer, load_tokenizer
@@ -33,12 +34,20 @@ def load_model(
     folder = Path(path)
     is_hugging_face = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
     if is_hugging_face or not folder.exists():  # a name that is no local path may be on the Hub
-        model = GPT.from_pretrained(str(path))
-        return model.to(device).eval(), load_tokenizer("gpt2"), ModelSource(str(path), None)
+        from .formats.hf import load_hf
+
+        model, tokenizer = load_hf(str(path))
+        return model.to(device).eval(), tokenizer, ModelSource(str(path), None)
     checkpoint = load_checkpoint(folder, latest)
-    model = GPT(checkpoint.record.config.model)
-    load_weights(model, checkpoint.weights, checkpoint.path)
+    config = checkpoint.record.config
     tokenizer = load_tokenizer(checkpoint.record.tokenizer, checkpoint.path)
+    if config.train.lora.enabled:  # adapters only: put back on their base and merged
+        model = rebuild_model(
+            config.train.init_from, config.train.lora, config.model, checkpoint.weights, tokenizer, str(checkpoint.path)
+        )
+        return model.to(device).eval(), tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
+    model = GPT(config.model)
+    load_weights(model, checkpoint.weights, checkpoint.path)
     return model.to(device).eval(), tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
 
 

@@ -1,15 +1,14 @@
 """The GPT: token embedding -> positional encoding -> n_layer causal Transformer blocks -> norm -> LM head.
 
-With the default config this is GPT-2, parameter names included, so Hugging Face GPT-2 weights load
-into it (GPT.from_pretrained) and it can write them back (save_pretrained). The other options are
-the modern small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
+With the default config this is GPT-2, parameter names included (minigpt.formats.hf reads and writes
+Hugging Face folders; the model itself knows no file format). The other options are the modern
+small-GPT recipe: rotary positions, RMSNorm, ReLU^2 / SwiGLU, QK-norm, grouped-query
 attention, untied embeddings, zero-initialised projections and logit soft-capping.
 """
 
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +23,13 @@ from .nn import (
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     TransformerBlock,
+    key_padding_mask,
     make_norm,
 )
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+# Positions added to the token embeddings, by name; "rope" instead rotates queries and keys inside attention.
+ADDED_POSITIONS = {"learned": LearnedPositionalEmbedding, "sinusoidal": SinusoidalPositionalEncoding}
+POS_ENCODINGS = (*ADDED_POSITIONS, "rope")
 
 
 @dataclass
@@ -48,6 +50,15 @@ class GPTConfig:
     zero_init_proj: bool = False  # start each residual branch at zero, so every block begins as identity
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     rope_base: float = 10000.0
+    norm_eps: float | None = None  # epsilon of every norm; None: 1e-5 for layernorm, 1e-6 for rmsnorm
+    mlp_hidden: int | None = None  # feed-forward width; None: 4 n_embd (two thirds of that for swiglu)
+    head_dim: int | None = None  # features per attention head; None: n_embd / n_head
+    qkv_bias: bool | None = None  # biases on the query/key/value projection; None: as `bias` says
+    qk_norm_affine: bool = False  # a learned gain in the QK-norm (Qwen3)
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
     def validate(self) -> None:
         """Raise MinigptError for a combination that cannot build a model."""
@@ -60,10 +71,11 @@ class GPTConfig:
                 f"n_head and n_embd must be positive, got {self.n_head}, {self.n_embd}",
             ),
             (
-                self.n_embd % max(self.n_head, 1) == 0,
+                self.head_dim is not None or self.n_embd % max(self.n_head, 1) == 0,
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))}",
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / max(self.n_head, 1)))} or set head_dim",
             ),
+            (self.head_dim is None or self.head_dim >= 1, f"head_dim must be at least 1 or null, got {self.head_dim}"),
             (
                 self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
                 f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}), or be null for n_head",
@@ -76,8 +88,13 @@ class GPTConfig:
             (self.norm in NORMS, f"norm {self.norm!r} is not one of {', '.join(NORMS)}"),
             (self.mlp in ACTIVATIONS, f"mlp {self.mlp!r} is not one of {', '.join(ACTIVATIONS)}"),
             (
-                self.pos_encoding != "rope" or (self.n_embd // max(self.n_head, 1)) % 2 == 0,
-                f"rope needs an even head size, got n_embd / n_head = {self.n_embd / max(self.n_head, 1):g}",
+                self.pos_encoding != "rope" or (self.head_dim or self.n_embd // max(self.n_head, 1)) % 2 == 0,
+                f"rope needs an even head size, got {self.head_dim or self.n_embd / max(self.n_head, 1):g}",
+            ),
+            (self.norm_eps is None or self.norm_eps > 0, f"norm_eps must be positive or null, got {self.norm_eps}"),
+            (
+                self.mlp_hidden is None or self.mlp_hidden >= 1,
+                f"mlp_hidden must be at least 1 or null, got {self.mlp_hidden}",
             ),
             (
                 self.logit_softcap is None or self.logit_softcap > 0,
@@ -112,20 +129,21 @@ class GPT(nn.Module):
                         bias=c.bias,
                         norm=c.norm,
                         mlp=c.mlp,
+                        qkv_bias=c.qkv_bias,
                         qk_norm=c.qk_norm,
+                        qk_norm_affine=c.qk_norm_affine,
+                        head_dim=c.head_dim,
+                        ff_hidden=c.mlp_hidden,
+                        norm_eps=c.norm_eps,
                     )
                     for _ in range(c.n_layer)
                 ),
-                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias),
+                ln_f=make_norm(c.norm, c.n_embd, bias=c.bias, eps=c.norm_eps),
             )
         )
-        if c.pos_encoding == "learned":
-            self.transformer.wpe = LearnedPositionalEmbedding(c.block_size, c.n_embd)
-        elif c.pos_encoding == "sinusoidal":
-            self.transformer.wpe = SinusoidalPositionalEncoding(c.block_size, c.n_embd)
-        self.rope = (
-            RotaryEmbedding(c.n_embd // c.n_head, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
-        )
+        if c.pos_encoding in ADDED_POSITIONS:
+            self.transformer.wpe = ADDED_POSITIONS[c.pos_encoding](c.block_size, c.n_embd)
+        self.rope = RotaryEmbedding(c.head_size, c.block_size, c.rope_base) if c.pos_encoding == "rope" else None
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -163,31 +181,57 @@ class GPT(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ):
         """idx: (B, T) token ids. Returns (logits (B, T, vocab), loss or None).
 
         loss is the mean cross-entropy over targets, ignoring positions whose target is -100.
+        attention_mask (B, T) marks real tokens True and padding False, on either side: padding is never
+        attended to and takes up no position, so a row's real tokens get what they would get unpadded
+        (give padded positions the target -100). return_hidden returns instead the final hidden states
+        (B, T, n_embd), after the last norm and before the LM head, for heads of your own.
         """
-        x = self._hidden_states(idx)
+        x = self._hidden_states(idx, attention_mask=attention_mask)
+        if return_hidden:
+            if targets is not None:
+                raise ValueError("return_hidden gives hidden states, not a loss: pass targets=None")
+            return x
         logits = self._logits(x)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def _hidden_states(self, idx, caches=None, need_weights=False):
+    def _hidden_states(self, idx, caches=None, need_weights=False, attention_mask=None):
         """Run embeddings and blocks; with caches, idx continues the text the caches hold."""
         B, T = idx.shape
-        offset = caches[0].length if caches else 0
-        if offset + T > self.config.block_size:
-            raise ValueError(f"sequence of {offset + T} tokens is longer than block_size {self.config.block_size}")
+        offset = caches[0].offset if caches else 0  # an int, or per-row positions for a ragged cache
+        longest = (caches[0].length if caches else 0) + T
+        if longest > self.config.block_size:
+            raise ValueError(f"sequence of {longest} tokens is longer than block_size {self.config.block_size}")
+        mask = positions = None
+        if attention_mask is not None:
+            if attention_mask.shape != idx.shape:
+                raise ValueError(f"attention_mask must have idx's shape {tuple(idx.shape)}, got {attention_mask.shape}")
+            valid = attention_mask.bool()
+            mask = key_padding_mask(valid)  # (B, 1, 1, T); the blocks add the causal part
+            positions = (valid.cumsum(dim=1) - 1).clamp(min=0)  # each real token's index among its row's real tokens
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(T, offset)
+            x = x + self.transformer.wpe(T, offset, positions=positions)
         x = self.transformer.drop(x)
         all_weights = []
         for i, block in enumerate(self.transformer.h):
-            x = block(x, causal=True, rope=self.rope, cache=caches[i] if caches else None, need_weights=need_weights)
+            cache = caches[i] if caches else None
+            x = block(
+                x, causal=True, mask=mask, rope=self.rope, positions=positions, cache=cache, need_weights=need_weights
+            )
             if need_weights:
                 x, weights = x
                 all_weights.append(weights)
@@ -264,13 +308,22 @@ class GPT(nn.Module):
             context = torch.cat([context, token], dim=1)
             yield token
 
-    def _new_caches(self, batch_size: int, device) -> list[KVCache]:
+    def _new_caches(self, batch_size: int, device, ragged: bool = False) -> list[KVCache]:
+        """One KV cache per layer; ragged ones let each row sit at its own position."""
         c = self.config
         dtype = self.lm_head.weight.dtype
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
         return [
-            KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head, device=device, dtype=dtype)
+            KVCache(
+                batch_size,
+                c.n_kv_head or c.n_head,
+                c.block_size,
+                c.head_size,
+                device=device,
+                dtype=dtype,
+                ragged=ragged,
+            )
             for _ in range(c.n_layer)
         ]
 
@@ -287,28 +340,13 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 N for the matmuls with the weights plus
-        12 n_layer n_embd T for attention scores and weighted sums (Kaplan et al.; PaLM appendix B)."""
+        12 n_layer d_attn T for attention scores and weighted sums, d_attn = n_head head_size (usually
+        n_embd) (Kaplan et al.; PaLM appendix B)."""
         c = self.config
         n = self.num_params(exclude_embeddings=True)
         if c.tie_weights:
             n += c.n_embd * c.vocab_size  # the shared matrix still does a matmul as the LM head
-        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
-
-    # ---- Hugging Face GPT-2 weights ----------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str) -> "GPT":
-        """Load a Hugging Face GPT-2: a local folder (config.json + model.safetensors or
-        pytorch_model.bin) or a Hub name such as "gpt2" or "gpt2-medium" (needs the network)."""
-        from .gpt2 import load_gpt2
-
-        return load_gpt2(cls, path_or_name)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json and model.safetensors in the layout transformers' GPT2LMHeadModel reads."""
-        from .gpt2 import save_gpt2
-
-        save_gpt2(self, directory)
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
 
 
 def choose_next_token(

@@ -127,7 +127,7 @@ class Job:
 
 def prepare(
     source: str,
-    tokenizer: str,
+    tokenizer: str | Tokenizer,
     out: str | os.PathLike,
     *,
     val_fraction: float = 0.1,
@@ -141,6 +141,7 @@ def prepare(
 ) -> dict:
     """Tokenize SOURCE into `out` (train.bin, val.bin, meta.json, tokenizer files); return the meta dict.
 
+    `tokenizer` is a spec (built here) or a Tokenizer, such as the one of a model to fine-tune.
     `text_column` names the column with the text in json/parquet/Hub data
     (default "text"; plain-text files ignore it, with a note). `split` and
     `config` select a Hub dataset's split and configuration (its `name=`);
@@ -154,30 +155,44 @@ def prepare(
     not bytes; see the module docstring).
     """
     _check_options(val_fraction, num_proc, max_chars)
-    check_spec(tokenizer)
-    out = check_output_folder(out, "--out")
-    if (out / "meta.json").exists():
-        raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
+    if isinstance(tokenizer, str):
+        check_spec(tokenizer)
+    out = check_out_folder(out)
     corpus = open_corpus(source, text_column=text_column, split=split, config=config, cache_dir=cache_dir)
     head = list(itertools.islice(corpus.documents(max_chars), 2))
     if not head:
         raise MinigptError(f"no text found in {source!r} (every document is empty)")
     single = len(head) == 1
-    if progress and (tokenizer == "char" or tokenizer.startswith("bpe:")):
-        print(f"building the {tokenizer} tokenizer from {source} ...", file=sys.stderr)
-    tok = build_tokenizer(tokenizer, corpus.documents(max_chars))
+    if isinstance(tokenizer, Tokenizer):  # --tokenizer-from: the tokenizer of the model to fine-tune
+        tok = tokenizer
+    else:
+        if progress and (tokenizer == "char" or tokenizer.startswith("bpe:")):
+            print(f"building the {tokenizer} tokenizer from {source} ...", file=sys.stderr)
+        tok = build_tokenizer(tokenizer, corpus.documents(max_chars))
 
+    def write(staging: Path) -> tuple[dict, list[str]]:
+        meta = _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress)
+        meta.update(source=source, split=split, config=config, text_column=corpus.text_column, max_chars=max_chars)
+        _check_splits(meta, single, val_fraction)
+        return meta, ["train.bin", "val.bin"]
+
+    meta = write_staged(out, tok, write)
+    _warn_invalid_bytes(corpus.counts.invalid_bytes)
+    return meta
+
+
+def write_staged(out: Path, tok: Tokenizer, write: Callable[[Path], tuple[dict, list[str]]]) -> dict:
+    """Run write(staging), which writes the token files and returns (meta, their names); add the tokenizer's
+    files and meta.json; move them all into `out`, meta.json last. On any failure nothing is left behind."""
     new_root = first_missing(out)  # removed again if anything fails
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
     staging.mkdir(parents=True)
     try:
-        meta = _write_splits(corpus, tok, staging, single, val_fraction, max_chars, num_proc, progress)
-        meta.update(source=source, split=split, config=config, text_column=corpus.text_column, max_chars=max_chars)
-        _check_splits(meta, single, val_fraction)
+        meta, data_files = write(staging)
         meta["tokenizer_files"] = tok.save(staging)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for name in ["train.bin", "val.bin", *meta["tokenizer_files"], "meta.json"]:
+        for name in [*data_files, *meta["tokenizer_files"], "meta.json"]:
             os.replace(staging / name, out / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -185,8 +200,15 @@ def prepare(
             shutil.rmtree(new_root, ignore_errors=True)
         raise
     staging.rmdir()
-    _warn_invalid_bytes(corpus.counts.invalid_bytes)
     return meta
+
+
+def check_out_folder(out: str | os.PathLike) -> Path:
+    """The --out folder, unless it cannot be one or already holds prepared data."""
+    out = check_output_folder(out, "--out")
+    if (out / "meta.json").exists():
+        raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
+    return out
 
 
 def summary(meta: dict, out: str | os.PathLike) -> str:
@@ -291,8 +313,12 @@ def _segments(docs: Iterator[str], val_fraction: float, single: bool) -> Iterato
         yield "val", text[cut:], True
         return
     for i, doc in enumerate(docs):
-        in_val = int((i + 1) * val_fraction) > int(i * val_fraction)
-        yield ("val" if in_val else "train"), doc, True
+        yield ("val" if in_val(i, val_fraction) else "train"), doc, True
+
+
+def in_val(index: int, val_fraction: float) -> bool:
+    """Whether document `index` (from 0, in corpus order) goes to the val split: evenly spaced, exact fraction."""
+    return int((index + 1) * val_fraction) > int(index * val_fraction)
 
 
 def _jobs(segments: Iterable[tuple[str, str, bool]]) -> Iterator[Job]:
@@ -487,8 +513,28 @@ def _warn_invalid_bytes(invalid: dict[str, int]) -> None:
         )
 
 
+def open_rows(source: str, *, split: str = "train", config: str | None = None) -> Iterator[dict]:
+    """The rows of json/jsonl/parquet files (a file, folder or glob) or of a Hub dataset, streamed."""
+    files = _local_files(source)
+    if files is not None:
+        texts = [p for p in files if _file_kind(p) == "text"]
+        if texts:
+            raise MinigptError(f"{texts[0]} is plain text; rows need .jsonl, .json or .parquet files")
+        for path in files:
+            yield from _table_rows(_file_kind(path), path, lambda rows: rows)
+    elif _looks_like_hub_name(source):
+        yield from _hub_rows(source, config, split)
+    else:
+        raise MinigptError(f"source {source!r} not found: give a .jsonl, .json or .parquet file, folder or glob")
+
+
 def _table_texts(kind: str, path: Path, text_column: str) -> Iterator[str | None]:
     """The text column of one json/jsonl/parquet file, streamed by `datasets`."""
+    return _table_rows(kind, path, lambda rows: _texts(rows, text_column, str(path), lambda i: f"{path} row {i + 1}"))
+
+
+def _table_rows(kind: str, path: Path, read: Callable[[Iterable[dict]], Iterator]) -> Iterator:
+    """read(rows) over one json/jsonl/parquet file streamed by `datasets`, its errors as one line."""
     from datasets import load_dataset
     from datasets.utils import logging as datasets_logging
 
@@ -496,7 +542,7 @@ def _table_texts(kind: str, path: Path, text_column: str) -> Iterator[str | None
     datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its error log line would repeat ours
     try:
         rows = load_dataset(kind, data_files=[str(path)], split="train", streaming=True)
-        yield from _texts(rows, text_column, str(path), lambda i: f"{path} row {i + 1}")
+        yield from read(rows)
     except MinigptError:
         raise
     except Exception as e:  # malformed files: report which, in one line

@@ -33,6 +33,7 @@ class RunRecord:
     best_val_loss: float | None = None  # the lowest val loss of the run so far
     world_size: int = 1  # processes that trained it: a resume must use as many
     loader: list[dict] = field(default_factory=list)  # each process's batch loader position
+    dtype: str | None = None  # the precision it trained in (what dtype=auto chose): a resume keeps it
     minigpt_version: str = __version__
     format: int = FORMAT
 

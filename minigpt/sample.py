@@ -152,6 +152,7 @@ def generate_text(
     stream_to: TextIO | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    ignore_eos: bool = False,
 ) -> list[str]:
     """Continue `prompt` num_samples times; return the continuations (without the prompt).
 
@@ -161,7 +162,8 @@ def generate_text(
     Each sample ends before the first occurrence of any stop string in its generated text; the
     batch ends early once every sample has stopped. With stream_to, the first sample's text is
     written there as soon as it is final (held back while it could still be the start of a stop
-    string or of a multi-byte character); the others are only returned.
+    string or of a multi-byte character); the others are only returned. A sample also ends at the
+    tokenizer's end-of-text or end-of-turn token (not part of its text), unless ignore_eos.
     """
     check_sampling_options(
         num_samples=num_samples,
@@ -176,13 +178,17 @@ def generate_text(
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     samples = [_SampleText(tokenizer, [s for s in stop or [] if s]) for _ in range(num_samples)]
+    ends = set() if ignore_eos else set(tokenizer.stop_token_ids)
     shown = 0
     try:
         with inference(model, device, dtype):
             tokens = model.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator=generator)
             for token in tokens:
                 for sample, t in zip(samples, token[:, 0].tolist()):
-                    sample.add(t)
+                    if t in ends:
+                        sample.finish()  # an ended sample takes no more tokens
+                    else:
+                        sample.add(t)
                 if stream_to is not None:
                     shown = _write_new(stream_to, samples[0].printable(), shown)
                 if all(s.stopped for s in samples):
@@ -229,6 +235,7 @@ def run_sample(
     seed: int | None = None,
     stop: list[str] = (),
     stream: bool = False,
+    ignore_eos: bool = False,
     latest: bool = False,
     device: str = "auto",
     dtype: str = "auto",
@@ -250,7 +257,7 @@ def run_sample(
     )
     prompt = read_prompt(prompt, prompt_file)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
 
@@ -276,6 +283,7 @@ def run_sample(
             stream_to=sys.stdout if stream else None,
             device=torch_device,
             dtype=torch_dtype,
+            ignore_eos=ignore_eos,
         )
     except GenerationInterrupted as interrupted:
         _print_samples(prompt, interrupted.texts, stream, header)

@@ -36,12 +36,12 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig, save_config
-from .data import BatchLoader, fixed_batches, load_meta
-from .device import autocast, resolve_device, resolve_dtype
+from .data import BatchLoader, chat_files, fixed_batches, load_meta
+from .device import autocast, resolve_device, resolve_dtype, time_dtypes
 from .errors import MinigptError
+from .finetune import build_model, checkpoint_weights, load_run_weights
 from .lock import out_dir_lock
 from .metrics import MetricsLog
-from .model import GPT
 from .optim import Optimizers, lr_multiplier
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
@@ -113,7 +113,12 @@ class Trainer:
 
         self._seed(config.seed + rank)  # ranks differ in dropout, agree in initial weights (set below)
         torch.manual_seed(config.seed)
-        self.model = GPT(config.model).to(self.device)
+        # train.init_from: the source's weights and model section (its vocabulary grown for chat tokens)
+        model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
+        self.config = config = dataclasses.replace(config, model=model.config)
+        self.model = model.to(self.device)
+        if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
+            self.dtype = self._faster_cpu_dtype()
         torch.manual_seed(config.seed + rank)
         self.optimizer = Optimizers(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
@@ -127,11 +132,18 @@ class Trainer:
             rank=rank,
             world_size=world_size,
             device=self.device,
+            **chat_files(data_dir, "train"),  # chat data: masked targets, windows from conversation starts
         )
         self.val_batches = []
         if self.data_meta.get("val_tokens", 0) > 0:  # a val split shorter than the block is refused here
             self.val_batches = fixed_batches(
-                data_dir / "val.bin", self.data_meta["dtype"], block, t.batch_size, t.eval_steps, self.device
+                data_dir / "val.bin",
+                self.data_meta["dtype"],
+                block,
+                t.batch_size,
+                t.eval_steps,
+                self.device,
+                **chat_files(data_dir, "val"),
             )
         elif self.main:
             _print(f"note: {data_dir} has no val split: no val loss, no best checkpoint (prepare with --val-fraction)")
@@ -168,6 +180,7 @@ class Trainer:
         self.stop_signal = None
         self.started = time.perf_counter() - self.elapsed  # reset when the loop starts: set-up is not training
         self.step_seconds = 0.0  # how long the last step took
+        self.budget_used = None if config.train.max_seconds is None else 0.0  # share of train.max_seconds
         self.closing_seconds = 0.0  # how long the final evaluation and save take: a time budget leaves room
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -192,11 +205,33 @@ class Trainer:
         """Continue from the newest checkpoint: weights, then everything state_dict holds."""
         checkpoint = load_checkpoint(self.out_dir, latest=True)
         self._check_same_run(checkpoint)
-        load_weights(self.model, checkpoint.weights, checkpoint.path)
+        if not load_run_weights(self.model, self.train_cfg.lora, checkpoint.weights, str(checkpoint.path)):
+            load_weights(self.model, checkpoint.weights, checkpoint.path)
         self.load_state_dict(checkpoint.record, checkpoint.state())
         if self.main:
             self.metrics.truncate_after(self.step)
             _print(f"resuming from {checkpoint.path} at step {self.step}")
+
+    def _faster_cpu_dtype(self) -> torch.dtype:
+        """dtype=auto on a CPU with bf16 units: time a forward and backward pass of this model on a
+        batch of this run's shape in float32 and in bf16, and train in the faster (every process
+        agrees). Nothing of the run changes: the batch is made up, gradients and RNG are put back."""
+        c, t = self.config.model, self.train_cfg
+        x = torch.randint(0, c.vocab_size, (t.batch_size, c.block_size), generator=torch.Generator().manual_seed(0))
+        rng = torch.get_rng_state()
+
+        def forward_backward(dtype: torch.dtype) -> None:
+            with autocast(self.device, dtype):
+                _, loss = self.model(x, x)
+            loss.backward()
+
+        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16))
+        self.model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        times = torch.tensor([seconds[torch.float32], seconds[torch.bfloat16]])
+        if self.world_size > 1:
+            dist.all_reduce(times)
+        return torch.float32 if times[0] <= times[1] else torch.bfloat16
 
     def _check_same_run(self, checkpoint: Checkpoint) -> None:
         saved = checkpoint.record
@@ -207,11 +242,18 @@ class Trainer:
                     f"the checkpoint in {checkpoint.path} was trained with model.{key}={value!r} "
                     f"but the config says {ours[key]!r}; resume with the same model"
                 )
-        check_same_vocabulary(
-            self.tokenizer,
-            load_tokenizer(saved.tokenizer, checkpoint.path),
-            f"the data in {self.config.data.dir}",
-        )
+        fresh_start = f"to train on other data, start a new run with train.init_from={self.out_dir}"
+        if saved.data_dir and Path(saved.data_dir).resolve() != Path(self.config.data.dir).resolve():
+            raise MinigptError(
+                f"--resume continues the run on its own data ({saved.data_dir}), not {self.config.data.dir}; "
+                f"{fresh_start}"
+            )
+        try:
+            check_same_vocabulary(
+                self.tokenizer, load_tokenizer(saved.tokenizer, checkpoint.path), f"the data in {self.config.data.dir}"
+            )
+        except MinigptError as e:
+            raise MinigptError(f"{e}; {fresh_start}") from None
         if saved.world_size != self.world_size:
             raise MinigptError(
                 f"the checkpoint was written by {saved.world_size} process(es); resume with the "
@@ -229,6 +271,8 @@ class Trainer:
 
     def load_state_dict(self, record: RunRecord, state: dict) -> None:
         """Take up the run where `record` and `state` (a checkpoint's) left it."""
+        if self.config.dtype == "auto" and record.dtype is not None:  # what auto chose when the run began
+            self.dtype = getattr(torch, record.dtype)
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without fp16 (or by the first release)
             self.scaler.load_state_dict(state["scaler"])
@@ -249,6 +293,7 @@ class Trainer:
             best_val_loss=None if math.isinf(self.best_val) else self.best_val,
             world_size=self.world_size,
             loader=self._gather(self.loader.state_dict()),
+            dtype=str(self.dtype).removeprefix("torch."),
         )
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -324,6 +369,7 @@ class Trainer:
         self.model.train()
         while not self._finished():
             step_start = time.perf_counter()
+            self._plan_next_step()
             next_step = self.step + 1
             log_now = next_step % t.log_interval == 0
             save_now = next_step % t.checkpoint_interval == 0
@@ -381,7 +427,7 @@ class Trainer:
         Returns the step's mean loss as a tensor (reading it is left to the caller: on a GPU that is
         a sync). With check_finite, a non-finite gradient stops the run or skips the update.
         """
-        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self._budget_used())
+        self.lr_multiplier = lr_multiplier(self.step, self.train_cfg, self.budget_used)
         self.optimizer.set_lr(self.lr_multiplier)
         loss, grad_norm = self._accumulate_gradients()
         self.step += 1
@@ -436,22 +482,24 @@ class Trainer:
         advice = "Lower train.lr" + ("" if skipping else ", or set train.on_nan=skip")
         raise MinigptError(f"{where}; stopped, {kept}. {advice}", exit_code=1)
 
-    def _budget_used(self) -> float | None:
-        """With train.max_seconds, the share of the time budget that will be spent once the next step
-        is done; the final evaluation and save are set aside (every process agrees on it)."""
+    def _plan_next_step(self) -> None:
+        """With train.max_seconds: the share of the budget spent once the next step is done, or 1.0
+        if there is no time for one more after it (so the last step runs at the schedule's end). The
+        final evaluation and save are set aside; every process agrees on the slowest clock."""
         budget = self.train_cfg.max_seconds
         if budget is None:
-            return None
+            return
         used = torch.tensor([time.perf_counter() - self.started + self.step_seconds], dtype=torch.float64)
         if self.world_size > 1:
-            dist.all_reduce(used, op=dist.ReduceOp.MAX)  # the slowest clock decides, on every rank alike
-        return min(1.0, used.item() / max(budget - self.closing_seconds, 1e-9))
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        available = max(budget - self.closing_seconds, 1e-9)
+        self.budget_used = 1.0 if used.item() + self.step_seconds >= available else used.item() / available
 
     def _finished(self) -> bool:
-        """max_steps reached, or no time left in the budget for another step."""
+        """max_steps reached, or the time budget's last step taken."""
         if self.train_cfg.max_seconds is None:
             return self.step >= self.train_cfg.max_steps
-        return self._budget_used() >= 1.0
+        return self.budget_used == 1.0
 
     def _agreed_stop(self) -> str | None:
         """The stop signal, agreed by every rank: all of them must save and stop after the same step."""
@@ -513,7 +561,13 @@ class Trainer:
         record, state = self.record(usable_val), self.state_dict()  # every rank takes part in the gathers
         if self.main:
             save_checkpoint(
-                self.out_dir, record, self.model, state, self.tokenizer, keep=self.train_cfg.keep_checkpoints
+                self.out_dir,
+                record,
+                self.model,
+                state,
+                self.tokenizer,
+                keep=self.train_cfg.keep_checkpoints,
+                weights=checkpoint_weights(self.model, self.train_cfg.lora, self.base_vocab_size),
             )
 
     def _gather(self, value) -> list:

@@ -1,4 +1,4 @@
-"""GPT and GPTConfig: loss, initialisation, generation with and without the KV cache, GPT-2 weights."""
+"""GPT and GPTConfig: loss, initialisation, generation with and without the KV cache."""
 
 import math
 
@@ -132,30 +132,6 @@ def test_attention_maps_have_one_causal_map_per_layer():
     assert maps[0][0, :, 0, 1:].abs().sum() == 0
 
 
-def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(
-        vocab_size=120, n_positions=32, n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-    )
-    reference = transformers.GPT2LMHeadModel(hf_config).eval()
-    reference.save_pretrained(tmp_path / "hf")
-    model = GPT.from_pretrained(str(tmp_path / "hf")).eval()
-    idx = torch.randint(0, 120, (2, 20))
-    with torch.no_grad():
-        torch.testing.assert_close(model(idx)[0], reference(idx).logits, atol=1e-4, rtol=0)
-        model.save_pretrained(tmp_path / "ours")
-        reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
-        torch.testing.assert_close(reloaded(idx).logits, reference(idx).logits, atol=1e-4, rtol=0)
-
-
-def test_from_pretrained_errors_are_clear(tmp_path):
-    with pytest.raises(MinigptError, match="has no config.json"):
-        GPT.from_pretrained(str(tmp_path))
-    with pytest.raises(MinigptError, match="only the GPT-2 architecture"):
-        tiny(pos_encoding="rope").save_pretrained(tmp_path / "x")
-
-
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
     model = tiny(qk_norm=True)
     idx = torch.randint(0, 50, (2, 12))
@@ -187,3 +163,25 @@ def test_generation_with_a_context_of_one_token():
     out = model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=0)
     assert out.shape == (2, 6)
     assert torch.equal(out, model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) or "gpt2")
+def test_padded_rows_give_the_hidden_states_of_unpadded_ones(variant):
+    model = tiny(**variant)
+    short, long = torch.randint(0, 50, (1, 7)), torch.randint(0, 50, (1, 12))
+    pad = torch.zeros(1, 5, dtype=torch.long)
+    alone = [model(row, return_hidden=True) for row in (short, long)]
+    assert alone[0].shape == (1, 7, 32)
+    for side in ("left", "right"):
+        padded = torch.cat([pad, short] if side == "left" else [short, pad], dim=1)
+        valid = torch.ones(1, 12, dtype=torch.bool)
+        valid[:, slice(0, 5) if side == "left" else slice(7, 12)] = False
+        hidden = model(
+            torch.cat([padded, long]), attention_mask=torch.cat([valid, torch.ones_like(valid)]), return_hidden=True
+        )
+        torch.testing.assert_close(hidden[0][valid[0]], alone[0][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden[1], alone[1][0], atol=1e-5, rtol=1e-5)
+    logits, _ = model(long)
+    torch.testing.assert_close(model._logits(alone[1]), logits)  # the LM head (and soft cap) on the hidden states
+    with pytest.raises(ValueError, match="attention_mask must have idx's shape"):
+        model(long, attention_mask=torch.ones(1, 11, dtype=torch.bool))

@@ -19,6 +19,7 @@ from minigpt.nn import (
     TransformerBlock,
     causal_mask,
     key_padding_mask,
+    make_norm,
 )
 
 torch.manual_seed(0)
@@ -224,3 +225,66 @@ def test_bad_head_counts_are_refused():
         MultiHeadAttention(10, 3)
     with pytest.raises(ValueError, match="must divide n_head"):
         MultiHeadAttention(12, 6, n_kv_head=4)
+
+
+def test_variant_names_are_resolved_to_functions_and_classes_when_a_block_is_built():
+    from minigpt.nn.feedforward import ACTIVATIONS
+
+    ff = FeedForward(8, activation="relu2")
+    assert callable(ff.activation) and ff.activation is ACTIVATIONS["relu2"]
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ff(x), ff.c_proj(torch.relu(ff.c_fc(x)).square()))
+    assert isinstance(make_norm("rmsnorm", 8), RMSNorm) and isinstance(make_norm("layernorm", 8), LayerNorm)
+    assert make_norm("rmsnorm", 8, eps=1e-3).eps == 1e-3 and make_norm("layernorm", 8).eps == 1e-5
+
+
+@pytest.mark.parametrize("make", [lambda: LearnedPositionalEmbedding(8, 4), lambda: SinusoidalPositionalEncoding(8, 4)])
+def test_added_positional_encodings_past_max_len_say_so(make):
+    encoding = make()
+    assert encoding(8).shape == (8, 4) and encoding(2, offset=6).shape == (2, 4)
+    with pytest.raises(ValueError, match="position 8 is beyond max_len=8"):
+        encoding(3, offset=6)
+    with pytest.raises(ValueError, match="beyond max_len=8"):
+        encoding(9)
+    positions = torch.tensor([[0, 0, 1], [0, 1, 2]])
+    torch.testing.assert_close(encoding(3, positions=positions)[1], encoding(3))
+
+
+def test_a_padding_mask_of_the_wrong_shape_points_to_key_padding_mask():
+    attention = MultiHeadAttention(16, 4)
+    x = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True] * 5, [False, False, True, True, True]])
+    with pytest.raises(ValueError, match=r"key_padding_mask\(valid\)"):
+        attention(x, mask=valid)
+    masked = attention(x, mask=key_padding_mask(valid))
+    torch.testing.assert_close(masked[1, 2:], attention(x[1:, 2:])[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_ragged_kv_cache_decodes_rows_at_different_positions_like_each_row_alone(use_rope):
+    attn = MultiHeadAttention(16, 4, n_kv_head=2).eval()
+    rope = RotaryEmbedding(4, 16) if use_rope else None
+    x = torch.randn(2, 9, 16)
+    alone = [attn(x[b : b + 1, : 5 + 3 * b], causal=True, rope=rope) for b in range(2)]  # 5 and 8 tokens
+    batch = KVCache(3, 2, 16, 4, ragged=True)
+    for b, length in enumerate((4, 7)):  # prefill each prompt alone, then give it a row
+        single = KVCache(1, 2, 16, 4)
+        attn(x[b : b + 1, :length], causal=True, rope=rope, cache=single)
+        batch.copy_row(b, single)
+    cache = batch.rows(2)
+    assert cache.offset.tolist() == [4, 7] and cache.length == 7
+    step = attn(torch.stack([x[0, 4], x[1, 7]])[:, None], causal=True, rope=rope, cache=cache)  # one token each
+    torch.testing.assert_close(step[0, 0], alone[0][0, -1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(step[1, 0], alone[1][0, -1], atol=1e-6, rtol=1e-5)
+    assert batch.lengths.tolist() == [5, 8, 0]  # the view wrote into the shared storage
+    batch.copy_row(0, batch, 1)  # a finished row 0 makes room: row 1 moves down
+    assert batch.lengths[0] == 8 and torch.equal(batch.k[0, :, :8], batch.k[1, :, :8])
+
+
+def test_positions_take_per_row_offsets():
+    pe, rope = SinusoidalPositionalEncoding(20, 8), RotaryEmbedding(8, 20)
+    rows = pe(3, offset=torch.tensor([2, 5]))
+    torch.testing.assert_close(rows[1], pe(3, offset=5))
+    q = torch.randn(2, 1, 3, 8)
+    rotated = rope(q, torch.tensor([2, 5]))
+    torch.testing.assert_close(rotated[1:], rope(q[1:], 5))

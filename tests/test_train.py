@@ -301,7 +301,7 @@ def test_train_with_a_time_budget_ends_decayed_evaluated_and_saved(char_data, tm
     assert code == 0, err
     metrics = read_metrics(out, drop=())
     last_train = [m for m in metrics if "train_loss" in m][-1]
-    assert last_train["lr"] == pytest.approx(0.1 * 1e-3, rel=0.05)  # min_lr_ratio * lr: the schedule ran its course
+    assert last_train["lr"] == pytest.approx(0.1 * 1e-3)  # min_lr_ratio * lr: the schedule ran its course
     assert "val_loss" in metrics[-1] and metrics[-1]["step"] == last_train["step"] > 1
     checkpoint = load_checkpoint(out, latest=True)
     assert checkpoint.record.step == last_train["step"] and checkpoint.record.config.train.max_seconds == 3.0

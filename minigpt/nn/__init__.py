@@ -3,6 +3,7 @@
 from .attention import KVCache, MultiHeadAttention, attention_weights, causal_mask, key_padding_mask
 from .block import TransformerBlock
 from .feedforward import ACTIVATIONS, FeedForward
+from .lora import LoRALinear
 from .norm import NORMS, LayerNorm, RMSNorm, make_norm
 from .position import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
@@ -13,6 +14,7 @@ __all__ = [
     "KVCache",
     "LayerNorm",
     "LearnedPositionalEmbedding",
+    "LoRALinear",
     "MultiHeadAttention",
     "RMSNorm",
     "RotaryEmbedding",

@@ -46,27 +46,91 @@ def attention_weights(q, k, mask=None):
     return weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: 0, not NaN
 
 
+def _as_4d(mask: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """mask with leading 1s added, checked to broadcast to shape (B, n_head, T_q, T_k)."""
+    if mask.dim() <= 4:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + mask.shape)
+        if all(m in (1, s) for m, s in zip(mask.shape, shape)):
+            return mask
+    hint = " (for a (B, T) padding mask, pass key_padding_mask(valid))" if mask.dim() <= 4 else ""
+    raise ValueError(
+        f"attention mask of shape {tuple(mask.shape)} does not broadcast to (B, n_head, T_q, T_k) = {shape}; "
+        f"a 2-D mask is (T_q, T_k){hint}"
+    )
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, so that generating one more token costs one position.
 
     Preallocated to max_len positions: appending writes in place instead of concatenating.
+    With ragged=True every row keeps its own length (`lengths`), so sequences at different
+    positions can decode in one batch (continuous batching): each row writes at its own position,
+    and `mask` tells attention which keys each of its queries may see.
     """
 
-    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *, device=None, dtype=None):
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        device=None,
+        dtype=None,
+        ragged: bool = False,
+    ):
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.length = 0  # positions in use: every row's length, or the longest row's when ragged
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if ragged else None
+
+    @property
+    def offset(self) -> int | torch.Tensor:
+        """The position of the next token: an int, or a (B,) tensor of per-row positions when ragged."""
+        return self.length if self.lengths is None else self.lengths
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v of shape (B, n_kv_head, T, hs); return all keys and values so far."""
-        end = self.length + k.shape[2]
+        T = k.shape[2]
+        if self.lengths is not None:
+            return self._append_ragged(k, v)
+        end = self.length + T
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def _append_ragged(self, k, v):
+        B, h, T, hs = k.shape
+        positions = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
+        end = int(positions.max()) + 1
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
+        index = positions[:, None, :, None].expand(B, h, T, hs)
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        self.lengths += T
+        self.length = end
+        # query t of row b sits at positions[b, t] and sees keys 0 .. positions[b, t]
+        self.mask = torch.arange(end, device=k.device) <= positions[:, None, :, None]  # (B, 1, T, end)
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def rows(self, n: int) -> "KVCache":
+        """A ragged cache over the first n rows, sharing this one's storage (appends land here too)."""
+        view = object.__new__(KVCache)
+        view.k, view.v, view.lengths = self.k[:n], self.v[:n], self.lengths[:n]
+        view.length = int(view.lengths.max()) if n else 0
+        return view
+
+    def copy_row(self, row: int, source: "KVCache", source_row: int = 0) -> None:
+        """Make row `row` of this ragged cache hold what row `source_row` of `source` holds."""
+        length = int(source.lengths[source_row]) if source.lengths is not None else source.length
+        self.k[row, :, :length] = source.k[source_row, :, :length]
+        self.v[row, :, :length] = source.v[source_row, :, :length]
+        self.lengths[row] = length
 
 
 class MultiHeadAttention(nn.Module):
@@ -76,7 +140,11 @@ class MultiHeadAttention(nn.Module):
     features); c_proj is the output projection W_O. Self-attention projects x three ways at once;
     cross-attention takes queries from x and keys/values from `context` with the same weights.
     n_kv_head < n_head gives grouped-query attention: each group of n_head / n_kv_head query heads
-    shares one key/value head. qk_norm applies RMSNorm to each query and key head (stabilises training).
+    shares one key/value head. qk_norm applies RMSNorm to each query and key head (stabilises training),
+    with a learned gain per feature shared by all heads when qk_norm_affine (Qwen3).
+    head_dim defaults to d_model / n_head; some models (Qwen3) use wider heads, and then c_attn and
+    c_proj work on n_head * head_dim features. qkv_bias (default: bias) puts biases on the query, key
+    and value projections alone (Qwen2 has them there and nowhere else).
     """
 
     def __init__(
@@ -87,22 +155,28 @@ class MultiHeadAttention(nn.Module):
         n_kv_head: int | None = None,
         dropout: float = 0.0,
         bias: bool = True,
+        qkv_bias: bool | None = None,
         qk_norm: bool = False,
+        qk_norm_affine: bool = False,
+        norm_eps: float = 1e-6,
+        head_dim: int | None = None,
     ):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if d_model % n_head:
+        if head_dim is None and d_model % n_head:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
         if n_kv_head < 1 or n_head % n_kv_head:
             raise ValueError(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head})")
         self.n_head, self.n_kv_head = n_head, n_kv_head
-        self.head_dim = d_model // n_head
+        self.head_dim = d_model // n_head if head_dim is None else head_dim
         self.dropout = dropout
-        self.c_attn = nn.Linear(d_model, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
-        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.c_attn = nn.Linear(d_model, (n_head + 2 * n_kv_head) * self.head_dim, bias=qkv_bias)
+        self.c_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
-        self.q_norm = RMSNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, elementwise_affine=False) if qk_norm else None
+        norm = dict(eps=norm_eps, elementwise_affine=qk_norm_affine)
+        self.q_norm = RMSNorm(self.head_dim, **norm) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, **norm) if qk_norm else None
 
     def forward(
         self,
@@ -113,22 +187,27 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         rope: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ):
         """x: (B, T_q, C) queries; context: (B, T_k, C) keys/values source (None: x itself).
 
         Returns y of shape (B, T_q, C), or (y, weights) with weights (B, n_head, T_q, T_k) if need_weights.
-        rope rotates queries and keys by position (self-attention only); cache keeps earlier keys/values.
+        rope rotates queries and keys by position (self-attention only), by default 0, 1, ... after the
+        cached ones, or by a (B, T) positions tensor (a padded batch); cache keeps earlier keys/values.
         """
-        B, T_q, C = x.shape
+        B, T_q, _ = x.shape
         q, k, v = self._project(x, context)  # (B, h, T_q, hs), (B, h_kv, T_k, hs) twice
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        offset = cache.length if cache is not None else 0
+        offset = cache.offset if cache is not None else 0
         if rope is not None:
-            q, k = rope(q, offset), rope(k, offset)
+            q, k = rope(q, offset, positions=positions), rope(k, offset, positions=positions)
         if cache is not None:
             k, v = cache.append(k, v)
+            if cache.lengths is not None:  # rows at different positions: the cache knows who sees what
+                mask = cache.mask if mask is None else mask.bool() & cache.mask
+                causal = False
         if self.n_kv_head != self.n_head:  # give every query head its group's key/value head
             repeats = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
@@ -138,16 +217,16 @@ class MultiHeadAttention(nn.Module):
             mask = causal_mask(T_q, T_k, x.device) if mask is None else mask.bool() & causal_mask(T_q, T_k, x.device)
             causal = False  # now carried by the mask
         if mask is not None:
-            mask = mask.bool()
-            mask = mask.reshape((1,) * (4 - mask.dim()) + mask.shape)  # (B|1, h|1, T_q|1, T_k)
+            mask = _as_4d(mask.bool(), (B, self.n_head, T_q, T_k))
         dropout_p = self.dropout if self.training else 0.0
 
         if need_weights:  # the explicit path, step by step
             weights = attention_weights(q, k, mask)
             y = F.dropout(weights, dropout_p) @ v
         else:  # the fused path: flash / memory-efficient kernels where the device has them
-            y = self._fused_attention(q, k, v, mask, causal and T_q > 1, dropout_p)
-        y = y.transpose(1, 2).reshape(B, T_q, C)  # (B, h, T_q, hs) -> (B, T_q, C): concatenate heads
+            # bool(): a plain flag even when the length is symbolic (torch.onnx.export, torch.export)
+            y = self._fused_attention(q, k, v, mask, bool(causal and T_q > 1), dropout_p)
+        y = y.transpose(1, 2).reshape(B, T_q, -1)  # (B, h, T_q, hs) -> (B, T_q, h * hs): concatenate heads
         y = self.resid_dropout(self.c_proj(y))
         if mask is not None:  # a query that may see no key at all gets exactly zero, not c_proj's bias
             y = y.masked_fill((~mask.any(dim=-1)).all(dim=1)[..., None], 0.0)

@@ -27,21 +27,34 @@ class TransformerBlock(nn.Module):
         cross_attention: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        qkv_bias: bool | None = None,
         norm: str = "layernorm",
         mlp: str = "gelu",
         ff_hidden: int | None = None,
         qk_norm: bool = False,
+        qk_norm_affine: bool = False,
+        norm_eps: float | None = None,
+        head_dim: int | None = None,
     ):
         super().__init__()
-        heads = dict(n_kv_head=n_kv_head, dropout=dropout, bias=bias, qk_norm=qk_norm)
-        self.ln_1 = make_norm(norm, d_model, bias=bias)
+        heads = dict(
+            n_kv_head=n_kv_head,
+            head_dim=head_dim,
+            dropout=dropout,
+            bias=bias,
+            qkv_bias=qkv_bias,
+            qk_norm=qk_norm,
+            qk_norm_affine=qk_norm_affine,
+            **({} if norm_eps is None else dict(norm_eps=norm_eps)),
+        )
+        self.ln_1 = make_norm(norm, d_model, bias=bias, eps=norm_eps)
         self.attn = MultiHeadAttention(d_model, n_head, **heads)
         if cross_attention:
-            self.ln_cross = make_norm(norm, d_model, bias=bias)
+            self.ln_cross = make_norm(norm, d_model, bias=bias, eps=norm_eps)
             self.cross_attn = MultiHeadAttention(d_model, n_head, **heads)
         else:
             self.cross_attn = None
-        self.ln_2 = make_norm(norm, d_model, bias=bias)
+        self.ln_2 = make_norm(norm, d_model, bias=bias, eps=norm_eps)
         self.mlp = FeedForward(d_model, ff_hidden, activation=mlp, dropout=dropout, bias=bias)
 
     def forward(
@@ -54,6 +67,7 @@ class TransformerBlock(nn.Module):
         context_mask: torch.Tensor | None = None,
         need_weights: bool = False,
         rope: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ):
         """x: (B, T, C). mask restricts self-attention, context_mask (B, 1, 1, T_ctx) cross-attention.
@@ -62,7 +76,15 @@ class TransformerBlock(nn.Module):
         """
         if (context is not None) != (self.cross_attn is not None):
             raise ValueError("pass a context exactly when the block was built with cross_attention=True")
-        attended = self.attn(self.ln_1(x), causal=causal, mask=mask, need_weights=need_weights, rope=rope, cache=cache)
+        attended = self.attn(
+            self.ln_1(x),
+            causal=causal,
+            mask=mask,
+            need_weights=need_weights,
+            rope=rope,
+            positions=positions,
+            cache=cache,
+        )
         if need_weights:
             attended, weights = attended
         x = x + attended

@@ -4,7 +4,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
+
+def gelu_tanh(h: torch.Tensor) -> torch.Tensor:
+    return F.gelu(h, approximate="tanh")
+
+
+def relu_squared(h: torch.Tensor) -> torch.Tensor:
+    return F.relu(h).square()
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """h holds [gate | value] halves: silu(gate) * value."""
+    gate, value = h.chunk(2, dim=-1)
+    return F.silu(gate) * value
+
+
+# The activation a name stands for, looked up once when a FeedForward is built.
+ACTIVATIONS = {"gelu": gelu_tanh, "relu": F.relu, "relu2": relu_squared, "swiglu": swiglu}
+GATED = ("swiglu",)  # activations that consume two halves of c_fc's output
 
 
 class FeedForward(nn.Module):
@@ -30,26 +47,16 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+        gated = activation in GATED
         if hidden is None:
-            hidden = 4 * d_model if activation != "swiglu" else _round_up(8 * d_model // 3, 8)
-        self.activation = activation
-        gated = activation == "swiglu"
+            hidden = _round_up(8 * d_model // 3, 8) if gated else 4 * d_model
+        self.activation = ACTIVATIONS[activation]
         self.c_fc = nn.Linear(d_model, 2 * hidden if gated else hidden, bias=bias)
         self.c_proj = nn.Linear(hidden, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if self.activation == "gelu":
-            h = F.gelu(h, approximate="tanh")
-        elif self.activation == "relu":
-            h = F.relu(h)
-        elif self.activation == "relu2":
-            h = F.relu(h).square()
-        else:
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 def _round_up(n: int, multiple: int) -> int:

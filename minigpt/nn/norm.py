@@ -33,13 +33,17 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-NORMS = ("layernorm", "rmsnorm")
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
-def make_norm(kind: str, d_model: int, *, bias: bool = True) -> nn.Module:
-    """Build the norm a config names: 'layernorm' or 'rmsnorm'."""
+def make_norm(kind: str, d_model: int, *, bias: bool = True, eps: float | None = None) -> nn.Module:
+    """Build the norm a config names: 'layernorm' or 'rmsnorm'; eps None keeps the norm's own default.
+
+    RMSNorm has no bias (it does not centre), so bias applies to LayerNorm only.
+    """
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
+    options = {} if eps is None else {"eps": eps}
     if kind == "layernorm":
-        return LayerNorm(d_model, bias=bias)
-    if kind == "rmsnorm":
-        return RMSNorm(d_model)
-    raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
+        options["bias"] = bias
+    return NORMS[kind](d_model, **options)

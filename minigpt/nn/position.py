@@ -16,6 +16,26 @@ import torch
 from torch import nn
 
 
+def _positions(
+    table: torch.Tensor, seq_len: int, offset: int | torch.Tensor, positions: torch.Tensor | None
+) -> torch.Tensor:
+    """Rows of table (max_len, ...) for positions offset .. offset + seq_len - 1: (seq_len, ...).
+
+    With a (B,) tensor of offsets (rows of a ragged KV cache at different positions) or a (B, T) tensor
+    of positions (a left-padded batch), every row gets its own: (B, seq_len, ...). Past max_len is an
+    error that says so.
+    """
+    if positions is None and isinstance(offset, torch.Tensor):
+        positions = offset[:, None] + torch.arange(seq_len, device=offset.device)
+    last = offset + seq_len - 1 if positions is None else int(positions.max()) if positions.numel() else 0
+    if last >= table.shape[0]:
+        raise ValueError(
+            f"position {last} is beyond max_len={table.shape[0]} of this positional encoding; "
+            f"build it with a larger max_len (a GPT's block_size) or feed at most {table.shape[0]} tokens"
+        )
+    return table[offset : offset + seq_len] if positions is None else table[positions]
+
+
 class LearnedPositionalEmbedding(nn.Module):
     """A trained (max_len, d_model) table; row t is added to the token at position t."""
 
@@ -23,9 +43,12 @@ class LearnedPositionalEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(max_len, d_model))
 
-    def forward(self, seq_len: int, offset: int = 0) -> torch.Tensor:
-        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1."""
-        return self.weight[offset : offset + seq_len]
+    def forward(
+        self, seq_len: int, offset: int | torch.Tensor = 0, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The (seq_len, d_model) encodings of positions offset .. offset + seq_len - 1, or (B, T, d_model)
+        ones for a (B,) tensor of per-row offsets or a (B, T) tensor of positions."""
+        return _positions(self.weight, seq_len, offset, positions)
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -41,8 +64,10 @@ class SinusoidalPositionalEncoding(nn.Module):
         # not persistent: the table is a pure function of the shape, so checkpoints need not carry it
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, seq_len: int, offset: int = 0) -> torch.Tensor:
-        return self.table[offset : offset + seq_len]
+    def forward(
+        self, seq_len: int, offset: int | torch.Tensor = 0, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return _positions(self.table, seq_len, offset, positions)
 
 
 class RotaryEmbedding(nn.Module):
@@ -62,12 +87,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset`."""
-        seq_len = x.shape[-2]
-        if offset + seq_len > self.cos.shape[0]:
-            raise ValueError(f"position {offset + seq_len - 1} is beyond the rotary table of {self.cos.shape[0]}")
-        cos = self.cos[offset : offset + seq_len].to(x.dtype)
-        sin = self.sin[offset : offset + seq_len].to(x.dtype)
+    def forward(
+        self, x: torch.Tensor, offset: int | torch.Tensor = 0, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rotate x of shape (B, n_head, T, head_dim) whose first token sits at position `offset` (an int,
+        or a (B,) tensor when each row starts elsewhere), or whose tokens sit at a (B, T) tensor's positions."""
+        cos = _positions(self.cos, x.shape[-2], offset, positions).to(x.dtype)  # (T, hs/2) or (B, T, hs/2)
+        sin = _positions(self.sin, x.shape[-2], offset, positions).to(x.dtype)
+        if cos.dim() == 3:  # one set of angles per row, shared by the heads
+            cos, sin = cos[:, None], sin[:, None]
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)

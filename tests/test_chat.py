@@ -1,0 +1,96 @@
+"""`minigpt chat` logic: history, cache reuse across turns, dropping old turns, commands, piped mode."""
+
+import io
+
+import pytest
+import torch
+
+from minigpt import GPT, GPTConfig
+from minigpt.chat import ChatSession, ChatSettings, run_chat
+from minigpt.engine import Engine
+from minigpt.errors import MinigptError
+from minigpt.tokenizers import build_tokenizer
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz ?!.0123456789\n"
+
+
+def _chat_model(block_size=96, seed=0):
+    tokenizer = build_tokenizer("char", [ALPHABET, "x"])
+    tokenizer.add_chat_tokens()
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
+    return model.eval(), tokenizer
+
+
+def _greedy_answer(model, tokenizer, messages, max_new_tokens):
+    """The answer by plain generation over the whole rendered conversation (no cache kept between turns)."""
+    ids = tokenizer.encode_chat(messages)
+    out = model.generate(torch.tensor([ids]), max_new_tokens, temperature=0)[0, len(ids) :].tolist()
+    stops = [i for i, t in enumerate(out) if t in tokenizer.stop_token_ids]
+    return tokenizer.decode(out[: stops[0]] if stops else out)
+
+
+def test_turns_reuse_the_cache_and_match_plain_generation():
+    model, tokenizer = _chat_model()
+    session = ChatSession(Engine(model, tokenizer), ChatSettings(max_new_tokens=8, temperature=0, system="be brief"))
+    for question in ("hi", "what is 2?", "ok"):
+        expected = _greedy_answer(model, tokenizer, [*session.messages, {"role": "user", "content": question}], 8)
+        cached_before = len(session.conversation.ids)
+        assert "".join(session.reply(question)) == expected
+        assert session.messages[-1] == {"role": "assistant", "content": expected}
+        if cached_before:  # the later turns continued the same cache
+            assert session.conversation.ids[:cached_before] == tokenizer.encode_chat(session.messages)[:cached_before]
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant"] * 1 + ["user", "assistant"] * 2
+
+
+def test_oldest_turns_are_dropped_when_the_context_fills():
+    model, tokenizer = _chat_model(block_size=64)
+    session = ChatSession(Engine(model, tokenizer), ChatSettings(max_new_tokens=8, temperature=0, system="sys"))
+    for i in range(6):
+        "".join(session.reply(f"question number {i}"))
+    assert session.dropped_turns > 0
+    assert session.messages[0] == {"role": "system", "content": "sys"}
+    assert session.messages[1] == {"role": "user", "content": f"question number {session.dropped_turns}"}
+    assert len(tokenizer.encode_chat(session.messages)) <= 64
+    with pytest.raises(MinigptError, match="this message needs .* tokens"):
+        "".join(session.reply("a" * 80))
+    assert session.messages[-1]["role"] == "assistant"  # the refused message is not kept
+
+
+def test_piped_chat_answers_one_line_per_line_with_commands():
+    model, tokenizer = _chat_model(block_size=48)
+    lines = "hello\n/system talk\nsecond\n/reset\nthird\n/bogus\n" + "more words here\n" * 4 + "/quit\nnever read\n"
+    out, err = io.StringIO(), io.StringIO()
+    run_chat(
+        model,
+        tokenizer,
+        ChatSettings(max_new_tokens=6, temperature=0),
+        stdin=io.StringIO(lines),
+        stdout=out,
+        stderr=err,
+    )
+    answers = out.getvalue().split("\n")[:-1]
+    assert len(answers) == 7  # hello, second, third and the four repeats; commands print nothing to stdout
+    assert "unknown command '/bogus'" in err.getvalue()
+    assert err.getvalue().count("the context is full") == 1  # told once
+
+
+def test_seeded_sampling_is_reproducible():
+    model, tokenizer = _chat_model()
+    settings = ChatSettings(max_new_tokens=10, temperature=1.0, seed=7)
+    first = [
+        ("".join(s.reply("hi")), "".join(s.reply("again"))) for s in [ChatSession(Engine(model, tokenizer), settings)]
+    ]
+    second = [
+        ("".join(s.reply("hi")), "".join(s.reply("again"))) for s in [ChatSession(Engine(model, tokenizer), settings)]
+    ]
+    assert first == second
+
+
+def test_a_model_without_chat_template_is_refused():
+    tokenizer = build_tokenizer("char", [ALPHABET])
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(MinigptError, match="no chat template: fine-tune it on chat data first"):
+        ChatSession(Engine(model, tokenizer), ChatSettings())
+    with pytest.raises(MinigptError, match="--top-p must be in"):
+        ChatSession(Engine(*_chat_model()), ChatSettings(top_p=2.0))

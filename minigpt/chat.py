@@ -148,14 +148,16 @@ def run_chat(
     tokenizer,
     settings: ChatSettings,
     *,
-    stdin: TextIO = sys.stdin,
-    stdout: TextIO = sys.stdout,
-    stderr: TextIO = sys.stderr,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
     interactive: bool | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> None:
-    """The chat loop (see the module docstring); interactive defaults to whether stdin is a terminal."""
+    """The chat loop (see the module docstring); interactive defaults to whether stdin is a terminal.
+    The streams default to sys.stdin / stdout / stderr as they are when called."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
     session = ChatSession(Engine(model, tokenizer, max_batch=1, device=device, dtype=dtype), settings)

@@ -68,4 +68,6 @@ def _lock(fd: int, lock_path: Path, folder: Path) -> None:
             f"out_dir {folder} is in use by another training run (process {holder}); "
             "wait for it to finish, stop it, or choose another out_dir"
         ) from None
-    lock_path.write_text(f"{os.getpid()}\n")
+    holder = f"{os.getpid()}\n"
+    if lock_path.read_text() != holder:  # unchanged when the same process takes it again
+        lock_path.write_text(holder)

@@ -292,7 +292,19 @@ class HFTokenizer(Tokenizer):
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.hf.decode(_int_list(ids), skip_special_tokens=False)
+        ids = _int_list(ids)
+        if not self.chat_token_ids:
+            return self.hf.decode(ids, skip_special_tokens=False)
+        # minigpt's chat tokens lie beyond the Rust tokenizer's vocabulary: decode the runs between them
+        chat = {i: text for text, i in self.chat_token_ids.items()}
+        pieces, run = [], []
+        for i in ids:
+            if i in chat:
+                pieces += [self.hf.decode(run, skip_special_tokens=False), chat[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join([*pieces, self.hf.decode(run, skip_special_tokens=False)])
 
     # ---- chat --------------------------------------------------------------------------------------
 

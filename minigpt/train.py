@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .chat_data import check_fits
 from .checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -118,6 +119,7 @@ class Trainer:
         model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
         self.config = config = dataclasses.replace(config, model=model.config)
         self.model = model.to(self.device)
+        check_fits(self.data_meta, config.model.block_size, data_dir)
         if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
             self.dtype = self._faster_cpu_dtype()
         self.sharded = t.parallel == "fsdp" and world_size > 1

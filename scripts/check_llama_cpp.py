@@ -19,6 +19,7 @@ import torch
 
 from minigpt.checkpoint import save_checkpoint
 from minigpt.config import RunConfig
+from minigpt.errors import MinigptError
 from minigpt.export import export
 from minigpt.load import load_model
 from minigpt.model import GPT, GPTConfig
@@ -118,4 +119,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MinigptError as e:
+        sys.exit(f"error: {e}")

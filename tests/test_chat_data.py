@@ -128,3 +128,12 @@ def test_system_and_user_tokens_contribute_no_gradient(chat_dir):
     context = y == IGNORE_INDEX
     assert context.any() and (~context).any()
     assert (grad[context] == 0).all() and (grad[~context] > 0).all()
+
+
+def test_training_refuses_chat_data_whose_conversations_outgrow_the_block(chat_dir):
+    from minigpt.chat_data import check_fits
+
+    meta = load_meta(chat_dir)  # prepared with the default --max-tokens 1025
+    check_fits(meta, 1024, chat_dir)
+    with pytest.raises(MinigptError, match="up to 1025 tokens, more than block_size \\+ 1 = 65; .*--max-tokens 65"):
+        check_fits(meta, 64, chat_dir)

@@ -80,3 +80,20 @@ def test_bad_messages_are_one_line_errors(messages, error):
     tokenizer, _ = _chat_tokenizer("gpt2")
     with pytest.raises(MinigptError, match=error):
         tokenizer.encode_chat(messages)
+
+
+def test_a_hugging_face_tokenizer_without_a_template_takes_minigpts_chat_tokens(tmp_path):
+    pytest.importorskip("transformers")
+    from hf_fixtures import make_hf_tokenizer_folder
+
+    make_hf_tokenizer_folder(tmp_path / "hf", chat_template=None)
+    tokenizer = load_tokenizer("hf", tmp_path / "hf")
+    tokenizer.add_chat_tokens()
+    ids = tokenizer.encode_chat(MESSAGES)
+    assert (
+        tokenizer.decode(ids)
+        == "<|system|>be terse<|end|><|user|>hi there<|end|><|assistant|>hello<|end|><|assistant|>"
+    )
+    (tmp_path / "run").mkdir()
+    tokenizer.save(tmp_path / "run")
+    assert load_tokenizer("hf", tmp_path / "run").encode_chat(MESSAGES) == ids

@@ -126,3 +126,20 @@ def test_a_lora_run_saves_adapters_and_rebuilds_as_its_merged_model(tmp_path):
     torch.testing.assert_close(rebuilt(idx)[0], model.eval()(idx)[0], atol=1e-5, rtol=0)
     with pytest.raises(MinigptError, match="train.lora needs trained weights"):
         build_model(GPTConfig(), chat, None, LoRASettings(rank=2))
+
+
+def test_generation_stops_at_end_of_text_unless_told_to_ignore_it():
+    from minigpt.sample import generate_text
+
+    tokenizer = build_tokenizer("char", ["abcdefghij", "x"])  # two documents: it has an end-of-text token
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8, tie_weights=False)
+    model = GPT(config)
+    with torch.no_grad():  # a model that always writes end-of-text: the final norm outputs e0, which picks it
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tokenizer.eot_token, 0] = 10.0
+    assert generate_text(model, tokenizer, "abc", max_new_tokens=5, temperature=0) == [""]
+    kept = generate_text(model, tokenizer, "abc", max_new_tokens=3, temperature=0, ignore_eos=True)
+    assert kept == ["<|endoftext|>" * 3]

@@ -35,8 +35,7 @@ def _chat_rows(n=60):
         rows.append(
             {
                 "messages": [
-                    {"role": "system", "content": "Answer briefly."},
-                    {"role": "user", "content": f"Who is number {NUMBERS[i % 7]}?"},
+                    {"role": "user", "content": f"Who is {NUMBERS[i % 7]}?"},
                     {"role": "assistant", "content": ["KING", "QUEEN", "LORD", "LADY", "DUKE", "PAGE", "MAID"][i % 7]},
                 ]
             }
@@ -52,7 +51,7 @@ def chat_data(base_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     source = root / "chat.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows()), encoding="utf-8")
-    prepare_chat(str(source), source_tokenizer(str(base_run)), root / "d")
+    prepare_chat(str(source), source_tokenizer(str(base_run)), root / "d", max_tokens=33)  # block_size + 1
     return root / "d"
 
 
@@ -91,7 +90,7 @@ def test_lora_run_trains_adapters_only_and_saves_a_small_checkpoint(base_run, ch
 def test_prepare_chat_on_the_command_line(base_run, tmp_path, capsys):
     source = tmp_path / "chat.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(20)), encoding="utf-8")
-    argv = ["prepare", source, "--format", "chat", "--tokenizer-from", base_run]
+    argv = ["prepare", source, "--format", "chat", "--tokenizer-from", base_run, "--max-tokens", "33"]
     code, _, err = run_main(capsys, *argv, "--out", tmp_path / "d")
     assert code == 0, err
     assert "20 conversations" in err and (tmp_path / "d" / "train_mask.bin").is_file()
@@ -103,7 +102,7 @@ def test_prepare_chat_on_the_command_line(base_run, tmp_path, capsys):
 def test_chat_tuning_and_chat_command(base_run, chat_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "chat_run"
     train(_config(chat_data, out, f"train.init_from={base_run}", "train.lr=3e-3", "train.max_steps=10"))
-    monkeypatch.setattr("sys.stdin", io.StringIO("Who is number four?\n/reset\nWho is number two?\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who is four?\n/reset\nWho is two?\n"))
     code, out_text, err = run_main(capsys, "chat", out, "--temperature", "0", "--max-new-tokens", "8")
     assert code == 0, err
     assert len(out_text.splitlines()) == 2  # one answer line per message line

@@ -135,7 +135,9 @@ NANOGPT_CPU = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.b
 BASELINE = ["dtype=float32", "compile=false"]  # a straightforward float32 eager loop
 
 
-def run_bench(config: str, *, quick: bool = False, text: str | None = None, json_path: str | None = None) -> dict:
+def run_bench(
+    config: str, *, quick: bool = False, text: str | None = None, json_path: str | None = None, finetune: bool = False
+) -> dict:
     """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
     peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
     device = resolve_device("auto")
@@ -172,6 +174,11 @@ def run_bench(config: str, *, quick: bool = False, text: str | None = None, json
         results["prepare"] = measure_prepare_throughput(text_file, "gpt2", repeats=3)
     results["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     print(format_table(results))
+    if finetune:
+        from .bench_finetune import bench_finetune, format_finetune_table
+
+        results["finetune"] = bench_finetune(quick=quick)
+        print(format_finetune_table(results["finetune"]))
     print(json.dumps(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))

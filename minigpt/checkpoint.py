@@ -28,6 +28,7 @@ from .errors import MinigptError, first_line
 from .run import RunRecord
 
 PREFIX = "step_"
+SHARDS = "shards"  # an FSDP run's sharded weights and optimizer state (torch.distributed.checkpoint)
 
 
 def checkpoint_dir(out_dir: Path | str, step: int) -> Path:
@@ -50,22 +51,34 @@ class Checkpoint:
         return state
 
 
-def model_state(model) -> dict:
-    """The weights of a plain GPT (not a compiled or DDP wrapper) to save, without the tied lm_head copy."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def model_state(model, state: dict | None = None) -> dict:
+    """The weights of a plain GPT (not a compiled or DDP wrapper) to save, without the tied lm_head copy.
+
+    state: the model's whole state dict where model.state_dict() holds only shards (FSDP gathers it)."""
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if model.config.tie_weights:
         state.pop("lm_head.weight")
     return state
 
 
 def save_checkpoint(
-    out_dir: Path, record: RunRecord, model, state: dict, tokenizer, *, keep: int, weights: dict | None = None
+    out_dir: Path,
+    record: RunRecord,
+    model,
+    state: dict,
+    tokenizer,
+    *,
+    keep: int,
+    weights: dict | None = None,
+    shards: Path | None = None,
 ) -> Path:
     """Write the checkpoint of record.step atomically, update best.json, prune old ones. Returns its folder.
 
     state is what resuming needs beyond the record (optimizer and RNG states: tensors and plain
     containers); record.val_loss, when finite, competes for best.json. weights: the tensors to save
-    instead of the whole model's (a LoRA run saves its adapters).
+    instead of the whole model's (a LoRA run saves its adapters, an FSDP run the weights it gathered);
+    shards: the folder of an FSDP run's sharded state, moved in as shards/.
     """
     final = checkpoint_dir(out_dir, record.step)
     root = final.parent
@@ -78,6 +91,8 @@ def save_checkpoint(
         save_file(model_state(model) if weights is None else weights, tmp / "model.safetensors")
         with open(tmp / "state.pt", "wb") as f:  # written through Python, so a full disk shows as an OSError
             torch.save(state, f)
+        if shards is not None:
+            os.replace(shards, tmp / SHARDS)
         tokenizer.save(tmp)
         _write_json(tmp / "meta.json", record.to_dict())
         _fsync_tree(tmp)
@@ -225,6 +240,9 @@ def _write_json_atomic(path: Path, values: dict) -> None:
 
 def _fsync_tree(folder: Path) -> None:
     for file in folder.iterdir():
+        if file.is_dir():
+            _fsync_tree(file)
+            continue
         with open(file, "rb") as f:
             os.fsync(f.fileno())
     _fsync_dir(folder)

@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer and shorter timing windows")
     p.add_argument("--text", default=None, help="a text file to time `prepare` on (e.g. tiny Shakespeare)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="also time full and LoRA fine-tuning of a GPT-2 124M-shaped model against transformers + peft",
+    )
     p.set_defaults(run=_bench)
     return parser
 
@@ -306,7 +311,7 @@ def _plot(args):
 def _bench(args):
     from .bench import run_bench
 
-    run_bench(args.config, quick=args.quick, text=args.text, json_path=args.json)
+    run_bench(args.config, quick=args.quick, text=args.text, json_path=args.json, finetune=args.finetune)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,7 @@ class TrainConfig:
     max_steps: int = 2000
     max_seconds: float | None = None  # a wall-clock budget: the schedule is laid on time, max_steps ignored
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    parallel: str = "ddp"  # ddp | fsdp: how torchrun's processes share the model (see minigpt/parallel.py)
     lr: float = 1e-3  # peak learning rate of AdamW
     muon_lr: float = 0.02  # peak learning rate of Muon, when optimizer is muon
     min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
@@ -77,6 +78,7 @@ CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "compile": ("auto", "true", "false"),
     "train.optimizer": ("adamw", "muon"),
+    "train.parallel": ("ddp", "fsdp"),
     "train.schedule": ("cosine", "linear", "wsd"),
     "train.on_nan": ("stop", "skip"),
 }
@@ -239,6 +241,16 @@ def validate(config: RunConfig) -> None:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:
         raise MinigptError(f"train.decay_fraction must be in (0, 1], got {config.train.decay_fraction}")
+    if config.train.parallel == "fsdp" and config.train.lora.enabled:
+        raise MinigptError(
+            "train.lora cannot be used with train.parallel=fsdp (LoRA's gradients and optimizer state are a "
+            "small fraction of the model's, which is what FSDP would shard); use train.parallel=ddp"
+        )
+    if config.train.parallel == "fsdp" and config.train.optimizer == "muon":
+        raise MinigptError(
+            "train.optimizer=muon cannot be used with train.parallel=fsdp (Muon orthogonalises whole matrices, "
+            "FSDP splits them across processes); use train.optimizer=adamw or train.parallel=ddp"
+        )
     check_device_name(config.device)
     dataclasses.replace(config.model, vocab_size=1).validate()  # the vocabulary comes later, from the data
 

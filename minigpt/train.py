@@ -44,6 +44,7 @@ from .finetune import build_model, checkpoint_weights, load_run_weights
 from .lock import out_dir_lock
 from .metrics import MetricsLog
 from .optim import Optimizers, lr_multiplier
+from .parallel import clip_gradients, no_gradient_sync
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
@@ -121,6 +122,11 @@ class Trainer:
         check_fits(self.data_meta, config.model.block_size, data_dir)
         if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
             self.dtype = self._faster_cpu_dtype()
+        self.sharded = t.parallel == "fsdp" and world_size > 1
+        if self.sharded:
+            from . import fsdp  # imported only here and in _save/_restore: FSDP's modules take seconds to import
+
+            fsdp.shard_model(self.model, self.device, self.dtype)  # before the optimizer: it takes the shards
         torch.manual_seed(config.seed + rank)
         self.optimizer = Optimizers(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
@@ -168,7 +174,7 @@ class Trainer:
         self.forward_model = self.model
         if config.compile == "true" or (config.compile == "auto" and self.device.type == "cuda"):
             self.forward_model = torch.compile(self.model)
-        if world_size > 1:
+        if world_size > 1 and not self.sharded:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(
                 self.forward_model, device_ids=[local_rank] if self.device.type == "cuda" else None
             )
@@ -207,7 +213,11 @@ class Trainer:
         """Continue from the newest checkpoint: weights, then everything state_dict holds."""
         checkpoint = load_checkpoint(self.out_dir, latest=True)
         self._check_same_run(checkpoint)
-        if not load_run_weights(self.model, self.train_cfg.lora, checkpoint.weights, str(checkpoint.path)):
+        if self.sharded:  # this process's shards of the weights and the optimizer state
+            from . import fsdp
+
+            fsdp.load_sharded_checkpoint(checkpoint.path, self.model, self.optimizer.optimizers)
+        elif not load_run_weights(self.model, self.train_cfg.lora, checkpoint.weights, str(checkpoint.path)):
             load_weights(self.model, checkpoint.weights, checkpoint.path)
         self.load_state_dict(checkpoint.record, checkpoint.state())
         if self.main:
@@ -258,6 +268,11 @@ class Trainer:
             )
         except MinigptError as e:
             raise MinigptError(f"{e}; {fresh_start}") from None
+        if saved.config.train.parallel != self.train_cfg.parallel:
+            raise MinigptError(
+                f"the checkpoint was written with train.parallel={saved.config.train.parallel}; "
+                f"resume with the same (now {self.train_cfg.parallel})"
+            )
         if saved.world_size != self.world_size:
             raise MinigptError(
                 f"the checkpoint was written by {saved.world_size} process(es); resume with the "
@@ -266,18 +281,19 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """What resuming needs besides the weights and the record: optimizer, gradient scaler and
-        every process's RNG states (tensors and plain containers, for state.pt)."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": self._gather(_rng_state()),
-        }
+        every process's RNG states (tensors and plain containers, for state.pt). An FSDP run's
+        optimizer state is sharded: it is saved beside, through torch.distributed.checkpoint."""
+        state = {"scaler": self.scaler.state_dict(), "rng": self._gather(_rng_state())}
+        if not self.sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, record: RunRecord, state: dict) -> None:
         """Take up the run where `record` and `state` (a checkpoint's) left it."""
         if self.config.dtype == "auto" and record.dtype is not None:  # what auto chose when the run began
             self.dtype = getattr(torch, record.dtype)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.sharded:  # else read with the weights' shards
+            self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without fp16 (or by the first release)
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(record.loader[self.rank])
@@ -448,7 +464,7 @@ class Trainer:
         for micro in range(accum):
             x, y = self.loader.next_batch()
             last = micro == accum - 1
-            sync = nullcontext() if last or self.world_size == 1 else self.forward_model.no_sync()
+            sync = nullcontext() if last or self.world_size == 1 else no_gradient_sync(self.forward_model)
             with sync:
                 with autocast(self.device, self.dtype):
                     _, loss = self.forward_model(x, y)
@@ -456,7 +472,7 @@ class Trainer:
             loss_sum += loss.detach()
         self.optimizer.unscale_(self.scaler)
         clip = self.train_cfg.grad_clip or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = clip_gradients(self.model, clip)
         return loss_sum / accum, grad_norm
 
     def _optimizer_step(self) -> None:
@@ -563,7 +579,19 @@ class Trainer:
             self.best_val = min(self.best_val, val_loss)
         usable_val = val_loss if val_loss is not None and math.isfinite(val_loss) else None
         record, state = self.record(usable_val), self.state_dict()  # every rank takes part in the gathers
-        if self.main:
+        if self.sharded:
+            from . import fsdp
+
+            fsdp.save_sharded_checkpoint(
+                self.out_dir,
+                record,
+                self.model,
+                self.optimizer.optimizers,
+                state,
+                self.tokenizer,
+                keep=self.train_cfg.keep_checkpoints,
+            )
+        elif self.main:
             save_checkpoint(
                 self.out_dir,
                 record,

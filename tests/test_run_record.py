@@ -52,6 +52,8 @@ def test_a_checkpoint_of_the_first_release_loads_samples_and_resumes(tmp_path):
     prepare(str(tmp_path / "corpus.txt"), "char", tmp_path / "data", num_proc=1, progress=False)
     run = tmp_path / "run"
     shutil.copytree(LEGACY, run)
+    meta = run / "checkpoints" / "step_0000004" / "meta.json"  # its data folder is here now
+    meta.write_text(meta.read_text().replace("/tmp/legacy/data", str(tmp_path / "data")))
     overrides = [f"data.dir={tmp_path / 'data'}", f"out_dir={run}", "train.max_steps=6", "train.progress=false"]
     saved = (LEGACY / "config.yaml").read_text()
     (tmp_path / "config.yaml").write_text(saved)

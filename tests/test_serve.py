@@ -1,15 +1,19 @@
 """The OpenAI-compatible server, driven by the official openai client and by raw HTTP."""
 
+import json
 import threading
 import time
 
 import httpx
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from serve_helpers import live_server, serve_run, tiny_run  # noqa: E402
+from serve_helpers import serve_run, tiny_run  # noqa: E402
+
+from minigpt.serve import background_server as live_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def test_completions_with_the_openai_client_streamed_and_not(base_server):
     api = client(url)
     ids = engine.tokenizer.encode("To be")
     expected = engine.tokenizer.decode(
-        engine.model.generate(__import__("torch").tensor([ids]), 12, temperature=0)[0, len(ids) :].tolist()
+        engine.model.generate(torch.tensor([ids]), 12, temperature=0)[0, len(ids) :].tolist()
     )
     done = api.completions.create(model="tiny", prompt="To be", max_tokens=12, temperature=0)
     assert done.choices[0].text == expected and done.choices[0].finish_reason == "length"
@@ -101,8 +105,6 @@ def test_chat_without_a_template_gets_a_plain_text_transcript(base_server):
 
 
 def httpx_json_events(text: str) -> list[dict]:
-    import json
-
     return [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: {")]
 
 
@@ -215,3 +217,12 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(base_r
         assert leaving.finish_reason == "cancelled" and len(leaving.tokens) < 40
         waiting.join(timeout=30)
         assert http.post("/v1/completions", json={"prompt": "d", "max_tokens": 1}).status_code == 200
+
+
+def test_the_serving_bench_counts_every_streamed_token():
+    from minigpt.bench_serve import bench_serving, serving_table
+
+    result = bench_serving(n_layer=1, n_head=2, n_embd=32, block_size=64, clients=(1, 2), max_tokens=4, max_batch=2)
+    assert set(result["concurrent"]) == {1, 2} and result["sequential"]["clients"] == 2
+    assert all(r["tokens_per_s"] > 0 and r["ttft_ms"] > 0 for r in result["concurrent"].values())
+    assert "| 2 one after another |" in serving_table(result)

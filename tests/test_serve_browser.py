@@ -16,7 +16,9 @@ import pytest
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from serve_helpers import live_server, serve_run, tiny_run  # noqa: E402
+from serve_helpers import serve_run, tiny_run  # noqa: E402
+
+from minigpt.serve import background_server as live_server  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 

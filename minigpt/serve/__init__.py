@@ -7,8 +7,12 @@ The app (app.py) is a thin layer over the generation engine (engine.py); protoco
 requests and shapes responses. FastAPI and uvicorn come with the `serve` extra.
 """
 
+import contextlib
 import os
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 from ..errors import MinigptError
@@ -70,3 +74,26 @@ def serve(
 def model_name(path: str) -> str:
     """What /v1/models calls the model: the run folder's name."""
     return Path(path).resolve().name if Path(path).exists() else str(path)
+
+
+@contextlib.contextmanager
+def background_server(app, host: str = "127.0.0.1"):
+    """Run `app` with uvicorn in a thread on a free port of host; yields its base URL (for tests and bench)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -226,3 +226,12 @@ def test_the_serving_bench_counts_every_streamed_token():
     assert set(result["concurrent"]) == {1, 2} and result["sequential"]["clients"] == 2
     assert all(r["tokens_per_s"] > 0 and r["ttft_ms"] > 0 for r in result["concurrent"].values())
     assert "| 2 one after another |" in serving_table(result)
+
+
+def test_serve_command_mistakes_are_one_line_errors(capsys, base_run):
+    from helpers import run_main
+
+    code, _, err = run_main(capsys, "serve", base_run, "--max-batch", "0")
+    assert code == 2 and err.strip() == "error: --max-batch must be at least 1 and --max-waiting 0 or more, got 0, 64"
+    code, _, err = run_main(capsys, "serve", base_run, "--port", "70000")
+    assert code == 2 and "--port must be in 0..65535" in err and len(err.strip().splitlines()) == 1

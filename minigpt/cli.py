@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare, train, sample, eval, attention, plot, export, bench.
+"""The `minigpt` command: prepare, train, sample, chat, serve, eval, attention, plot, export, bench.
 
 Mistakes a user can make raise MinigptError; here they become one line on stderr and exit code 2
 (1 for runtime failures such as a full disk). --debug shows the full traceback instead.
@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="end an answer at any of these strings")
     p.set_defaults(run=_chat)
+
+    p = commands.add_parser("serve", help="serve a model over the OpenAI API, with the attention playground at /")
+    _add_model_arguments(p, dtype="auto")
+    p.add_argument("--host", default="127.0.0.1", help="the interface to listen on (0.0.0.0: every one)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together in one batch")
+    p.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
+    p.add_argument("--api-key", default=None, help="require this bearer key (default: $MINIGPT_API_KEY, else none)")
+    p.set_defaults(run=_serve)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
     _add_model_arguments(p, dtype="float32")  # float32: numbers comparable across machines
@@ -249,6 +258,22 @@ def _chat(args):
         system=args.system,
     )
     chat_with(args.path, settings, latest=args.latest, device=args.device, dtype=args.dtype)
+
+
+def _serve(args):
+    from .serve import serve
+
+    serve(
+        args.path,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_waiting=args.max_waiting,
+        api_key=args.api_key,
+        latest=args.latest,
+        device=args.device,
+        dtype=args.dtype,
+    )
 
 
 def _eval(args):

@@ -98,7 +98,7 @@ class Engine:
         self.dtype = dtype
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.block_size = model.config.block_size
-        self.stop_token_ids = set(_stop_token_ids(tokenizer))
+        self.stop_token_ids = set(tokenizer.stop_token_ids)  # end-of-text, and end-of-turn for chat
         with autocast(self.device, dtype):
             self.caches = model._new_caches(max_batch, self.device, ragged=True)
         self.active: list[Sequence] = []  # active[i] owns row i of the caches
@@ -310,12 +310,3 @@ class Conversation:
             idx = torch.tensor([pending], dtype=torch.long, device=engine.device)
             with autocast(engine.device, engine.dtype):
                 model._hidden_states(idx, self.caches)
-
-
-def _stop_token_ids(tokenizer) -> list[int]:
-    """The tokenizer's end-of-text / end-of-turn ids (stop_token_ids where it has them, else eot)."""
-    ids = getattr(tokenizer, "stop_token_ids", None)
-    if ids is not None:
-        return list(ids)
-    eot = getattr(tokenizer, "eot_token", None)
-    return [] if eot is None else [eot]

@@ -1,0 +1,99 @@
+"""`minigpt serve PATH`: a model behind the OpenAI API, with the attention playground at `/`.
+
+    from minigpt.serve import serve
+    serve("out/shakespeare_char", port=8000, max_batch=8)
+
+The app (app.py) is a thin layer over the generation engine (engine.py); protocol.py checks
+requests and shapes responses. FastAPI and uvicorn come with the `serve` extra.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..errors import MinigptError
+
+API_KEY_VARIABLE = "MINIGPT_API_KEY"
+
+
+def serve(
+    path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 8,
+    max_waiting: int = 64,
+    api_key: str | None = None,
+    latest: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> None:
+    """Load the model at PATH and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
+
+    Without api_key, the key comes from $MINIGPT_API_KEY; with neither, no key is asked for.
+    """
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise MinigptError(
+            f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
+        ) from None
+    from ..checkpoint import load_model
+    from ..device import resolve_device, resolve_dtype
+    from ..engine import Engine
+
+    if max_batch < 1 or max_waiting < 0:
+        raise MinigptError(
+            f"--max-batch must be at least 1 and --max-waiting 0 or more, got {max_batch}, {max_waiting}"
+        )
+    if not 0 <= port <= 65535:
+        raise MinigptError(f"--port must be in 0..65535, got {port}")
+    api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
+    device_ = resolve_device(device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=device_)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch=max_batch,
+        max_waiting=max_waiting,
+        device=device_,
+        dtype=resolve_dtype(dtype, device_),
+    )
+    app = create_app(engine, model_name(path), api_key=api_key)
+    where = "all interfaces" if host in ("0.0.0.0", "::") else host
+    print(f"serving {path} on http://{host}:{port} ({where}); API key {'on' if api_key else 'off'}", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=None)
+
+
+def model_name(path: str) -> str:
+    """What /v1/models calls the model: the run folder's name."""
+    return Path(path).resolve().name if Path(path).exists() else str(path)
+
+
+@contextlib.contextmanager
+def background_server(app, host: str = "127.0.0.1"):
+    """Run `app` with uvicorn in a thread on a free port of host; yields its base URL (for tests and bench)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

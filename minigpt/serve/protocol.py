@@ -1,0 +1,182 @@
+"""The OpenAI API's request bodies, checked and turned into engine work; its response shapes.
+
+Every problem with a request becomes an APIError, which the app answers with the OpenAI error
+body `{"error": {"message", "type", "param", "code"}}` and its HTTP status.
+
+Chat prompts use the tokenizer's chat template when it has one. A base model without one gets
+a plain-text transcript instead: one "role: content" line per message, then "assistant:" as
+the cue for the answer, and generation stops at the next "\\nuser:" line.
+"""
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..engine import SamplingParams
+from ..errors import MinigptError
+
+MAX_STOPS = 4  # as the OpenAI API
+MAX_N = 8
+FALLBACK_STOP = "\nuser:"
+
+
+class APIError(Exception):
+    """A request the server refuses: HTTP status, OpenAI error type, and the parameter at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+@dataclass
+class Job:
+    """A checked request: the prompt's ids, how to sample, how many choices, and whether to stream."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    n: int
+    stream: bool
+    include_usage: bool
+
+
+def completion_job(body: dict, tokenizer, block_size: int) -> Job:
+    """POST /v1/completions: `prompt` is text, a list of one text, or a list of token ids."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        ids = _encode(tokenizer, prompt, "prompt")
+    elif isinstance(prompt, list) and prompt and all(is_int(t) for t in prompt):
+        if not all(0 <= t < tokenizer.vocab_size for t in prompt):
+            raise APIError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", "prompt")
+        ids = list(prompt)
+    else:
+        raise APIError(
+            400, "prompt must be a non-empty string or a list of token ids (one prompt per request)", "prompt"
+        )
+    return _job(body, ids, [], block_size, default_max_tokens=16)
+
+
+def chat_job(body: dict, tokenizer, block_size: int) -> Job:
+    """POST /v1/chat/completions: `messages` is a list of {"role", "content"} with text contents."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages must be a non-empty list of {role, content} objects", "messages")
+    for m in messages:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise APIError(400, "each message needs a string role and a string content", "messages")
+    if tokenizer.has_chat_template:
+        try:
+            ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
+        except MinigptError as e:
+            raise APIError(400, str(e), "messages") from None
+        extra_stops = []
+    else:
+        transcript = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        ids = _encode(tokenizer, transcript, "messages")
+        extra_stops = [FALLBACK_STOP]
+    return _job(body, ids, extra_stops, block_size, default_max_tokens=None, max_key="max_completion_tokens")
+
+
+def _job(body: dict, ids: list[int], extra_stops: list[str], block_size: int, default_max_tokens, max_key=None) -> Job:
+    room = block_size - len(ids)
+    if room < 1:
+        raise APIError(400, f"the prompt has {len(ids)} tokens; the model's context holds {block_size}", "prompt")
+    max_tokens = body.get("max_tokens", body.get(max_key) if max_key else None)
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens or room, room)
+    elif not is_int(max_tokens) or max_tokens < 1:
+        raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
+    elif max_tokens > room:
+        raise APIError(
+            400,
+            f"max_tokens {max_tokens} is beyond the context: the prompt has {len(ids)} tokens of {block_size}, "
+            f"so at most {room} more fit",
+            "max_tokens",
+        )
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0:
+        raise APIError(400, "top_p must be in (0, 1]", "top_p")
+    top_k = body.get("top_k")  # not in OpenAI's API; vLLM and others accept it
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        raise APIError(400, f"top_k must be a positive integer, got {top_k!r}", "top_k")
+    seed = body.get("seed")
+    if seed is not None and not is_int(seed):
+        raise APIError(400, f"seed must be an integer, got {seed!r}", "seed")
+    n = body.get("n", 1)
+    if not is_int(n) or not 1 <= n <= MAX_N:
+        raise APIError(400, f"n must be an integer from 1 to {MAX_N}, got {n!r}", "n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, "stream must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "stream_options must be an object", "stream_options")
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p if top_p < 1 else None,
+        seed=seed,
+        stop=_stops(body.get("stop")) + extra_stops,
+    )
+    return Job(ids, params, n, stream, bool(options.get("include_usage")))
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise APIError(400, f"{name} must be a number, got {value!r}", name)
+    if not low <= value <= high:
+        raise APIError(400, f"{name} must be between {low:g} and {high:g}, got {value:g}", name)
+    return float(value)
+
+
+def _stops(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOPS:
+        raise APIError(400, f"stop must be a string or a list of up to {MAX_STOPS} strings", "stop")
+    return [s for s in stops if s]
+
+
+def _encode(tokenizer, text: str, param: str) -> list[int]:
+    try:
+        ids = tokenizer.encode(text)
+    except MinigptError as e:  # a char model names the characters it never saw
+        raise APIError(400, str(e), param) from None
+    if not ids:
+        raise APIError(400, f"{param} must not be empty", param)
+    return ids
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---- responses --------------------------------------------------------------------------------------
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def envelope(kind: str, request_id: str, model: str, choices: list[dict]) -> dict:
+    """The fields every completion, chat completion and stream chunk share."""
+    return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}

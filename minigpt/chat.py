@@ -140,7 +140,9 @@ def chat_with(path: str, settings: ChatSettings, *, latest: bool = False, device
     settings.check()  # before loading: a bad option costs no time
     torch_device = resolve_device(device)
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
-    run_chat(model, tokenizer, settings, device=torch_device, dtype=resolve_dtype(dtype, torch_device))
+    run_chat(
+        model, tokenizer, settings, device=torch_device, dtype=resolve_dtype(dtype, torch_device, phase="generate")
+    )
 
 
 def run_chat(

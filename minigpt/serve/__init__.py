@@ -44,9 +44,9 @@ def serve(
         raise MinigptError(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
-    from ..checkpoint import load_model
     from ..device import resolve_device, resolve_dtype
     from ..engine import Engine
+    from ..load import load_model
 
     if max_batch < 1 or max_waiting < 0:
         raise MinigptError(
@@ -63,7 +63,7 @@ def serve(
         max_batch=max_batch,
         max_waiting=max_waiting,
         device=device_,
-        dtype=resolve_dtype(dtype, device_),
+        dtype=resolve_dtype(dtype, device_, phase="generate"),
     )
     app = create_app(engine, model_name(path), api_key=api_key)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host

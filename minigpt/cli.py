@@ -339,9 +339,27 @@ def _bench(args):
     run_bench(args.config, quick=args.quick, text=args.text, json_path=args.json, finetune=args.finetune)
 
 
+def _import_whole(*modules: str) -> None:
+    """Import the big libraries with Ctrl-C held back. An interrupt in the middle of numpy's or torch's
+    own import can leave it half initialised, and what follows is a confusing traceback rather than a
+    KeyboardInterrupt; held back, the interrupt arrives right after, as a clean KeyboardInterrupt."""
+    import importlib
+
+    hold = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if hold:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        _import_whole("numpy", *(() if args.command == "prepare" else ("torch",)))  # prepare needs no torch
         args.run(args)
     except MinigptError as e:
         if args.debug:

@@ -136,7 +136,13 @@ BASELINE = ["dtype=float32", "compile=false"]  # a straightforward float32 eager
 
 
 def run_bench(
-    config: str, *, quick: bool = False, text: str | None = None, json_path: str | None = None, finetune: bool = False
+    config: str,
+    *,
+    quick: bool = False,
+    text: str | None = None,
+    json_path: str | None = None,
+    finetune: bool = False,
+    serve: bool = False,
 ) -> dict:
     """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
     peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
@@ -179,6 +185,11 @@ def run_bench(
 
         results["finetune"] = bench_finetune(quick=quick)
         print(format_finetune_table(results["finetune"]))
+    if serve:
+        from .bench_serve import bench_serving, serving_table
+
+        results["serving"] = bench_serving()
+        print(serving_table(results["serving"]))
     print(json.dumps(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))

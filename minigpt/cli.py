@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time full and LoRA fine-tuning of a GPT-2 124M-shaped model against transformers + peft",
     )
+    p.add_argument("--serve", action="store_true", help="also time the server with 1, 4 and 8 concurrent clients")
     p.set_defaults(run=_bench)
     return parser
 
@@ -336,7 +337,9 @@ def _plot(args):
 def _bench(args):
     from .bench import run_bench
 
-    run_bench(args.config, quick=args.quick, text=args.text, json_path=args.json, finetune=args.finetune)
+    run_bench(
+        args.config, quick=args.quick, text=args.text, json_path=args.json, finetune=args.finetune, serve=args.serve
+    )
 
 
 def _import_whole(*modules: str) -> None:

@@ -187,7 +187,7 @@ class Trainer:
         self.peak_flops = peak * world_size if peak else None  # no MFU for GPUs missing from PEAK_FLOPS
         self.stop_signal = None
         self.started = time.perf_counter() - self.elapsed  # reset when the loop starts: set-up is not training
-        self.step_seconds = 0.0  # how long the last step took
+        self.step_seconds = 0.0  # how long a step takes (the fastest so far)
         self.budget_used = None if config.train.max_seconds is None else 0.0  # share of train.max_seconds
         self.closing_seconds = 0.0  # how long the final evaluation and save take: a time budget leaves room
 
@@ -394,7 +394,9 @@ class Trainer:
             log_now = next_step % t.log_interval == 0
             save_now = next_step % t.checkpoint_interval == 0
             loss = self.train_step(check_finite=check_each_step or log_now or save_now or t.max_seconds is not None)
-            self.step_seconds = time.perf_counter() - step_start
+            took = time.perf_counter() - step_start
+            # the fastest step yet: first steps (kernel set-up) and a busy moment must not end a budget early
+            self.step_seconds = min(self.step_seconds, took) if self.step_seconds else took
             stopping = self._agreed_stop()  # read once: a signal arriving later is handled after the next step
             done = self._finished() or stopping is not None
             log_now, save_now = log_now or done, save_now or done

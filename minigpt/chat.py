@@ -29,7 +29,7 @@ from .device import resolve_device, resolve_dtype
 from .engine import Conversation, Engine, SamplingParams
 from .errors import MinigptError
 from .load import load_model
-from .sample import _SampleText, check_sampling_options
+from .sample import SampleText, check_sampling_options
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
 
@@ -48,7 +48,11 @@ class ChatSettings:
 
     def check(self) -> None:
         check_sampling_options(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
         )
         if self.max_new_tokens < 1:
             raise MinigptError(f"--max-new-tokens must be at least 1 for chat, got {self.max_new_tokens}")
@@ -99,10 +103,9 @@ class ChatSession:
             held = []
         s = self.settings
         seed = None if s.seed is None else s.seed + self.answers
-        stop = [x for x in s.stop if x]
-        params = SamplingParams(s.max_new_tokens, s.temperature, s.top_k, s.top_p, seed, stop)
+        params = SamplingParams(s.max_new_tokens, s.temperature, s.top_k, s.top_p, seed, s.stop)
         self.answers += 1
-        answer, shown = _SampleText(self.tokenizer, stop), 0
+        answer, shown = SampleText(self.tokenizer, s.stop), 0
         # Read the reply to its end (never break): the conversation then puts its last token in the cache.
         for token in self.conversation.reply(ids[len(held) :], params):
             if token in self.stop_ids:

@@ -29,7 +29,7 @@ import torch
 
 from .device import autocast
 from .model import choose_next_token
-from .sample import _SampleText
+from .sample import SampleText
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Sequence:
         self.params = params
         self.listener: Callable[[Event], None] | None = listener
         self.tokens: list[int] = []
-        self.text = _SampleText(tokenizer, [s for s in params.stop if s])
+        self.text = SampleText(tokenizer, params.stop)
         self.shown = 0  # characters of text already handed to the listener
         self.finish_reason: str | None = None
         self.cancelled = False

@@ -89,16 +89,17 @@ def _document_start(tokenizer) -> int:
     return newline[0] if len(newline) == 1 else 0
 
 
-class _SampleText:
+class SampleText:
     """The text of one sample, grown token by token, cut at the first stop string.
 
     `text` holds complete characters only; `pending` holds the ids of a character still being
-    spelled out byte by byte. Stop strings are searched only in the tail a new piece can complete.
+    spelled out byte by byte. Stop strings are searched only in the tail a new piece can complete;
+    empty ones are ignored. Used by sample, chat and the serving engine alike.
     """
 
     def __init__(self, tokenizer, stops: list[str]):
         self.tokenizer = tokenizer
-        self.stops = stops
+        self.stops = [s for s in stops if s]
         self.longest_stop = max(map(len, stops), default=0)
         self.text = ""
         self.pending: list[int] = []
@@ -177,7 +178,7 @@ def generate_text(
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    samples = [_SampleText(tokenizer, [s for s in stop or [] if s]) for _ in range(num_samples)]
+    samples = [SampleText(tokenizer, stop or []) for _ in range(num_samples)]
     ends = set() if ignore_eos else set(tokenizer.stop_token_ids)
     shown = 0
     try:
@@ -206,7 +207,7 @@ class GenerationInterrupted(KeyboardInterrupt):
         self.texts = texts
 
 
-def _finish(samples: list["_SampleText"], stream_to: TextIO | None, shown: int) -> list[str]:
+def _finish(samples: list["SampleText"], stream_to: TextIO | None, shown: int) -> list[str]:
     for sample in samples:
         sample.finish()
     if stream_to is not None:

@@ -94,3 +94,8 @@ def test_a_model_without_chat_template_is_refused():
         ChatSession(Engine(model, tokenizer), ChatSettings())
     with pytest.raises(MinigptError, match="--top-p must be in"):
         ChatSession(Engine(*_chat_model()), ChatSettings(top_p=2.0))
+
+
+def test_a_seed_no_generator_takes_is_one_line():
+    with pytest.raises(MinigptError, match="--seed must be a whole number from 0 to 2\\*\\*64 - 1"):
+        ChatSettings(seed=2**70).check()

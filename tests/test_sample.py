@@ -9,7 +9,7 @@ from helpers import run_main, save_untrained_run
 from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
 from minigpt.load import load_model
-from minigpt.sample import _SampleText, generate_text
+from minigpt.sample import SampleText, generate_text
 from minigpt.tokenizers import load_tokenizer
 
 
@@ -129,7 +129,7 @@ def test_incremental_decoding_never_splits_a_multibyte_character():
     text = "naïve café — 日本語のテキスト 🙂!"
     ids = tokenizer.encode(text)
     assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some tokens are partial characters
-    tracker = _SampleText(tokenizer, stops=["テキ"])
+    tracker = SampleText(tokenizer, stops=["テキ"])
     shown = []
     for i in ids:
         tracker.add(i)

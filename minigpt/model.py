@@ -44,7 +44,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms
     pos_encoding: str = "learned"  # learned | sinusoidal | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu | relu2 | swiglu
+    mlp: str = "gelu"  # gelu | gelu_exact | relu | relu2 | swiglu
     tie_weights: bool = True  # the LM head reuses the token embedding matrix
     qk_norm: bool = False
     zero_init_proj: bool = False  # start each residual branch at zero, so every block begins as identity

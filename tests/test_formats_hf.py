@@ -105,7 +105,14 @@ def _gpt2_folder(tmp_path, **overrides):
 
 
 @pytest.mark.parametrize(
-    "overrides", [dict(tie_word_embeddings=False), dict(layer_norm_epsilon=1e-2), dict(n_inner=72)], ids=str
+    "overrides",
+    [
+        dict(tie_word_embeddings=False),
+        dict(layer_norm_epsilon=1e-2),
+        dict(n_inner=72),
+        dict(activation_function="gelu"),
+    ],
+    ids=str,
 )
 def test_gpt2_config_fields_that_change_the_computation_are_honoured(tmp_path, overrides):
     reference, folder = _gpt2_folder(tmp_path, **overrides)
@@ -120,6 +127,7 @@ def test_gpt2_config_fields_that_change_the_computation_are_honoured(tmp_path, o
     [
         (dict(scale_attn_weights=False), "scale_attn_weights"),
         (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
+        (dict(activation_function="relu"), "activation_function='relu'"),
     ],
     ids=str,
 )
@@ -249,6 +257,7 @@ def _bpe_tokenizer():
 
 EXPORTS = {  # what each config is written as, with which of our tokenizers
     "gpt2-char": (dict(), _char_tokenizer, "gpt2"),
+    "gpt2-exact-gelu": (dict(mlp="gelu_exact"), _char_tokenizer, "gpt2"),  # activation_function "gelu" to them
     "llama-bpe": (
         dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2, tie_weights=False),
         _bpe_tokenizer,

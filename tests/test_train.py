@@ -267,6 +267,49 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert id(model.lm_head.weight) in decayed and id(model.transformer.ln_f.weight) not in decayed
 
 
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_our_optimizers_update_exactly_as_torchs(kind):
+    """Optimizers uses torch's classes with their compile guards left out: the updates are torch's, bit for bit."""
+    from minigpt import GPT, GPTConfig
+    from minigpt.optim import Optimizers
+
+    torch.manual_seed(0)
+    models = [GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    initial = [p.detach().clone() for p in models[0].parameters()]
+    ours = Optimizers(models[0], load_config(None, [f"train.optimizer={kind}"]).train, torch.device("cpu"))
+    twin = {id(p): q for p, q in zip(models[0].parameters(), models[1].parameters())}
+    theirs = [
+        type(o).__mro__[1]([{**g, "params": [twin[id(p)] for p in g["params"]]} for g in o.param_groups])
+        for o in ours.optimizers
+    ]
+    assert [type(o).__mro__[1] for o in ours.optimizers] == [torch.optim.Muon, torch.optim.AdamW][2 - len(theirs) :]
+    for _ in range(3):
+        idx = torch.randint(0, 40, (2, 16))
+        for model in models:
+            model(idx, idx)[1].backward()
+        ours.step(torch.amp.GradScaler(enabled=False))
+        ours.zero_grad()
+        for optimizer in theirs:
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not any(torch.equal(a, b) for a, b in zip(models[0].parameters(), initial))  # every tensor was updated
+
+
+def test_a_cpu_run_never_imports_torch_dynamo(char_data, tmp_path):
+    """torch.optim's guards against torch.compile import torch._dynamo, 2 s of a short run's start-up."""
+    code = (
+        "import sys; from minigpt.config import load_config; from minigpt.train import train; "
+        "train(load_config(None, sys.argv[1:])); print('torch._dynamo' in sys.modules)"
+    )
+    args = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "train.max_steps=2", "device=cpu"]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_missing_logging_extras_only_add_a_note(char_data, tmp_path, capsys):
     try:
         import torch.utils.tensorboard  # noqa: F401

@@ -27,6 +27,8 @@ class Architecture:
     layer: dict[str, tuple[str, ...]]  # our tensor within a block -> theirs, concatenated along dim 0
     top: dict[str, str]  # our tensors outside the blocks -> theirs
     defaults: dict[str, object] = field(default_factory=dict)  # our field -> value when their key is absent
+    # our field -> (their key, {our value: their values, the first written on export}); absent key: first entry
+    translated: dict[str, tuple[str, dict[object, tuple]]] = field(default_factory=dict)
     transposed: tuple[str, ...] = ()  # ours stored (in, out) on their side (GPT-2's Conv1D layers)
     skipped: tuple[str, ...] = ()  # name endings of their buffers that hold nothing to load
 
@@ -37,24 +39,39 @@ class Architecture:
         hf = _flatten_rope_and_layers(hf)
         for key, values in self.accepted.items():
             if key in hf and hf[key] not in values:
-                raise MinigptError(
-                    f"{self.model_type} config has {key}={hf[key]!r}, which minigpt does not support "
-                    f"(supported: {' or '.join(repr(v) for v in values)})"
-                )
+                raise self._unsupported(key, hf[key], values)
         values = dict(self.defaults)
         values.update({ours: hf[theirs] for ours, theirs in self.fields.items() if hf.get(theirs) is not None})
+        for ours, (key, table) in self.translated.items():
+            ours_for = {their_value: our_value for our_value, theirs in table.items() for their_value in theirs}
+            their_value = hf.get(key, next(iter(ours_for)))
+            if their_value not in ours_for:
+                raise self._unsupported(key, their_value, ours_for)
+            values[ours] = ours_for[their_value]
         return GPTConfig(**values, **self.fixed)
+
+    def _unsupported(self, key: str, value, supported) -> MinigptError:
+        return MinigptError(
+            f"{self.model_type} config has {key}={value!r}, which minigpt does not support "
+            f"(supported: {' or '.join(repr(v) for v in supported)})"
+        )
 
     def cannot_express(self, config: GPTConfig) -> list[str]:
         """The settings of config this architecture has no way to write, as 'field=value' strings."""
         canonical = _canonical(config)
-        return [f"{name}={canonical[name]!r}" for name, value in self.fixed.items() if canonical[name] != value]
+        fixed = [f"{name}={canonical[name]!r}" for name, value in self.fixed.items() if canonical[name] != value]
+        return fixed + [
+            f"{name}={canonical[name]!r}"
+            for name, (_, table) in self.translated.items()
+            if canonical[name] not in table
+        ]
 
     def from_model(self, model: GPT) -> dict:
         """Their config.json for model (whose config this architecture can express)."""
         hf = {"model_type": self.model_type, "architectures": [self.hf_class]}
         hf.update({key: values[0] for key, values in self.accepted.items()})
         hf.update({theirs: _resolved(model, ours) for ours, theirs in self.fields.items()})
+        hf.update({key: table[getattr(model.config, ours)][0] for ours, (key, table) in self.translated.items()})
         return hf
 
     # ---- tensors -----------------------------------------------------------------------------------
@@ -173,7 +190,6 @@ GPT2 = Architecture(
     fixed=dict(
         pos_encoding="learned",
         norm="layernorm",
-        mlp="gelu",
         bias=True,
         qkv_bias=None,
         n_kv_head=None,
@@ -182,7 +198,6 @@ GPT2 = Architecture(
         logit_softcap=None,
     ),
     accepted=dict(
-        activation_function=("gelu_new", "gelu_pytorch_tanh"),  # GELU's tanh approximation, as GPT-2 used
         scale_attn_weights=(True,),
         scale_attn_by_inverse_layer_idx=(False,),
     ),
@@ -207,6 +222,8 @@ GPT2 = Architecture(
     | {"lm_head.weight": "lm_head.weight"},
     transposed=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
     skipped=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers
+    # GELU's tanh approximation, as GPT-2 used (their default), or the exact erf form ("gelu" to them)
+    translated=dict(mlp=("activation_function", {"gelu": ("gelu_new", "gelu_pytorch_tanh"), "gelu_exact": ("gelu",)})),
 )
 
 

@@ -121,7 +121,19 @@ def bench_startup(config_path: str) -> dict:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux, VmHWM: getrusage's ru_maxrss would carry over the
+    peak of the process that started this one (it survives fork and exec), so a benchmark run in a fresh
+    process would report its parent's peak whenever that was higher."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+    (line,) = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) / 1024  # kB
 
 
 def machine() -> str:

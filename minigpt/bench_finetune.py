@@ -16,7 +16,6 @@ the median over the timed steps, after warm-up steps that pay for first-touch al
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -134,6 +133,8 @@ def measure(
     """One side's training steps in this process: tokens/s (median over steps) and this process's peak RSS."""
     import torch
 
+    from .bench import peak_rss_mb
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dtype = getattr(torch, dtype)
@@ -151,7 +152,7 @@ def measure(
     return {
         "tokens_per_s": round(tokens / statistics.median(times), 1),
         "step_seconds": [round(t, 3) for t in times],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "trainable_params": trainable,
         "last_loss": round(loss, 4),
     }

@@ -48,6 +48,7 @@ from .parallel import clip_gradients, no_gradient_sync
 from .run import RunRecord
 from .tokenizers import check_same_vocabulary, load_tokenizer
 
+DTYPE_TIMING_TOKENS = 2048  # tokens a pass of dtype=auto's timing runs on a CPU (see _faster_cpu_dtype)
 TIMED_STEPS = 10  # steps the start-up estimate of the step time is measured over
 # fp16 overflow skips a step and halves the gradient scale; this many in a row is divergence, not overflow
 MAX_SKIPPED_STEPS = 25
@@ -225,11 +226,13 @@ class Trainer:
             _print(f"resuming from {checkpoint.path} at step {self.step}")
 
     def _faster_cpu_dtype(self) -> torch.dtype:
-        """dtype=auto on a CPU with bf16 units: time a forward and backward pass of this model on a
-        batch of this run's shape in float32 and in bf16, and train in the faster (every process
-        agrees). Nothing of the run changes: the batch is made up, gradients and RNG are put back."""
+        """dtype=auto on a CPU with bf16 units: time a forward and backward pass of this model on
+        rows of this run's shape in float32 and in bf16, and train in the faster (every process
+        agrees). Nothing of the run changes: the batch is made up, gradients and RNG are put back.
+        At most DTYPE_TIMING_TOKENS tokens a pass: a wide model's whole batch would take a minute."""
         c, t = self.config.model, self.train_cfg
-        x = torch.randint(0, c.vocab_size, (t.batch_size, c.block_size), generator=torch.Generator().manual_seed(0))
+        rows = max(1, min(t.batch_size, DTYPE_TIMING_TOKENS // c.block_size))
+        x = torch.randint(0, c.vocab_size, (rows, c.block_size), generator=torch.Generator().manual_seed(0))
         rng = torch.get_rng_state()
 
         def forward_backward(dtype: torch.dtype) -> None:
@@ -237,7 +240,7 @@ class Trainer:
                 _, loss = self.model(x, x)
             loss.backward()
 
-        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16))
+        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16), repeats=2)
         self.model.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
         times = torch.tensor([seconds[torch.float32], seconds[torch.bfloat16]])

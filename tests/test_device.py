@@ -60,3 +60,33 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
         load_config(None, [*overrides, "train.max_steps=4"]), resume=True, rank=0, world_size=1, local_rank=0
     )
     assert resumed.dtype == faster  # the run's own choice, not a new measurement
+
+
+def test_the_dtype_timing_runs_on_a_bounded_slice_of_a_big_batch(char_data, tmp_path, monkeypatch):
+    """A wide run's whole batch would take a minute a pass: dtype=auto times DTYPE_TIMING_TOKENS tokens."""
+    from helpers import TINY
+
+    from minigpt import train as train_module
+    from minigpt.config import load_config
+
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    shapes = []
+
+    def timed(run, candidates, repeats=3):
+        for dtype in candidates:
+            run(dtype)
+        return {dtype: 1.0 for dtype in candidates}
+
+    monkeypatch.setattr(train_module, "time_dtypes", timed)
+    overrides = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "dtype=auto", "train.batch_size=256"]
+    from minigpt.model import GPT
+
+    original_forward = GPT.forward
+    monkeypatch.setattr(
+        GPT,
+        "forward",
+        lambda self, idx, *a, **k: shapes.append(tuple(idx.shape)) or original_forward(self, idx, *a, **k),
+    )
+    train_module.Trainer(load_config(None, overrides), resume=False, rank=0, world_size=1, local_rank=0)
+    block = load_config(None, overrides).model.block_size
+    assert shapes == [(train_module.DTYPE_TIMING_TOKENS // block, block)] * 2

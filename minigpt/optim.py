@@ -67,11 +67,12 @@ class Optimizers:
 
 
 def _build(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    _skip_compile_guards()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizers = []
     if train.optimizer == "muon":
         hidden = [p for n, p in params if p.dim() == 2 and n.startswith("transformer.h.")]
-        optimizers.append(_without_dynamo(torch.optim.Muon)(hidden, lr=train.muon_lr, weight_decay=train.weight_decay))
+        optimizers.append(Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay))
         params = [(n, p) for n, p in params if not (p.dim() == 2 and n.startswith("transformer.h."))]
     groups = [
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
@@ -79,34 +80,68 @@ def _build(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> 
     ]
     # fused: one kernel for all parameters instead of several per tensor (on the CPU too: torch's
     # default there is a Python loop over the tensors, 4 ms a step for a 0.8M-parameter model)
-    adamw = _without_dynamo(torch.optim.AdamW)
-    optimizers.append(adamw(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=True))
+    optimizers.append(AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=True))
     return optimizers
 
 
-def _without_dynamo(optimizer_class: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
-    """optimizer_class, spared the import of torch._dynamo (2 s of a CPU run's 5 s start-up).
-
-    torch.optim guards a few Optimizer methods and every step() against being traced by torch.compile,
-    and each guard imports torch._dynamo the first time it runs. We compile the model, never the
-    optimizer, so the guards have nothing to do here: the methods are marked as already guarded (the
-    mark the guard itself leaves, which it then calls directly), and step() runs under no_grad, which
-    is all its guard does besides. The update itself is torch's own, unchanged.
-    """
+# torch.optim guards a few Optimizer methods and every step() against being traced by torch.compile,
+# and each guard imports torch._dynamo the first time it runs: 2 s of a 5 s CPU start-up. We compile
+# the model, never the optimizer, so the guards have nothing to do here. Our step()s run under no_grad
+# (all the step guard does besides), and the other methods carry the mark the guard itself leaves.
+def _skip_compile_guards() -> None:
     for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
-        guarded = getattr(torch.optim.Optimizer, name)
-        function = getattr(guarded, "__wrapped__", None)
+        function = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
         if function is not None and not hasattr(function, "__dynamo_disable"):
             setattr(function, "__dynamo_disable", function)
-    unguarded_step = inspect.unwrap(optimizer_class.step)
 
-    class Unguarded(optimizer_class):
-        @torch.no_grad()
-        def step(self, closure=None):
-            return unguarded_step(self, closure)
 
-    Unguarded.__name__ = Unguarded.__qualname__ = optimizer_class.__name__
-    return Unguarded
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, its update unchanged; step() without the compile guard."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return inspect.unwrap(torch.optim.AdamW.step)(self, closure)
+
+
+class Muon(torch.optim.Muon):
+    """torch's Muon (default adjust_lr_fn), with the Newton-Schulz iterations of all the matrices of one
+    shape run as one batch of products: same numbers, and 10 ms a step instead of 28 for the 16
+    matrices of a 4 x 128 model on a 2-core CPU, where each small product is mostly overhead."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            momentum, by_shape = group["momentum"], {}
+            for p in (p for p in group["params"] if p.grad is not None):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buffer = state["momentum_buffer"]
+                buffer.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                by_shape.setdefault(p.shape, []).append((p, update))
+            for (rows, cols), pairs in by_shape.items():
+                updates = torch.stack([update for _, update in pairs])
+                orthogonal = _newton_schulz(updates, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                rate = group["lr"] * math.sqrt(max(1, rows / cols))  # wide steps for tall matrices
+                for (p, _), o in zip(pairs, orthogonal):
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(o, alpha=-rate)
+
+
+def _newton_schulz(x: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float):
+    """Approximately orthogonalise each matrix of x (n, rows, cols) in bf16: a quintic Newton-Schulz
+    iteration that pushes every singular value towards 1 (Jordan et al., Muon)."""
+    a, b, c = coefficients
+    x = x.bfloat16()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 def lr_multiplier(step: int, train: TrainConfig, budget_used: float | None = None) -> float:

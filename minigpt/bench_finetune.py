@@ -174,7 +174,7 @@ def _minigpt_step(shapes: dict, mode: str, lora_rank: int, lora_alpha: float, lr
     if mode == "lora":
         apply_lora(model, LoRASettings(rank=lora_rank, alpha=lora_alpha))
     device = torch.device("cpu")
-    optimizer = Optimizers(model, TrainConfig(lr=lr, weight_decay=0.1, beta1=0.9, beta2=0.95), device)
+    optimizer = Optimizers(model, TrainConfig(lr=lr, weight_decay=0.1, beta1=0.9, beta2=0.95))
     scaler = torch.amp.GradScaler(enabled=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()

@@ -19,9 +19,9 @@ from .errors import MinigptError
 class Optimizers:
     """One or more torch optimizers over disjoint parameter groups, used as one."""
 
-    def __init__(self, model: torch.nn.Module, train: TrainConfig, device: torch.device):
+    def __init__(self, model: torch.nn.Module, train: TrainConfig):
         self.kind = train.optimizer
-        self.optimizers = _build(model, train, device)
+        self.optimizers = _build(model, train)
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["peak_lr"] = group["lr"]
@@ -66,7 +66,7 @@ class Optimizers:
         return [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
 
-def _build(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+def _build(model: torch.nn.Module, train: TrainConfig) -> list[torch.optim.Optimizer]:
     _skip_compile_guards()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizers = []

@@ -129,7 +129,7 @@ class Trainer:
 
             fsdp.shard_model(self.model, self.device, self.dtype)  # before the optimizer: it takes the shards
         torch.manual_seed(config.seed + rank)
-        self.optimizer = Optimizers(self.model, t, self.device)
+        self.optimizer = Optimizers(self.model, t)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         block = config.model.block_size
         self.loader = BatchLoader(

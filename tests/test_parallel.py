@@ -100,7 +100,7 @@ for sharded in (False, True):
     model = GPT(config)
     if sharded:
         shard_model(model, torch.device("cpu"), torch.float32)
-    optimizer = Optimizers(model, TrainConfig(), torch.device("cpu"))
+    optimizer = Optimizers(model, TrainConfig())
     x = torch.randint(0, 64, (2, 16))
     model(x, x)[1].backward()
     optimizer.step(torch.amp.GradScaler(enabled=False))

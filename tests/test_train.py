@@ -257,7 +257,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     from minigpt.optim import Optimizers
 
     model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False))
-    optimizer = Optimizers(model, load_config(None, ["train.optimizer=muon"]).train, torch.device("cpu"))
+    optimizer = Optimizers(model, load_config(None, ["train.optimizer=muon"]).train)
     muon, adamw = optimizer.optimizers
     in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
     for name, p in model.named_parameters():
@@ -277,7 +277,7 @@ def test_our_optimizers_update_exactly_as_torchs(kind):
     models = [GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     initial = [p.detach().clone() for p in models[0].parameters()]
-    ours = Optimizers(models[0], load_config(None, [f"train.optimizer={kind}"]).train, torch.device("cpu"))
+    ours = Optimizers(models[0], load_config(None, [f"train.optimizer={kind}"]).train)
     twin = {id(p): q for p, q in zip(models[0].parameters(), models[1].parameters())}
     theirs = [
         type(o).__mro__[1]([{**g, "params": [twin[id(p)] for p in g["params"]]} for g in o.param_groups])

@@ -66,7 +66,7 @@ def resolve_dtype(name: str, device: torch.device, phase: str = "train") -> torc
     return torch.float32
 
 
-def time_dtypes(run: Callable[[torch.dtype], None], candidates: tuple[torch.dtype, ...], repeats: int = 3) -> dict:
+def time_dtypes(run: Callable[[torch.dtype], None], candidates: tuple[torch.dtype, ...], repeats: int = 2) -> dict:
     """Seconds of run(dtype) for each candidate: the best of `repeats` timed calls after a warm-up.
 
     What dtype=auto measures on a CPU with bf16 units, where bf16 pays for wide matmuls but can lose

@@ -100,7 +100,7 @@ class SampleText:
     def __init__(self, tokenizer, stops: list[str]):
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
-        self.longest_stop = max(map(len, stops), default=0)
+        self.longest_stop = max(map(len, self.stops), default=0)
         self.text = ""
         self.pending: list[int] = []
         self.stopped = False

@@ -240,7 +240,7 @@ class Trainer:
                 _, loss = self.model(x, x)
             loss.backward()
 
-        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16), repeats=2)
+        seconds = time_dtypes(forward_backward, (torch.float32, torch.bfloat16))
         self.model.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
         times = torch.tensor([seconds[torch.float32], seconds[torch.bfloat16]])

@@ -41,7 +41,7 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     measured = []
 
-    def timed(run, candidates, repeats=3):
+    def timed(run, candidates, repeats=2):
         for dtype in candidates:
             run(dtype)  # the real forward and backward, once each
         measured.append(candidates)
@@ -55,7 +55,7 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
     train_module.train(load_config(None, [*overrides, "train.max_steps=2"]))
     assert load_checkpoint(tmp_path / "run").record.dtype == str(faster).removeprefix("torch.")
     other = torch.bfloat16 if faster == torch.float32 else torch.float32
-    monkeypatch.setattr(train_module, "time_dtypes", lambda run, c, repeats=3: {other: 1.0, faster: 2.0})
+    monkeypatch.setattr(train_module, "time_dtypes", lambda run, c, repeats=2: {other: 1.0, faster: 2.0})
     resumed = train_module.Trainer(
         load_config(None, [*overrides, "train.max_steps=4"]), resume=True, rank=0, world_size=1, local_rank=0
     )
@@ -68,19 +68,18 @@ def test_the_dtype_timing_runs_on_a_bounded_slice_of_a_big_batch(char_data, tmp_
 
     from minigpt import train as train_module
     from minigpt.config import load_config
+    from minigpt.model import GPT
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     shapes = []
 
-    def timed(run, candidates, repeats=3):
+    def timed(run, candidates, repeats=2):
         for dtype in candidates:
             run(dtype)
         return {dtype: 1.0 for dtype in candidates}
 
     monkeypatch.setattr(train_module, "time_dtypes", timed)
     overrides = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "dtype=auto", "train.batch_size=256"]
-    from minigpt.model import GPT
-
     original_forward = GPT.forward
     monkeypatch.setattr(
         GPT,

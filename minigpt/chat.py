@@ -138,11 +138,19 @@ class ChatSession:
             self.dropped_turns += 1
 
 
-def chat_with(path: str, settings: ChatSettings, *, latest: bool = False, device: str = "auto", dtype: str = "auto"):
+def chat_with(
+    path: str,
+    settings: ChatSettings,
+    *,
+    latest: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: str | None = None,
+):
     """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
     settings.check()  # before loading: a bad option costs no time
     torch_device = resolve_device(device)
-    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     run_chat(
         model, tokenizer, settings, device=torch_device, dtype=resolve_dtype(dtype, torch_device, phase="generate")
     )

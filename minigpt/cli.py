@@ -169,11 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
-    """PATH, --latest, --device and --dtype: how sample and eval find and run a model."""
+    """PATH, --latest, --device, --dtype and --quantize: how sample, chat, serve and eval find and run a model."""
     p.add_argument("path", help="a run's out_dir, a checkpoint folder, or a Hugging Face GPT-2 folder or name")
     p.add_argument("--latest", action="store_true", help="use the newest checkpoint instead of the best")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default=dtype, help="auto | float32 | bfloat16 | float16")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8"],
+        help="int8: store the weights in int8, for faster generation on a CPU (a little less exact)",
+    )
 
 
 def _prepare(args):
@@ -242,6 +248,7 @@ def _sample(args):
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
     )
 
 
@@ -258,7 +265,7 @@ def _chat(args):
         stop=[unescape(s) for s in args.stop],
         system=args.system,
     )
-    chat_with(args.path, settings, latest=args.latest, device=args.device, dtype=args.dtype)
+    chat_with(args.path, settings, latest=args.latest, device=args.device, dtype=args.dtype, quantize=args.quantize)
 
 
 def _serve(args):
@@ -274,6 +281,7 @@ def _serve(args):
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
     )
 
 
@@ -293,6 +301,7 @@ def _eval(args):
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
     )
 
 
@@ -311,6 +320,7 @@ def _eval_tasks(args):
         as_json=args.json,
         latest=args.latest,
         device=args.device,
+        quantize=args.quantize,
     )
 
 

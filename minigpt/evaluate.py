@@ -134,11 +134,12 @@ def run_eval(
     latest: bool = False,
     device: str = "auto",
     dtype: str = "float32",
+    quantize: str | None = None,
 ) -> None:
     """`minigpt eval`: a short table, or one JSON object with as_json; the progress bar on stderr."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    model, tokenizer, info = load_model(path, latest=latest, device=torch_device)
+    model, tokenizer, info = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     data_dir = data
     if data_dir is None and text_file is None:
         if info.record is None or info.record.data_dir is None:

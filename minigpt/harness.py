@@ -228,6 +228,7 @@ def run_eval_tasks(
     as_json: bool = False,
     latest: bool = False,
     device: str = "auto",
+    quantize: str | None = None,
 ) -> None:
     """`minigpt eval PATH --tasks ...`: the tasks' metrics as a table, or as JSON with as_json.
     limit: examples per task (a number of at least 1), or a share of each task (below 1)."""
@@ -237,7 +238,7 @@ def run_eval_tasks(
     from .load import load_model
 
     torch_device = resolve_device(device)
-    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     results = run_tasks(
         model,
         tokenizer,

@@ -15,6 +15,7 @@ import torch
 from .checkpoint import load_checkpoint, load_weights
 from .finetune import rebuild_model
 from .model import GPT
+from .quantize import check_quantize, quantize_model
 from .run import RunRecord
 from .tokenizers import Tokenizer, load_tokenizer
 
@@ -28,9 +29,20 @@ class ModelSource:
 
 
 def load_model(
-    path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu"
+    path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu", quantize: str | None = None
 ) -> tuple[GPT, Tokenizer, ModelSource]:
-    """The model behind PATH in eval mode on device, its tokenizer, and where it came from."""
+    """The model behind PATH in eval mode on device, its tokenizer, and where it came from.
+
+    quantize "int8" stores its linear layers' weights in int8 for faster generation on a CPU (see
+    minigpt/quantize.py); the model is then for inference only.
+    """
+    device = torch.device(device)
+    check_quantize(quantize, device)  # before loading: a bad option costs no time
+    model, tokenizer, source = _load(path, latest, device)
+    return quantize_model(model, quantize, device), tokenizer, source
+
+
+def _load(path: str | Path, latest: bool, device: torch.device) -> tuple[GPT, Tokenizer, ModelSource]:
     folder = Path(path)
     is_hugging_face = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
     if is_hugging_face or not folder.exists():  # a name that is no local path may be on the Hub
@@ -51,7 +63,9 @@ def load_model(
     return model.to(device).eval(), tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
 
 
-def load(path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer]:
+def load(
+    path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu", quantize: str | None = None
+) -> tuple[GPT, Tokenizer]:
     """The model and tokenizer behind PATH (see load_model), for use in Python."""
-    model, tokenizer, _ = load_model(path, latest=latest, device=device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=device, quantize=quantize)
     return model, tokenizer

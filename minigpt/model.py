@@ -311,7 +311,7 @@ class GPT(nn.Module):
     def _new_caches(self, batch_size: int, device, ragged: bool = False) -> list[KVCache]:
         """One KV cache per layer; ragged ones let each row sit at its own position."""
         c = self.config
-        dtype = self.lm_head.weight.dtype
+        dtype = self.transformer.wte.weight.dtype  # not lm_head's: that one may be quantized
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
         return [

@@ -240,6 +240,7 @@ def run_sample(
     latest: bool = False,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str | None = None,
 ) -> None:
     """`minigpt sample`: prompt and samples on stdout, notes on stderr.
 
@@ -259,7 +260,7 @@ def run_sample(
     prompt = read_prompt(prompt, prompt_file)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
-    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device)
+    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
 
     def header(i: int) -> None:

@@ -31,6 +31,7 @@ def serve(
     latest: bool = False,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str | None = None,
 ) -> None:
     """Load the model at PATH and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
 
@@ -56,7 +57,7 @@ def serve(
         raise MinigptError(f"--port must be in 0..65535, got {port}")
     api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
     device_ = resolve_device(device)
-    model, tokenizer, _ = load_model(path, latest=latest, device=device_)
+    model, tokenizer, _ = load_model(path, latest=latest, device=device_, quantize=quantize)
     engine = Engine(
         model,
         tokenizer,

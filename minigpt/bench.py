@@ -223,11 +223,12 @@ def format_table(results: dict) -> str:
             f"({fast['dtype']}, compile {str(fast['compile']).lower()}{mfu}) | {row['speedup']:.2f}x |"
         )
     g = results["generation"]
+    int8 = f", {g['int8_tokens_per_s']:,.1f} with int8 weights" if g["int8_tokens_per_s"] else ""
     lines += [
         "",
         f"generation ({g['params'] / 1e6:.1f}M params, {g['new_tokens']} new tokens): "
         f"{g['cache_tokens_per_s']:,.1f} tokens/s with the KV cache, {g['recompute_tokens_per_s']:,.1f} without "
-        f"({g['cache_speedup']:.1f}x); ms/token with the cache, first vs last 100: "
+        f"({g['cache_speedup']:.1f}x){int8}; ms/token with the cache, first vs last 100: "
         f"{g['cache_first_ms_per_token']:.1f} vs {g['cache_last_ms_per_token']:.1f}; "
         f"8 samples cost {g.get('batch_time_ratio', float('nan')):.2f}x one",
     ]

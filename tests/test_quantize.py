@@ -10,6 +10,7 @@ from test_sample import widen_weights
 from torch import nn
 
 from minigpt import GPT, GPTConfig
+from minigpt.bench_generate import bench_generation
 from minigpt.errors import MinigptError
 from minigpt.nn.lora import LoRALinear
 from minigpt.quantize import MAX_KERNEL_ROWS, Int8Linear, check_quantize, quantize_model
@@ -111,3 +112,10 @@ def test_an_unknown_quantization_is_one_line_with_exit_code_2(run_dir, capsys):
     code, out, err = run_main(capsys, "sample", run_dir, "--quantize", "int4")
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0 and "invalid choice: 'int4' (choose from 'int8')" in err
+
+
+def test_the_generation_benchmark_times_int8_weights_on_a_cpu():
+    result = bench_generation(
+        n_layer=1, n_head=2, n_embd=32, block_size=32, new_tokens=10, recompute_tokens=5, batch_sizes=(1,)
+    )
+    assert result["int8_tokens_per_s"] > 0 and result["cache_tokens_per_s"] > 0

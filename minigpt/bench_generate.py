@@ -6,8 +6,9 @@ The model is randomly initialised: the time per token depends on the shapes, not
 Greedy decoding from a 1-token prompt is timed with the KV cache (each step runs the blocks on
 one new position), on a CPU also with int8 weights (`--quantize int8`), and with full
 recomputation (each step reruns the whole text so far). With block_size >= 1 + new_tokens neither
-path ever drops old tokens, so the two do the same work apart from the cache. Per-token times at the start and at the end of the cached run show that
-its cost stays flat as the text grows, where recomputation grows linearly.
+path ever drops old tokens, so the two do the same work apart from the cache. Per-token times at
+the start and at the end of the cached run show that its cost stays flat as the text grows, where
+recomputation grows linearly.
 """
 
 import copy

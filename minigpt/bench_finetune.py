@@ -165,7 +165,7 @@ def _minigpt_step(shapes: dict, mode: str, lora_rank: int, lora_alpha: float, lr
 
     from .config import TrainConfig
     from .device import autocast
-    from .lora import LoRASettings, apply_lora
+    from .lora import LoRASettings, apply_lora, store_frozen_weights_in
     from .model import GPT, GPTConfig
     from .optim import Optimizers
 
@@ -173,6 +173,8 @@ def _minigpt_step(shapes: dict, mode: str, lora_rank: int, lora_alpha: float, lr
     model = GPT(GPTConfig(**sizes, block_size=shapes["positions"], dropout=0.0))
     if mode == "lora":
         apply_lora(model, LoRASettings(rank=lora_rank, alpha=lora_alpha))
+        if dtype != torch.float32:
+            store_frozen_weights_in(model, dtype)  # as the Trainer does
     device = torch.device("cpu")
     optimizer = Optimizers(model, TrainConfig(lr=lr, weight_decay=0.1, beta1=0.9, beta2=0.95))
     scaler = torch.amp.GradScaler(enabled=False)

@@ -96,6 +96,20 @@ def apply_lora(model: nn.Module, settings: LoRASettings) -> dict[str, LoRALinear
     return adapted
 
 
+def store_frozen_weights_in(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the frozen weight and bias of each adapted layer in dtype, the run's autocast dtype.
+
+    Autocast rounds every float32 weight to bf16 (or fp16) in each forward pass. A frozen weight
+    never changes, so rounding it once gives the very same matmuls without the per-step cast and
+    the rounded copy it keeps in memory. The adapters stay in float32; checkpoints hold only them.
+    """
+    for layer in model.modules():
+        if isinstance(layer, LoRALinear):
+            for p in (layer.weight, layer.bias):
+                if p is not None and not p.requires_grad:
+                    p.data = p.data.to(dtype)
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors alone, by their names in the model's state dict."""
     return {name: t for name, t in model.state_dict().items() if name.rsplit(".", 1)[-1] in ADAPTER_PARAMETERS}

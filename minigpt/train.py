@@ -42,6 +42,7 @@ from .device import autocast, resolve_device, resolve_dtype, time_dtypes
 from .errors import MinigptError
 from .finetune import build_model, checkpoint_weights, load_run_weights
 from .lock import out_dir_lock
+from .lora import store_frozen_weights_in
 from .metrics import MetricsLog
 from .optim import Optimizers, lr_multiplier
 from .parallel import clip_gradients, no_gradient_sync
@@ -172,6 +173,8 @@ class Trainer:
             save_config(config, self.out_dir / "config.yaml")
             self.metrics.start()
 
+        if t.lora.enabled and self.dtype != torch.float32:  # the dtype is final now, a resume's included
+            store_frozen_weights_in(self.model, self.dtype)
         self.forward_model = self.model
         if config.compile == "true" or (config.compile == "auto" and self.device.type == "cuda"):
             self.forward_model = torch.compile(self.model)

@@ -63,14 +63,16 @@ def test_negligible_learning_rate_leaves_the_eval_loss_unchanged(base_run, char_
     assert summary["val_loss"] == pytest.approx(before, abs=1e-5)
 
 
-def test_lora_run_trains_adapters_only_and_saves_a_small_checkpoint(base_run, char_data, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: the frozen base is stored rounded
+def test_lora_run_trains_adapters_only_and_saves_a_small_checkpoint(base_run, char_data, tmp_path, dtype):
     out = tmp_path / "lora"
     lora = [f"train.init_from={base_run}", "train.lora.rank=2", "train.lr=1e-2", "train.checkpoint_interval=4"]
+    lora.append(f"dtype={dtype}")
     train(_config(char_data, out, *lora, "train.max_steps=8"))
     base_size = (load_checkpoint(base_run).path / "model.safetensors").stat().st_size
     tuned = load_checkpoint(out, latest=True)
     assert (tuned.path / "model.safetensors").stat().st_size < 0.25 * base_size
-    assert all(k.endswith(("lora_a", "lora_b")) for k in tuned.weights)
+    assert all(k.endswith(("lora_a", "lora_b")) and v.dtype == torch.float32 for k, v in tuned.weights.items())
 
     from minigpt.load import load_model
 

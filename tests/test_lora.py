@@ -6,7 +6,15 @@ from torch import nn
 
 from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
-from minigpt.lora import LoRASettings, adapter_state, apply_lora, count_parameters, load_adapter_state, merge_lora
+from minigpt.lora import (
+    LoRASettings,
+    adapter_state,
+    apply_lora,
+    count_parameters,
+    load_adapter_state,
+    merge_lora,
+    store_frozen_weights_in,
+)
 from minigpt.nn import LoRALinear
 
 
@@ -69,6 +77,32 @@ def test_only_adapters_train_and_base_weights_stay_bit_identical():
     after = model.state_dict()
     assert all(torch.equal(after[name], t) for name, t in base.items())
     assert any(t.abs().sum() > 0 for name, t in adapter_state(model).items() if name.endswith("lora_b"))
+
+
+def test_frozen_weights_stored_in_bf16_give_autocasts_very_numbers():
+    model = _tiny_gpt()
+    apply_lora(model, LoRASettings(rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_b"):
+                p.normal_()  # adapters that do something, so their gradients depend on the base
+    idx = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(2))
+
+    def logits_and_gradients():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    before = logits_and_gradients()
+    store_frozen_weights_in(model, torch.bfloat16)
+    after = logits_and_gradients()
+    frozen = [m.weight for m in model.modules() if isinstance(m, LoRALinear)]
+    assert frozen and all(w.dtype == torch.bfloat16 for w in frozen)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    assert torch.equal(before[0], after[0])
+    assert all(torch.equal(before[1][n], after[1][n]) for n in before[1])
 
 
 def test_merged_and_unmerged_agree():

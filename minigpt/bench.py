@@ -155,9 +155,14 @@ def run_bench(
     json_path: str | None = None,
     finetune: bool = False,
     serve: bool = False,
+    nanogpt: str | None = None,
 ) -> dict:
     """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
     peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
+    if nanogpt is not None:
+        from .bench_nanogpt import check_inputs
+
+        check_inputs(nanogpt, text)  # before minutes of timing
     device = resolve_device("auto")
     windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if quick else {}
     results = {"machine": machine(), "training": [], "generation": None, "prepare": None}
@@ -202,6 +207,13 @@ def run_bench(
 
         results["serving"] = bench_serving()
         print(serving_table(results["serving"]))
+    if nanogpt is not None:
+        from .bench_nanogpt import RECIPES, bench_nanogpt, format_nanogpt_table
+
+        results["nanogpt"] = bench_nanogpt(
+            nanogpt, text, steps=(300,) if quick else (300, 2000), recipes=() if quick else RECIPES
+        )
+        print(format_nanogpt_table(results["nanogpt"]))
     print(json.dumps(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))

@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time full and LoRA fine-tuning of a GPT-2 124M-shaped model against transformers + peft",
     )
     p.add_argument("--serve", action="store_true", help="also time the server with 1, 4 and 8 concurrent clients")
+    p.add_argument(
+        "--nanogpt",
+        default=None,
+        metavar="DIR",
+        help="also run this nanoGPT checkout beside minigpt, whole processes (needs --text: tiny Shakespeare; "
+        "about 9 minutes, 2 with --quick)",
+    )
     p.set_defaults(run=_bench)
     return parser
 
@@ -348,7 +355,13 @@ def _bench(args):
     from .bench import run_bench
 
     run_bench(
-        args.config, quick=args.quick, text=args.text, json_path=args.json, finetune=args.finetune, serve=args.serve
+        args.config,
+        quick=args.quick,
+        text=args.text,
+        json_path=args.json,
+        finetune=args.finetune,
+        serve=args.serve,
+        nanogpt=args.nanogpt,
     )
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import REPO, TINY, remount, run_cli, tmpfs
@@ -130,9 +131,9 @@ def test_a_second_run_into_a_busy_out_dir_is_refused_and_kill_9_leaves_no_stale_
 def _wait_for_exec(pid: int) -> None:
     """Until the child runs minigpt: a signal that lands between fork and exec is taken by the handler
     the child inherited from pytest and lost with it (seen on a loaded machine)."""
-    cmdline = f"/proc/{pid}/cmdline"
+    cmdline = Path(f"/proc/{pid}/cmdline")
     for _ in range(1000):
-        if not os.path.exists(cmdline) or b"-m\x00minigpt\x00" in open(cmdline, "rb").read():
+        if not cmdline.exists() or b"-m\x00minigpt\x00" in cmdline.read_bytes():
             return
         time.sleep(0.001)
 

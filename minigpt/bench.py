@@ -10,7 +10,6 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench_process import MINIGPT, timed
 from .config import load_config
 from .device import resolve_device
+from .errors import MinigptError
 
 
 def write_random_data(folder: Path, vocab_size: int, n_tokens: int = 2_000_000, seed: int = 0) -> Path:
@@ -103,9 +104,7 @@ def bench_startup(config_path: str) -> dict:
     step (one step, evaluated and saved); `minigpt sample` to its first token, from that checkpoint."""
 
     def seconds(*args: str) -> float:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "minigpt", *args], check=True, capture_output=True)
-        return round(time.perf_counter() - start, 2)
+        return round(timed([*MINIGPT, *args])[0], 2)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_random_data(Path(tmp) / "data", 65, n_tokens=100_000)
@@ -156,6 +155,7 @@ def run_bench(
     finetune: bool = False,
     serve: bool = False,
     nanogpt: str | None = None,
+    budgets: bool = False,
 ) -> dict:
     """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
     peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
@@ -163,6 +163,8 @@ def run_bench(
         from .bench_nanogpt import check_inputs
 
         check_inputs(nanogpt, text)  # before minutes of timing
+    if budgets and (text is None or not Path(text).is_file()):
+        raise MinigptError(f"--budgets needs --text: tiny Shakespeare's text file (got {text!r})")
     device = resolve_device("auto")
     windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if quick else {}
     results = {"machine": machine(), "training": [], "generation": None, "prepare": None}
@@ -214,6 +216,11 @@ def run_bench(
             nanogpt, text, steps=(300,) if quick else (300, 2000), recipes=() if quick else RECIPES
         )
         print(format_nanogpt_table(results["nanogpt"]))
+    if budgets:
+        from .bench_budgets import bench_budgets, format_budgets_table
+
+        results["budgets"] = bench_budgets(text)
+        print(format_budgets_table(results["budgets"]))
     print(json.dumps(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))

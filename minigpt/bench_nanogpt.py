@@ -16,21 +16,18 @@ Each time is the whole process, start-up included. minigpt's losses are on the w
 Config paths are relative to the working directory, as for `minigpt bench --config`.
 """
 
-import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .bench import NANOGPT_CPU, _progress
+from .bench_process import MINIGPT, run, timed, whole_val_loss
 from .errors import MinigptError
 
 CHAR_CONFIG = "configs/shakespeare_char.yaml"
 RECIPES = ("configs/shakespeare_char_fast.yaml", "configs/shakespeare_char_speedrun.yaml")
-MINIGPT = [sys.executable, "-m", "minigpt"]
 
 
 def check_inputs(nanogpt_dir: str, text: str | None) -> None:
@@ -57,8 +54,8 @@ def bench_nanogpt(
         nano = work / "nanoGPT"
         shutil.copytree(nanogpt_dir, nano)
         shutil.copy(text, nano / "data" / "shakespeare_char" / "input.txt")
-        _run([sys.executable, "prepare.py"], cwd=nano / "data" / "shakespeare_char")
-        _run([*MINIGPT, "prepare", text, "--tokenizer", "char", "--out", str(work / "char")])
+        run([sys.executable, "prepare.py"], cwd=nano / "data" / "shakespeare_char")
+        run([*MINIGPT, "prepare", text, "--tokenizer", "char", "--out", str(work / "char")])
         results = {"training": [], "generation": None, "recipes": []}
         for n in steps:
             results["training"].append(_training(nano, work, n))
@@ -73,7 +70,7 @@ def bench_nanogpt(
 
 def _training(nano: Path, work: Path, steps: int) -> dict:
     nano_out, ours = work / f"nano_{steps}", work / f"mg_{steps}"
-    nano_seconds, nano_output = _timed(
+    nano_seconds, nano_output = timed(
         [
             sys.executable,
             "train.py",
@@ -94,7 +91,7 @@ def _training(nano: Path, work: Path, steps: int) -> dict:
         ],
         cwd=nano,
     )
-    our_seconds, _ = _timed(
+    our_seconds, _ = timed(
         [
             *MINIGPT,
             "train",
@@ -117,14 +114,14 @@ def _training(nano: Path, work: Path, steps: int) -> dict:
         "minigpt_s": our_seconds,
         "ratio": nano_seconds / our_seconds,
         "nanogpt_val_loss_estimate": float(reported[-1]) if reported else None,
-        "minigpt_whole_val_loss": _whole_val_loss(ours),
+        "minigpt_whole_val_loss": whole_val_loss(ours),
     }
 
 
 def _generation(nano: Path, work: Path, new_tokens: int) -> dict:
     """One training step on each side (real-sized weights, saved), then the timed sampling."""
     nano_out, ours = work / "nano_gen", work / "mg_gen"
-    _run(
+    run(
         [
             sys.executable,
             "train.py",
@@ -142,8 +139,8 @@ def _generation(nano: Path, work: Path, new_tokens: int) -> dict:
     )
     one_step = ["train.max_steps=1", "train.batch_size=4", "train.eval_interval=1", "train.eval_steps=1"]
     one_step.append("train.checkpoint_interval=1")
-    _run([*MINIGPT, "train", CHAR_CONFIG, f"data.dir={work / 'char'}", f"out_dir={ours}", *one_step, "device=cpu"])
-    nano_seconds, _ = _timed(
+    run([*MINIGPT, "train", CHAR_CONFIG, f"data.dir={work / 'char'}", f"out_dir={ours}", *one_step, "device=cpu"])
+    nano_seconds, _ = timed(
         [
             sys.executable,
             "sample.py",
@@ -157,8 +154,8 @@ def _generation(nano: Path, work: Path, new_tokens: int) -> dict:
     )
     sample = [*MINIGPT, "sample", str(ours), "--latest", "--prompt", "ROMEO:", "--device", "cpu", "--ignore-eos"]
     sample += ["--max-new-tokens", str(new_tokens)]
-    our_seconds, _ = _timed(sample)
-    int8_seconds, _ = _timed([*sample, "--quantize", "int8"])
+    our_seconds, _ = timed(sample)
+    int8_seconds, _ = timed([*sample, "--quantize", "int8"])
     return {
         "new_tokens": new_tokens,
         "nanogpt_s": nano_seconds,
@@ -173,8 +170,8 @@ def _recipe(config: str, work: Path, nanogpt: dict | None) -> dict:
     if not Path(config).is_file():
         raise MinigptError(f"{config} not found: run minigpt bench --nanogpt from the project's root folder")
     out = work / Path(config).stem
-    seconds, _ = _timed([*MINIGPT, "train", config, f"data.dir={work / 'char'}", f"out_dir={out}"])
-    row = {"config": config, "minigpt_s": seconds, "minigpt_whole_val_loss": _whole_val_loss(out)}
+    seconds, _ = timed([*MINIGPT, "train", config, f"data.dir={work / 'char'}", f"out_dir={out}"])
+    row = {"config": config, "minigpt_s": seconds, "minigpt_whole_val_loss": whole_val_loss(out)}
     if nanogpt is not None:
         row["nanogpt_steps"], row["nanogpt_s"] = nanogpt["steps"], nanogpt["nanogpt_s"]
         row["share_of_nanogpt_time"] = seconds / nanogpt["nanogpt_s"]
@@ -206,22 +203,3 @@ def format_nanogpt_table(results: dict) -> str:
             f"| {row['minigpt_s']:.1f} s | {share} |"
         )
     return "\n".join(lines)
-
-
-def _whole_val_loss(run: Path) -> float:
-    return json.loads(_run([*MINIGPT, "eval", str(run), "--json"]).splitlines()[-1])["loss"]
-
-
-def _timed(command: list[str], cwd: Path | None = None) -> tuple[float, str]:
-    start = time.perf_counter()
-    stdout = _run(command, cwd)
-    return time.perf_counter() - start, stdout
-
-
-def _run(command: list[str], cwd: Path | None = None) -> str:
-    """Run a command to its end and return its stdout; if it fails, an error with the tail of its output."""
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr)[-1500:]
-        raise MinigptError(f"`{' '.join(command[:4])} ...` failed (exit {done.returncode}):\n{tail}", exit_code=1)
-    return done.stdout

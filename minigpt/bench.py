@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_process import MINIGPT, timed
+from .bench_process import MINIGPT, require_text, timed
 from .config import load_config
 from .device import resolve_device
-from .errors import MinigptError
 
 
 def write_random_data(folder: Path, vocab_size: int, n_tokens: int = 2_000_000, seed: int = 0) -> Path:
@@ -163,8 +162,8 @@ def run_bench(
         from .bench_nanogpt import check_inputs
 
         check_inputs(nanogpt, text)  # before minutes of timing
-    if budgets and (text is None or not Path(text).is_file()):
-        raise MinigptError(f"--budgets needs --text: tiny Shakespeare's text file (got {text!r})")
+    if budgets:
+        require_text("--budgets", text)
     device = resolve_device("auto")
     windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if quick else {}
     results = {"machine": machine(), "training": [], "generation": None, "prepare": None}

@@ -10,7 +10,7 @@ lower loss on the whole val split (`minigpt eval`), and each run's training cloc
 import tempfile
 from pathlib import Path
 
-from .bench_process import MINIGPT, run, timed, whole_val_loss
+from .bench_process import prepare_char, timed, train_command, whole_val_loss
 from .metrics import read_metrics
 
 BUDGETS = (30, 90, 300)
@@ -23,12 +23,11 @@ def bench_budgets(
     """Each budget's training clock, whole-process seconds and whole-val loss, and whether the losses fall."""
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        run([*MINIGPT, "prepare", text, "--tokenizer", "char", "--out", str(work / "char")])
+        data = prepare_char(text, work)
         runs = []
         for budget in budgets:
             out = work / f"budget_{budget:g}"
-            train = [*MINIGPT, "train", config, f"data.dir={work / 'char'}", f"out_dir={out}", *overrides]
-            whole, _ = timed([*train, "--time", f"{budget:g}s"])
+            whole, _ = timed([*train_command(config, data, out, *overrides), "--time", f"{budget:g}s"])
             clock = read_metrics(out)[-1]["time"]
             runs.append(
                 {

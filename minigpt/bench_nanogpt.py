@@ -23,11 +23,13 @@ import tempfile
 from pathlib import Path
 
 from .bench import NANOGPT_CPU, _progress
-from .bench_process import MINIGPT, run, timed, whole_val_loss
+from .bench_process import MINIGPT, prepare_char, require_text, run, timed, train_command, whole_val_loss
 from .errors import MinigptError
 
 CHAR_CONFIG = "configs/shakespeare_char.yaml"
 RECIPES = ("configs/shakespeare_char_fast.yaml", "configs/shakespeare_char_speedrun.yaml")
+# nanoGPT's own training script with its char-level Shakespeare config, on the CPU, as its README runs it
+NANO_TRAIN = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False"]
 
 
 def check_inputs(nanogpt_dir: str, text: str | None) -> None:
@@ -35,8 +37,7 @@ def check_inputs(nanogpt_dir: str, text: str | None) -> None:
     source = Path(nanogpt_dir)
     if not (source / "train.py").is_file() or not (source / "sample.py").is_file():
         raise MinigptError(f"--nanogpt {nanogpt_dir} is not a nanoGPT checkout (no train.py and sample.py there)")
-    if text is None or not Path(text).is_file():
-        raise MinigptError(f"--nanogpt needs --text: tiny Shakespeare's text file (got {text!r})")
+    require_text("--nanogpt", text)
 
 
 def bench_nanogpt(
@@ -55,28 +56,24 @@ def bench_nanogpt(
         shutil.copytree(nanogpt_dir, nano)
         shutil.copy(text, nano / "data" / "shakespeare_char" / "input.txt")
         run([sys.executable, "prepare.py"], cwd=nano / "data" / "shakespeare_char")
-        run([*MINIGPT, "prepare", text, "--tokenizer", "char", "--out", str(work / "char")])
+        data = prepare_char(text, work)
         results = {"training": [], "generation": None, "recipes": []}
         for n in steps:
-            results["training"].append(_training(nano, work, n))
+            results["training"].append(_training(nano, data, work, n))
             _progress(f"nanoGPT's recipe, {n} steps: {results['training'][-1]['ratio']:.2f}x")
-        results["generation"] = _generation(nano, work, new_tokens)
+        results["generation"] = _generation(nano, data, work, new_tokens)
         _progress(f"generation: {results['generation']['ratio']:.2f}x")
         longest = max(results["training"], key=lambda row: row["steps"], default=None)
         for config in recipes:
-            results["recipes"].append(_recipe(config, work, longest))
+            results["recipes"].append(_recipe(config, data, work, longest))
     return results
 
 
-def _training(nano: Path, work: Path, steps: int) -> dict:
+def _training(nano: Path, data: Path, work: Path, steps: int) -> dict:
     nano_out, ours = work / f"nano_{steps}", work / f"mg_{steps}"
     nano_seconds, nano_output = timed(
         [
-            sys.executable,
-            "train.py",
-            "config/train_shakespeare_char.py",
-            "--device=cpu",
-            "--compile=False",
+            *NANO_TRAIN,
             "--eval_iters=20",
             "--log_interval=100",
             "--block_size=64",
@@ -92,12 +89,10 @@ def _training(nano: Path, work: Path, steps: int) -> dict:
         cwd=nano,
     )
     our_seconds, _ = timed(
-        [
-            *MINIGPT,
-            "train",
+        train_command(
             CHAR_CONFIG,
-            f"data.dir={work / 'char'}",
-            f"out_dir={ours}",
+            data,
+            ours,
             *NANOGPT_CPU,
             "model.dropout=0.0",
             "train.grad_accum=1",
@@ -105,7 +100,7 @@ def _training(nano: Path, work: Path, steps: int) -> dict:
             "train.eval_interval=250",
             "train.eval_steps=20",
             "device=cpu",
-        ]
+        )
     )
     reported = re.findall(r"val loss ([0-9.]+)", nano_output)
     return {
@@ -118,16 +113,12 @@ def _training(nano: Path, work: Path, steps: int) -> dict:
     }
 
 
-def _generation(nano: Path, work: Path, new_tokens: int) -> dict:
+def _generation(nano: Path, data: Path, work: Path, new_tokens: int) -> dict:
     """One training step on each side (real-sized weights, saved), then the timed sampling."""
     nano_out, ours = work / "nano_gen", work / "mg_gen"
     run(
         [
-            sys.executable,
-            "train.py",
-            "config/train_shakespeare_char.py",
-            "--device=cpu",
-            "--compile=False",
+            *NANO_TRAIN,
             "--max_iters=1",
             "--eval_iters=1",
             "--eval_interval=1",
@@ -139,7 +130,7 @@ def _generation(nano: Path, work: Path, new_tokens: int) -> dict:
     )
     one_step = ["train.max_steps=1", "train.batch_size=4", "train.eval_interval=1", "train.eval_steps=1"]
     one_step.append("train.checkpoint_interval=1")
-    run([*MINIGPT, "train", CHAR_CONFIG, f"data.dir={work / 'char'}", f"out_dir={ours}", *one_step, "device=cpu"])
+    run(train_command(CHAR_CONFIG, data, ours, *one_step, "device=cpu"))
     nano_seconds, _ = timed(
         [
             sys.executable,
@@ -166,11 +157,11 @@ def _generation(nano: Path, work: Path, new_tokens: int) -> dict:
     }
 
 
-def _recipe(config: str, work: Path, nanogpt: dict | None) -> dict:
+def _recipe(config: str, data: Path, work: Path, nanogpt: dict | None) -> dict:
     if not Path(config).is_file():
         raise MinigptError(f"{config} not found: run minigpt bench --nanogpt from the project's root folder")
     out = work / Path(config).stem
-    seconds, _ = timed([*MINIGPT, "train", config, f"data.dir={work / 'char'}", f"out_dir={out}"])
+    seconds, _ = timed(train_command(config, data, out))
     row = {"config": config, "minigpt_s": seconds, "minigpt_whole_val_loss": whole_val_loss(out)}
     if nanogpt is not None:
         row["nanogpt_steps"], row["nanogpt_s"] = nanogpt["steps"], nanogpt["nanogpt_s"]

@@ -1,4 +1,5 @@
-"""Whole processes for the benchmarks that time what a user waits for: start-up and all."""
+"""Whole processes for the benchmarks that time what a user waits for, start-up and all: running them,
+and the minigpt commands and inputs the side-by-side and time-budget benchmarks share."""
 
 import json
 import subprocess
@@ -30,3 +31,20 @@ def timed(command: list[str], cwd: Path | None = None) -> tuple[float, str]:
 def whole_val_loss(run_dir: Path) -> float:
     """The run's loss on its whole val split, as `minigpt eval` reports it."""
     return json.loads(run([*MINIGPT, "eval", str(run_dir), "--json"]).splitlines()[-1])["loss"]
+
+
+def require_text(option: str, text: str | None) -> None:
+    """Raise MinigptError unless text names a file: the corpus `option` trains on (checked before any timing)."""
+    if text is None or not Path(text).is_file():
+        raise MinigptError(f"{option} needs --text: tiny Shakespeare's text file (got {text!r})")
+
+
+def prepare_char(text: str, work: Path) -> Path:
+    """text prepared at character level in work/char, by `minigpt prepare`."""
+    run([*MINIGPT, "prepare", text, "--tokenizer", "char", "--out", str(work / "char")])
+    return work / "char"
+
+
+def train_command(config: str, data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
+    """`minigpt train CONFIG` on data_dir into out_dir, with overrides."""
+    return [*MINIGPT, "train", config, f"data.dir={data_dir}", f"out_dir={out_dir}", *overrides]

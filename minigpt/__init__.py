@@ -9,7 +9,7 @@ The names below are imported on first use, so `minigpt --help` starts without lo
 
 __version__ = "0.1.0"
 
-_PUBLIC = {"GPT": ".model", "GPTConfig": ".model", "load": ".load"}
+_PUBLIC = {"GPT": ".model", "GPTConfig": ".model", "load": ".loader"}
 __all__ = [*_PUBLIC, "__version__"]
 
 

@@ -195,16 +195,16 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
 
 
 def _prepare(args):
-    from .prepare import prepare, summary
+    from .data.prepare import prepare, summary
 
     tokenizer = args.tokenizer
     if args.tokenizer_from is not None:
-        from .init_from import source_tokenizer
+        from .train.init_from import source_tokenizer
 
         tokenizer = source_tokenizer(args.tokenizer_from)
     if args.format == "chat":
-        from .chat_data import prepare_chat
-        from .chat_data import summary as chat_summary
+        from .data.chat import prepare_chat
+        from .data.chat import summary as chat_summary
 
         meta = prepare_chat(
             args.source,
@@ -233,7 +233,7 @@ def _prepare(args):
 
 def _train(args):
     from .config import load_config, parse_duration
-    from .train import train
+    from .train.trainer import train
 
     budget = [f"train.max_seconds={parse_duration(args.time)}"] if args.time is not None else []
     result = train(load_config(args.config, [*args.overrides, *budget]), resume=args.resume)
@@ -242,7 +242,7 @@ def _train(args):
 
 
 def _sample(args):
-    from .sample import run_sample, unescape
+    from .infer.sample import run_sample, unescape
 
     run_sample(
         args.path,
@@ -265,8 +265,8 @@ def _sample(args):
 
 
 def _chat(args):
-    from .chat import ChatSettings, chat_with
-    from .sample import unescape
+    from .infer.chat import ChatSettings, chat_with
+    from .infer.sample import unescape
 
     settings = ChatSettings(
         max_new_tokens=args.max_new_tokens,
@@ -302,7 +302,7 @@ def _eval(args):
         return _eval_tasks(args)
     if args.limit is not None or args.num_fewshot is not None or args.include_path is not None:
         raise MinigptError("--limit, --num-fewshot and --include-path go with --tasks")
-    from .evaluate import run_eval
+    from .eval.evaluate import run_eval
 
     run_eval(
         args.path,
@@ -320,7 +320,7 @@ def _eval(args):
 def _eval_tasks(args):
     if args.data or args.text_file:
         raise MinigptError("--tasks brings its own data; leave out --data and --text-file")
-    from .harness import run_eval_tasks  # lm_eval loads only here
+    from .eval.harness import run_eval_tasks  # lm_eval loads only here
 
     run_eval_tasks(
         args.path,
@@ -337,27 +337,27 @@ def _eval_tasks(args):
 
 
 def _export(args):
-    from .export import export
+    from .formats.export import export
 
     for path in export(args.path, args.format, args.out, outtype=args.outtype, latest=args.latest):
         print(f"wrote {path}")
 
 
 def _attention(args):
-    from .viz import run_attention
+    from .eval.viz import run_attention
 
     run_attention(args.path, args.prompt, args.out, layer=args.layer, head=args.head, latest=args.latest)
 
 
 def _plot(args):
-    from .viz import plot_losses
+    from .eval.viz import plot_losses
 
     path = plot_losses(args.runs, args.out, x=args.x)
     print(f"wrote {path}")
 
 
 def _bench(args):
-    from .bench import run_bench
+    from .bench.suite import run_bench
 
     run_bench(
         args.config,

@@ -412,7 +412,7 @@ def train_bpe_ranks(texts: Iterable[str], vocab_size: int) -> dict[bytes, int]:
     hf.train_from_iterator(texts, trainer)
     merges = json.loads(hf.to_str())["model"]["merges"]
 
-    to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(256)}
     for merge in merges:
         left, right = merge.split(" ") if isinstance(merge, str) else merge
@@ -422,7 +422,7 @@ def train_bpe_ranks(texts: Iterable[str], vocab_size: int) -> dict[bytes, int]:
     return ranks
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from each byte to a printable unicode character."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     mapping, extra = {}, 0

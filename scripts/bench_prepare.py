@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from minigpt.bench_data import measure_prepare_throughput
-from minigpt.corpora import shakespeare_path
+from minigpt.bench.data import measure_prepare_throughput
+from minigpt.data.corpora import shakespeare_path
 
 
 def write_synthetic(text: str, folder: Path, megabytes: int) -> None:

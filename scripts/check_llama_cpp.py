@@ -20,8 +20,8 @@ import torch
 from minigpt.checkpoint import save_checkpoint
 from minigpt.config import RunConfig
 from minigpt.errors import MinigptError
-from minigpt.export import export
-from minigpt.load import load_model
+from minigpt.formats.export import export
+from minigpt.loader import load_model
 from minigpt.model import GPT, GPTConfig
 from minigpt.run import RunRecord
 from minigpt.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer

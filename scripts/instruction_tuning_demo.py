@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from minigpt.chat import ChatSession, ChatSettings
-from minigpt.data import load_meta
-from minigpt.engine import Engine
-from minigpt.init_from import init_model
-from minigpt.load import load_model
+from minigpt.data.batches import load_meta
+from minigpt.infer.chat import ChatSession, ChatSettings
+from minigpt.infer.engine import Engine
+from minigpt.loader import load_model
 from minigpt.model import GPTConfig
 from minigpt.tokenizers import load_tokenizer
+from minigpt.train.init_from import init_model
 
 TASKS = {
     "upper": (lambda w: f"Uppercase: {w}", lambda w: w.upper()),

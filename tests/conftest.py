@@ -51,7 +51,7 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory, shakespeare_text):
     """The first 200k characters of tiny Shakespeare, prepared at character level."""
-    from minigpt.prepare import prepare
+    from minigpt.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("data")
     (root / "corpus.txt").write_text(shakespeare_text[:200_000])

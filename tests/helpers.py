@@ -52,7 +52,7 @@ def save_untrained_run(
 
     from minigpt.checkpoint import save_checkpoint
     from minigpt.config import RunConfig
-    from minigpt.data import load_meta
+    from minigpt.data.batches import load_meta
     from minigpt.run import RunRecord
 
     config = RunConfig(model=dataclasses.replace(model.config))

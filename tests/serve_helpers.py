@@ -29,8 +29,8 @@ def free_port() -> int:
 
 def serve_run(run_dir, **app_options):
     """(engine, app) for the run at run_dir, as `minigpt serve` builds them."""
-    from minigpt.engine import Engine
-    from minigpt.load import load_model
+    from minigpt.infer.engine import Engine
+    from minigpt.loader import load_model
     from minigpt.serve.app import create_app
 
     model, tokenizer, _ = load_model(run_dir)

@@ -21,9 +21,9 @@ from helpers import TINY, run_cli, run_main
 
 from minigpt.checkpoint import list_checkpoints, safe_torch_load
 from minigpt.config import load_config
+from minigpt.data.prepare import prepare
 from minigpt.errors import MinigptError
-from minigpt.prepare import prepare
-from minigpt.train import train
+from minigpt.train.trainer import train
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAS_CUDA = torch.cuda.is_available()
@@ -225,7 +225,7 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "refusing to load {truncstate}/checkpoints/step_0000004/state.pt",
     ),
     # --- sample
-    ("sample-missing-path", ["sample", "{root}/norun"], 2, "'{root}/norun' is no local folder"),
+    ("sample-missing-path", ["sample", "{root}/norun"], 2, "{root}/norun does not exist"),
     ("sample-folder-without-checkpoint", ["sample", "{root}/notext"], 2, "{root}/notext holds no checkpoint"),
     (
         "sample-temperature-negative",

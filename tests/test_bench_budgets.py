@@ -2,7 +2,7 @@
 
 from helpers import TINY, run_main
 
-from minigpt.bench_budgets import bench_budgets, format_budgets_table
+from minigpt.bench.budgets import bench_budgets, format_budgets_table
 
 
 def test_each_budget_is_one_run_with_its_clock_and_whole_val_loss(shakespeare_file, tmp_path):

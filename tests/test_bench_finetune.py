@@ -2,7 +2,7 @@
 
 import pytest
 
-from minigpt.bench_finetune import bench_finetune, format_finetune_table
+from minigpt.bench.finetune import bench_finetune, format_finetune_table
 
 TINY_SHAPES = {"n_layer": 2, "n_head": 2, "n_embd": 64, "vocab_size": 128, "positions": 64}
 

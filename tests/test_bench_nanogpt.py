@@ -6,7 +6,7 @@ import pytest
 from conftest import SHARED
 from helpers import run_main
 
-from minigpt.bench_nanogpt import bench_nanogpt, format_nanogpt_table
+from minigpt.bench.nanogpt import bench_nanogpt, format_nanogpt_table
 
 ANCHOR = SHARED / "anchors" / "nanoGPT"
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig
-from minigpt.chat import ChatSession, ChatSettings, run_chat
-from minigpt.engine import Engine
 from minigpt.errors import MinigptError
+from minigpt.infer.chat import ChatSession, ChatSettings, run_chat
+from minigpt.infer.engine import Engine
 from minigpt.tokenizers import build_tokenizer
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ?!.0123456789\n"

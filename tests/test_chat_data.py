@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig
-from minigpt.chat_data import prepare_chat
-from minigpt.data import IGNORE_INDEX, BatchLoader, chat_files, fixed_batches, load_meta
+from minigpt.data.batches import IGNORE_INDEX, BatchLoader, chat_files, fixed_batches, load_meta
+from minigpt.data.chat import prepare_chat
 from minigpt.errors import MinigptError
 from minigpt.tokenizers import load_tokenizer
 
@@ -131,7 +131,7 @@ def test_system_and_user_tokens_contribute_no_gradient(chat_dir):
 
 
 def test_training_refuses_chat_data_whose_conversations_outgrow_the_block(chat_dir):
-    from minigpt.chat_data import check_fits
+    from minigpt.data.chat import check_fits
 
     meta = load_meta(chat_dir)  # prepared with the default --max-tokens 1025
     check_fits(meta, 1024, chat_dir)

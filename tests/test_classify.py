@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig
-from minigpt.classify import SequenceClassifier, freeze_lower_blocks, pad_batch
+from minigpt.train.classify import SequenceClassifier, freeze_lower_blocks, pad_batch
 
 needs_hidden = pytest.mark.skipif(
     "return_hidden" not in inspect.signature(GPT.forward).parameters,

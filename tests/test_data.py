@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.data import IGNORE_INDEX, BatchLoader, eval_windows, fixed_batches, load_meta, open_tokens
+from minigpt.data.batches import IGNORE_INDEX, BatchLoader, eval_windows, fixed_batches, load_meta, open_tokens
 from minigpt.errors import MinigptError
 
 N_TOKENS = 10_007  # prime, so no window size divides it

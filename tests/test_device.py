@@ -34,9 +34,9 @@ def test_inference_gives_the_model_back_in_its_mode():
 def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_data, tmp_path, monkeypatch, faster):
     from helpers import TINY
 
-    from minigpt import train as train_module
     from minigpt.checkpoint import load_checkpoint
     from minigpt.config import load_config
+    from minigpt.train import trainer as train_module
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     measured = []
@@ -66,9 +66,9 @@ def test_the_dtype_timing_runs_on_a_bounded_slice_of_a_big_batch(char_data, tmp_
     """A wide run's whole batch would take a minute a pass: dtype=auto times DTYPE_TIMING_TOKENS tokens."""
     from helpers import TINY
 
-    from minigpt import train as train_module
     from minigpt.config import load_config
     from minigpt.model import GPT
+    from minigpt.train import trainer as train_module
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     shapes = []

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minigpt.engine import Conversation, Engine, SamplingParams
+from minigpt.infer.engine import Conversation, Engine, SamplingParams
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizers import CharTokenizer
 

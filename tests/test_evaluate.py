@@ -1,4 +1,4 @@
-"""minigpt.evaluate: exact, repeatable loss / perplexity / bits per byte over a whole split or file."""
+"""minigpt.eval.evaluate: exact, repeatable loss / perplexity / bits per byte over a whole split or file."""
 
 import json
 import math
@@ -10,11 +10,11 @@ import torch
 from helpers import run_main, save_untrained_run
 
 from minigpt import GPT, GPTConfig
-from minigpt.data import load_meta
+from minigpt.data.batches import load_meta
+from minigpt.data.prepare import prepare
 from minigpt.errors import MinigptError
-from minigpt.evaluate import evaluate
-from minigpt.load import load_model
-from minigpt.prepare import prepare
+from minigpt.eval.evaluate import evaluate
+from minigpt.loader import load_model
 from minigpt.tokenizers import load_tokenizer
 
 
@@ -157,7 +157,7 @@ def test_bits_per_byte_by_hand(tmp_path):
 
 
 def test_evaluate_and_generate_leave_the_model_in_its_mode(loaded, root):
-    from minigpt.sample import generate_text
+    from minigpt.infer.sample import generate_text
 
     model, tokenizer = loaded
     model.train()

@@ -42,7 +42,7 @@ def test_an_unknown_format_is_one_line_and_writes_nothing(run_dir):
 
 
 def test_hf_export_writes_a_transformers_folder(run_dir):
-    from minigpt.export import export
+    from minigpt.formats.export import export
 
     names = [p.name for p in export(run_dir / "gpt2", "hf", run_dir / "hf")]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(names)
@@ -53,7 +53,7 @@ def test_hf_export_writes_a_transformers_folder(run_dir):
     [("gguf", "q4_k", "unknown gguf type 'q4_k'; accepted: f32, f16, q8_0"), ("onnx", "f16", "applies to gguf only")],
 )
 def test_bad_outtypes_are_refused_and_write_nothing(run_dir, fmt, outtype, message):
-    from minigpt.export import export
+    from minigpt.formats.export import export
 
     with pytest.raises(MinigptError, match=message):
         export(run_dir / "gpt2", fmt, run_dir / "new" / "out", outtype=outtype)
@@ -61,7 +61,7 @@ def test_bad_outtypes_are_refused_and_write_nothing(run_dir, fmt, outtype, messa
 
 
 def test_an_inexpressible_model_is_refused_by_feature_and_writes_nothing(tmp_path, run_dir):
-    from minigpt.export import export
+    from minigpt.formats.export import export
 
     with pytest.raises(MinigptError, match="cannot express sinusoidal positions"):
         export(run_dir / "sinusoidal", "gguf", tmp_path / "a" / "b")
@@ -69,7 +69,7 @@ def test_an_inexpressible_model_is_refused_by_feature_and_writes_nothing(tmp_pat
 
 
 def test_an_output_folder_with_files_is_left_alone(tmp_path, run_dir):
-    from minigpt.export import export
+    from minigpt.formats.export import export
 
     out = tmp_path / "mine"
     out.mkdir()

@@ -17,7 +17,7 @@ pytest.importorskip("onnxscript")
 
 @pytest.mark.slow  # torch.onnx.export traces the model: several seconds
 def test_onnx_runtime_logits_equal_minigpts(tmp_path):
-    from minigpt.export import export
+    from minigpt.formats.export import export
 
     tokenizer = CharTokenizer(list("abcdefgh "), with_eot=True)
     torch.manual_seed(0)

@@ -27,10 +27,10 @@ from minigpt import GPT
 from minigpt.checkpoint import list_checkpoints, load_checkpoint, read_best
 from minigpt.cli import main
 from minigpt.config import load_config
-from minigpt.data import load_meta
+from minigpt.data.batches import load_meta
+from minigpt.data.prepare import STAGING, prepare
 from minigpt.errors import MinigptError
-from minigpt.prepare import STAGING, prepare
-from minigpt.train import train
+from minigpt.train.trainer import train
 
 # Wraps one callable, named by $KILL_AT = "module|attribute|N|when[|match]", so that its Nth call
 # (counting only calls with an argument whose str contains `match`) SIGKILLs the process:
@@ -116,7 +116,7 @@ KILL_MOMENTS = [
     (
         "optimizer step 6, gradients computed, weights not yet updated",
         False,
-        "minigpt.train|Trainer._optimizer_step|6|before",
+        "minigpt.train.trainer|Trainer._optimizer_step|6|before",
     ),
     ("rewriting metrics.jsonl on resume", True, "os|replace|1|before|metrics.jsonl"),
     ("checkpoint: temporary folder made, no file in it yet", True, "minigpt.checkpoint|save_file|1|before"),
@@ -128,9 +128,9 @@ KILL_MOMENTS = [
     ("checkpoint: renamed into place, best.json not yet updated", True, "os|replace|1|after|.tmp-step_"),
     ("checkpoint: best.json.tmp written, not yet renamed", True, "os|replace|1|before|best.json"),
     ("pruning an old checkpoint: half its files deleted", True, "shutil|rmtree|1|half|/step_"),
-    ("a metrics line half written", True, "minigpt.train|Trainer._log|3|half"),
-    ("evaluating on the val batches", True, "minigpt.train|Trainer._evaluate|2|before"),
-    ("drawing a training batch", True, "minigpt.data|BatchLoader.next_batch|5|before"),
+    ("a metrics line half written", True, "minigpt.train.trainer|Trainer._log|3|half"),
+    ("evaluating on the val batches", True, "minigpt.train.trainer|Trainer._evaluate|2|before"),
+    ("drawing a training batch", True, "minigpt.data.batches|BatchLoader.next_batch|5|before"),
 ]
 
 
@@ -202,7 +202,7 @@ def test_a_signal_saves_a_checkpoint_exits_128_plus_its_number_and_resumes_exact
     out = tmp_path / "run"
     process = driver(
         *train_args(char_data, out),
-        slow_down="minigpt.train|Trainer.train_step|0.1",
+        slow_down="minigpt.train.trainer|Trainer.train_step|0.1",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -396,7 +396,7 @@ def test_a_prepare_killed_while_writing_leaves_nothing_that_looks_done(big_corpu
         out,
         "--num-proc",
         "1",
-        slow_down="minigpt.prepare|_encode_job|0.05",
+        slow_down="minigpt.data.prepare|_encode_job|0.05",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

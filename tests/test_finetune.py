@@ -7,8 +7,8 @@ from safetensors.torch import save_file
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import model_state
 from minigpt.errors import MinigptError
-from minigpt.init_from import check_tokenizer, init_model, merged_config
 from minigpt.tokenizers import build_tokenizer
+from minigpt.train.init_from import check_tokenizer, init_model, merged_config
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -105,9 +105,13 @@ def test_instruction_demo_holds_out_unseen_words_and_sums():
             assert answer == question.removeprefix("Uppercase: ").upper()
 
 
-def test_a_lora_run_saves_adapters_and_rebuilds_as_its_merged_model(tmp_path):
-    from minigpt.finetune import build_model, checkpoint_weights, rebuild_model
+def test_a_lora_run_saves_adapters_and_the_loader_rebuilds_its_merged_model(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from minigpt.loader import load_model
     from minigpt.lora import LoRASettings
+    from minigpt.train.finetune import build_model, checkpoint_weights
 
     tokenizer = build_tokenizer("char", ["abcdefghij", "x"])
     _checkpoint(tmp_path / "base", tokenizer)
@@ -121,7 +125,14 @@ def test_a_lora_run_saves_adapters_and_rebuilds_as_its_merged_model(tmp_path):
             torch.nn.init.normal_(p)
     weights = checkpoint_weights(model, lora, base_vocab)
     assert all(name.endswith(("lora_a", "lora_b")) or name.startswith("added_rows.") for name in weights)
-    rebuilt = rebuild_model(str(tmp_path / "base"), lora, model.config, weights, chat, "ckpt")
+    run = tmp_path / "lora_ckpt"  # the LoRA run's checkpoint: adapters, added rows, record, tokenizer
+    run.mkdir()
+    save_file({name: t.clone() for name, t in weights.items()}, run / "model.safetensors")
+    train = {"init_from": str(tmp_path / "base"), "lora": asdict(lora)}
+    meta = {"step": 5, "tokenizer": chat.spec, "config": {"model": asdict(model.config), "train": train}}
+    (run / "meta.json").write_text(json.dumps(meta))
+    chat.save(run)
+    rebuilt, _, _ = load_model(run)
     idx = torch.tensor([[1, 13, 2, 15]])
     torch.testing.assert_close(rebuilt(idx)[0], model.eval()(idx)[0], atol=1e-5, rtol=0)
     with pytest.raises(MinigptError, match="train.lora needs trained weights"):
@@ -129,7 +140,7 @@ def test_a_lora_run_saves_adapters_and_rebuilds_as_its_merged_model(tmp_path):
 
 
 def test_generation_stops_at_end_of_text_unless_told_to_ignore_it():
-    from minigpt.sample import generate_text
+    from minigpt.infer.sample import generate_text
 
     tokenizer = build_tokenizer("char", ["abcdefghij", "x"])  # two documents: it has an end-of-text token
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8, tie_weights=False)

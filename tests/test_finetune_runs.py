@@ -9,7 +9,7 @@ from helpers import TINY, run_main
 
 from minigpt.checkpoint import load_checkpoint
 from minigpt.config import load_config
-from minigpt.train import train
+from minigpt.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -45,8 +45,8 @@ def _chat_rows(n=60):
 
 @pytest.fixture(scope="module")
 def chat_data(base_run, tmp_path_factory):
-    from minigpt.chat_data import prepare_chat
-    from minigpt.init_from import source_tokenizer
+    from minigpt.data.chat import prepare_chat
+    from minigpt.train.init_from import source_tokenizer
 
     root = tmp_path_factory.mktemp("chat")
     source = root / "chat.jsonl"
@@ -74,7 +74,7 @@ def test_lora_run_trains_adapters_only_and_saves_a_small_checkpoint(base_run, ch
     assert (tuned.path / "model.safetensors").stat().st_size < 0.25 * base_size
     assert all(k.endswith(("lora_a", "lora_b")) and v.dtype == torch.float32 for k, v in tuned.weights.items())
 
-    from minigpt.load import load_model
+    from minigpt.loader import load_model
 
     merged, _, _ = load_model(out)
     base, _, _ = load_model(base_run)

@@ -11,7 +11,7 @@ from hf_fixtures import MESSAGES, TEXT, make_hf_tokenizer_folder
 from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
 from minigpt.formats.hf import load_hf, load_hf_model, save_hf
-from minigpt.load import load_model
+from minigpt.loader import load_model
 from minigpt.tokenizers import load_tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -72,8 +72,8 @@ def _requests(task_dir):
 def test_loglikelihoods_equal_lm_evals_hf_model(gpt2_folder, task_dir):
     from lm_eval.models.huggingface import HFLM
 
-    from minigpt.harness import MinigptLM
-    from minigpt.load import load_model
+    from minigpt.eval.harness import MinigptLM
+    from minigpt.loader import load_model
 
     requests = _requests(task_dir)
     assert len(requests) == sum(len(c) for _, c, _ in QUESTIONS)
@@ -88,8 +88,8 @@ def test_rolling_loglikelihood_and_generation_equal_hf(gpt2_folder):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from minigpt.harness import MinigptLM
-    from minigpt.load import load_model
+    from minigpt.eval.harness import MinigptLM
+    from minigpt.loader import load_model
 
     text = "The cat sat on the mat; water boils. " * 12  # longer than one 64-token window
     rolling = [Instance("loglikelihood_rolling", {}, (text,), 0)]
@@ -109,8 +109,8 @@ def test_accuracy_equals_hf_model(gpt2_folder, task_dir):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from minigpt.harness import results_table, run_tasks
-    from minigpt.load import load_model
+    from minigpt.eval.harness import results_table, run_tasks
+    from minigpt.loader import load_model
 
     expected = simple_evaluate(
         model="hf",
@@ -147,7 +147,7 @@ def test_generation_without_end_of_text_and_from_an_empty_context():
     import torch
     from lm_eval.api.instance import Instance
 
-    from minigpt.harness import MinigptLM
+    from minigpt.eval.harness import MinigptLM
     from minigpt.model import GPT, GPTConfig
     from minigpt.tokenizers import CharTokenizer
 

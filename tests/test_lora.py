@@ -147,8 +147,8 @@ def test_patterns_select_layers():
 
 
 def test_lora_checkpoint_state_restores_the_trained_model_with_added_rows():
-    from minigpt.init_from import grow_vocabulary
     from minigpt.lora import lora_checkpoint_state, restore_lora
+    from minigpt.train.init_from import grow_vocabulary
 
     base = _tiny_gpt()
     model = grow_vocabulary(_tiny_gpt(), 44)  # four chat tokens beyond the base's 40

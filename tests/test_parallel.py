@@ -13,9 +13,9 @@ from helpers import REPO, TINY, read_metrics, run_cli
 from minigpt.checkpoint import SHARDS, checkpoint_dir, load_checkpoint
 from minigpt.config import load_config
 from minigpt.errors import MinigptError
-from minigpt.load import load_model
+from minigpt.loader import load_model
 from minigpt.model import GPT, GPTConfig
-from minigpt.train import train
+from minigpt.train.trainer import train
 
 
 def torchrun(script_and_args: list, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -88,9 +88,9 @@ def test_fsdp_matches_ddp_and_one_process_and_resumes_exactly(char_data, tmp_pat
 SHARD_SIZES = """
 import json, torch, torch.distributed as dist
 from minigpt.config import TrainConfig
-from minigpt.fsdp import local_numel, shard_model
+from minigpt.train.fsdp import local_numel, shard_model
 from minigpt.model import GPT, GPTConfig
-from minigpt.optim import Optimizers
+from minigpt.train.optim import Optimizers
 
 dist.init_process_group("gloo")
 config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64)

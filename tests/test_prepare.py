@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from minigpt import prepare as prepare_module
+from minigpt.data import prepare as prepare_module
+from minigpt.data.prepare import SAFE_CUT, _pieces, prepare
 from minigpt.errors import MinigptError
-from minigpt.prepare import SAFE_CUT, _pieces, prepare
 from minigpt.tokenizers import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -225,7 +225,7 @@ def test_shakespeare_without_cache_or_network_says_where_to_put_it(tmp_path):
 
 
 def test_throughput_measurement_runs(tmp_path, shakespeare_text):
-    from minigpt.bench_data import measure_prepare_throughput
+    from minigpt.bench.data import measure_prepare_throughput
 
     src = tmp_path / "small.txt"
     src.write_text(shakespeare_text[:100_000])

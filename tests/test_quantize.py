@@ -1,4 +1,4 @@
-"""minigpt.quantize: int8 weights within half a quantization step, the layers it replaces, and the commands."""
+"""minigpt.nn.int8: int8 weights within half a quantization step, the layers it replaces, and the commands."""
 
 import json
 
@@ -10,10 +10,11 @@ from test_sample import widen_weights
 from torch import nn
 
 from minigpt import GPT, GPTConfig
-from minigpt.bench_generate import bench_generation
+from minigpt.bench.generate import bench_generation
 from minigpt.errors import MinigptError
+from minigpt.loader import check_quantize
+from minigpt.nn.int8 import MAX_KERNEL_ROWS, Int8Linear, quantize_int8
 from minigpt.nn.lora import LoRALinear
-from minigpt.quantize import MAX_KERNEL_ROWS, Int8Linear, check_quantize, quantize_model
 from minigpt.tokenizers import load_tokenizer
 
 
@@ -45,7 +46,7 @@ def test_the_kernel_and_the_dequantized_path_agree():
 
 def test_only_plain_linears_of_an_aligned_width_are_replaced():
     model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 8), LoRALinear(8, 32, rank=2))
-    quantize_model(model, "int8", torch.device("cpu"))
+    quantize_int8(model)
     assert isinstance(model[0], Int8Linear)
     assert type(model[2]) is nn.Linear  # 24 inputs: not a multiple of 16, which the kernel needs
     assert isinstance(model[3], LoRALinear)
@@ -60,7 +61,7 @@ def models(char_data):
     widen_weights(model, std=0.15)
     quantized = GPT(model.config)
     quantized.load_state_dict(model.state_dict())
-    return model, quantize_model(quantized.eval(), "int8", torch.device("cpu"))
+    return model, quantize_int8(quantized.eval())
 
 
 def test_a_quantized_gpt_gives_nearly_the_same_logits(models):

@@ -11,12 +11,12 @@ from helpers import TINY
 
 from minigpt.checkpoint import checkpoint_dir, load_checkpoint
 from minigpt.config import load_config
+from minigpt.data.prepare import prepare
 from minigpt.errors import MinigptError
-from minigpt.load import load_model
-from minigpt.prepare import prepare
+from minigpt.infer.sample import generate_text
+from minigpt.loader import load_model
 from minigpt.run import FORMAT, RunRecord
-from minigpt.sample import generate_text
-from minigpt.train import Trainer, train
+from minigpt.train.trainer import Trainer, train
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_run"  # written by minigpt 0.1's first release
 LEGACY_CORPUS = "to be or not to be that is the question\nwhether tis nobler in the mind to suffer\n" * 40
@@ -112,7 +112,7 @@ def test_fp16_scaler_state_is_saved_and_restored(char_data, tmp_path):
 
 def test_a_run_of_skipped_steps_stops(char_data, tmp_path):
     """fp16 (or on_nan=skip) skips a step whose gradients overflow; a diverged run used to skip for ever."""
-    from minigpt import train as train_module
+    from minigpt.train import trainer as train_module
 
     out = tmp_path / "run"
     config = load_config(None, [f"data.dir={char_data}", f"out_dir={out}", *TINY, "train.on_nan=skip", "train.lr=1e30"])

@@ -1,4 +1,4 @@
-"""minigpt.sample: seeds, greedy decoding, stop strings, streaming, prompts and option errors."""
+"""minigpt.infer.sample: seeds, greedy decoding, stop strings, streaming, prompts and option errors."""
 
 import io
 
@@ -8,8 +8,8 @@ from helpers import run_main, save_untrained_run
 
 from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
-from minigpt.load import load_model
-from minigpt.sample import SampleText, generate_text
+from minigpt.infer.sample import SampleText, generate_text
+from minigpt.loader import load_model
 from minigpt.tokenizers import load_tokenizer
 
 
@@ -277,7 +277,7 @@ def test_prompt_and_stop_read_backslashes_by_one_rule(loaded, run_dir, capsys):
     expected = sample(loaded, prompt="A\nB", max_new_tokens=10, temperature=0)[0]
     code, out, _ = cli(capsys, run_dir, "--prompt", "A\\nB", "--max-new-tokens", 10, "--temperature", 0, *CPU)
     assert code == 0 and out == "A\nB" + expected + "\n"
-    from minigpt.sample import unescape
+    from minigpt.infer.sample import unescape
 
     assert unescape("a\\tb\\\\n") == "a\tb\\n"  # an escaped backslash stays a backslash
 

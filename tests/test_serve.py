@@ -220,7 +220,7 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(base_r
 
 
 def test_the_serving_bench_counts_every_streamed_token():
-    from minigpt.bench_serve import bench_serving, serving_table
+    from minigpt.bench.serve import bench_serving, serving_table
 
     result = bench_serving(n_layer=1, n_head=2, n_embd=32, block_size=64, clients=(1, 2), max_tokens=4, max_batch=2)
     assert set(result["concurrent"]) == {1, 2} and result["sequential"]["clients"] == 2

@@ -14,8 +14,8 @@ from helpers import TINY, read_metrics, run_cli
 from minigpt.checkpoint import list_checkpoints, load_checkpoint
 from minigpt.config import load_config
 from minigpt.errors import MinigptError
-from minigpt.optim import lr_multiplier
-from minigpt.train import train
+from minigpt.train.optim import lr_multiplier
+from minigpt.train.trainer import train
 
 
 def config_for(data_dir, out_dir, *overrides):
@@ -254,7 +254,7 @@ def test_torch_compile_gives_the_same_logits_on_cpu():
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     from minigpt import GPT, GPTConfig
-    from minigpt.optim import Optimizers
+    from minigpt.train.optim import Optimizers
 
     model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False))
     optimizer = Optimizers(model, load_config(None, ["train.optimizer=muon"]).train)
@@ -271,7 +271,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 def test_our_optimizers_update_exactly_as_torchs(kind):
     """Optimizers uses torch's classes with their compile guards left out: the updates are torch's, bit for bit."""
     from minigpt import GPT, GPTConfig
-    from minigpt.optim import Optimizers
+    from minigpt.train.optim import Optimizers
 
     torch.manual_seed(0)
     models = [GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)) for _ in range(2)]
@@ -301,7 +301,7 @@ def test_our_optimizers_update_exactly_as_torchs(kind):
 def test_a_cpu_run_never_imports_torch_dynamo(char_data, tmp_path):
     """torch.optim's guards against torch.compile import torch._dynamo, 2 s of a short run's start-up."""
     code = (
-        "import sys; from minigpt.config import load_config; from minigpt.train import train; "
+        "import sys; from minigpt.config import load_config; from minigpt.train.trainer import train; "
         "train(load_config(None, sys.argv[1:])); print('torch._dynamo' in sys.modules)"
     )
     args = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "train.max_steps=2", "device=cpu"]

@@ -1,4 +1,4 @@
-"""minigpt.viz: attention heatmaps and loss curves come out as real PNG files; mistakes are MinigptErrors."""
+"""minigpt.eval.viz: attention heatmaps and loss curves come out as real PNG files; mistakes are MinigptErrors."""
 
 import json
 import struct
@@ -14,8 +14,8 @@ from helpers import save_untrained_run
 from minigpt import GPT, GPTConfig
 from minigpt.cli import main
 from minigpt.errors import MinigptError
+from minigpt.eval.viz import display_token, plot_attention, plot_losses, read_metrics
 from minigpt.tokenizers import build_tokenizer
-from minigpt.viz import display_token, plot_attention, plot_losses, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ while minigpt's encode() reads it as ordinary characters (a document may quote i
 import json
 
 from ..errors import MinigptError
-from ..tokenizers import EOT_TEXT, CharTokenizer, HFTokenizer, TiktokenTokenizer, Tokenizer, _bytes_to_unicode
+from ..tokenizers import EOT_TEXT, CharTokenizer, HFTokenizer, TiktokenTokenizer, Tokenizer, bytes_to_unicode
 
 
 def to_hf_tokenizer(tokenizer: Tokenizer, max_length: int) -> HFTokenizer:
@@ -54,7 +54,7 @@ def to_hf_tokenizer(tokenizer: Tokenizer, max_length: int) -> HFTokenizer:
 
 def _byte_level_bpe(tokenizer: TiktokenTokenizer) -> dict:
     ranks = tokenizer.encoding._mergeable_ranks
-    show = _bytes_to_unicode()
+    show = bytes_to_unicode()
     vocab = {"".join(show[b] for b in token): rank for token, rank in ranks.items()}
     merges = []
     for token, rank in ranks.items():

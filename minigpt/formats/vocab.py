@@ -21,7 +21,7 @@ from ..tokenizers import (
     HFTokenizer,
     TiktokenTokenizer,
     Tokenizer,
-    _bytes_to_unicode,
+    bytes_to_unicode,
 )
 from .hf_tokenizer import to_hf_tokenizer
 
@@ -94,7 +94,7 @@ def _hf_pre_tokenizer(hf: dict) -> str:
 
 def _shown(piece: bytes) -> str:
     """bytes as GPT-2's printable stand-in characters, one per byte."""
-    to_char = _bytes_to_unicode()
+    to_char = bytes_to_unicode()
     return "".join(to_char[b] for b in piece)
 
 

@@ -46,8 +46,8 @@ def serve(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
     from ..device import resolve_device, resolve_dtype
-    from ..engine import Engine
-    from ..load import load_model
+    from ..infer.engine import Engine
+    from ..loader import load_model
 
     if max_batch < 1 or max_waiting < 0:
         raise MinigptError(

@@ -25,7 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..engine import Engine, QueueFull
+from ..infer.engine import Engine, QueueFull
 from .protocol import APIError, Job, chat_job, completion_job, envelope, is_int, new_id, usage
 
 STATIC = Path(__file__).parent / "static"

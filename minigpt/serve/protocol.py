@@ -13,8 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..engine import SamplingParams
 from ..errors import MinigptError
+from ..infer.engine import SamplingParams
 
 MAX_STOPS = 4  # as the OpenAI API
 MAX_N = 8

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import minigpt
-from minigpt.classify import SequenceClassifier, pad_batch
 from minigpt.errors import MinigptError
+from minigpt.train.classify import SequenceClassifier, pad_batch
 
 PACKAGES = ("asyncio", "email", "logging", "xml")
 MIN_CHARS = 40

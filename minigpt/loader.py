@@ -1,0 +1,130 @@
+"""One way to get a model from a PATH, for every command and for Python users.
+
+    model, tokenizer = minigpt.load("out/shakespeare_char")
+    model, tokenizer, source = load_model("out/run", latest=True)   # and where it came from
+
+PATH is a run's out_dir (its best checkpoint; latest=True for the newest), a checkpoint folder, or
+a Hugging Face folder or Hub name (a folder with config.json and no meta.json, or a name such as
+`gpt2` or `owner/name` that is no local path; see minigpt/formats/). A path that looks local
+(`./x`, `/x`, `~/x`, `a/b/c`, or `folder/x` under an existing folder) and does not exist is an error
+naming it: it is never sent to the Hub as a repository id.
+
+A LoRA run's checkpoint holds only its adapters (and the embedding rows of tokens its base lacks);
+loading it loads its base (the run's train.init_from) through this same function, puts the adapters
+back and merges them, so every command gets one plain model.
+
+The function is called `load`, the module `loader`: `minigpt.load` stays the function whatever has
+been imported (a submodule named `load` would replace the package attribute on import).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, load_weights
+from .errors import MinigptError
+from .lora import VOCABULARY_MATRICES, restore_lora
+from .model import GPT
+from .nn.int8 import quantize_int8
+from .run import RunRecord
+from .tokenizers import Tokenizer, load_tokenizer
+
+QUANTIZE_CHOICES = ("int8",)
+
+
+@dataclass
+class ModelSource:
+    """Where a loaded model came from."""
+
+    path: str  # the checkpoint folder, or the Hugging Face folder or name
+    record: RunRecord | None  # the run's record; None for a model that minigpt did not train
+
+
+def load(
+    path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu", quantize: str | None = None
+) -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer behind PATH (see load_model), for use in Python."""
+    model, tokenizer, _ = load_model(path, latest=latest, device=device, quantize=quantize)
+    return model, tokenizer
+
+
+def load_model(
+    path: str | Path, *, latest: bool = False, device: torch.device | str = "cpu", quantize: str | None = None
+) -> tuple[GPT, Tokenizer, ModelSource]:
+    """The model behind PATH in eval mode on device, its tokenizer, and where it came from.
+
+    quantize "int8" stores its linear layers' weights in int8 for faster generation on a CPU (see
+    minigpt/nn/int8.py); the model is then for inference only.
+    """
+    device = torch.device(device)
+    check_quantize(quantize, device)  # before loading: a bad option costs no time
+    model, tokenizer, source = _load(str(path), latest)
+    model = model.to(device).eval()
+    return (quantize_int8(model) if quantize else model), tokenizer, source
+
+
+def check_quantize(method: str | None, device: torch.device) -> None:
+    """Raise MinigptError unless method is None or a quantization this device runs."""
+    if method is None:
+        return
+    if method not in QUANTIZE_CHOICES:
+        raise MinigptError(f"--quantize is {method!r}; expected one of: {', '.join(QUANTIZE_CHOICES)}")
+    if device.type != "cpu":
+        raise MinigptError(f"--quantize {method} is for generation on the CPU; on {device.type} use --dtype instead")
+
+
+def check_source(path: str, what: str = "the model path") -> None:
+    """Refuse a path that looks local but does not exist, or an empty folder; a Hub name passes."""
+    folder = Path(path)
+    if folder.exists():
+        if folder.is_dir() and not any(folder.iterdir()):
+            raise MinigptError(f"{what} {path} is an empty folder; it holds no weights")
+        return
+    looks_local = (
+        path.startswith((".", "/", "~", "\\"))
+        or path.count("/") > 1
+        or ("/" in path and folder.parent.is_dir())
+        or not path.strip()
+    )
+    if looks_local:
+        raise MinigptError(
+            f"{what} {path} does not exist; give a run's out_dir, a checkpoint folder, "
+            f"or a Hugging Face folder or model name"
+        )
+
+
+def _load(path: str, latest: bool) -> tuple[GPT, Tokenizer, ModelSource]:
+    check_source(path)
+    folder = Path(path)
+    is_hugging_face = (folder / "config.json").is_file() and not (folder / "meta.json").is_file()
+    if is_hugging_face or not folder.exists():  # check_source let through only Hub names
+        from .formats.hf import load_hf  # transformers-free, but only Hugging Face models need it
+
+        model, tokenizer = load_hf(path)
+        return model, tokenizer, ModelSource(path, None)
+    checkpoint = load_checkpoint(folder, latest)
+    config = checkpoint.record.config
+    tokenizer = load_tokenizer(checkpoint.record.tokenizer, checkpoint.path)
+    model = GPT(config.model)
+    if config.train.lora.enabled:  # adapters only: put back on their base and merged
+        base, _, _ = _load(config.train.init_from, latest=False)
+        _copy_base_weights(model, base)
+        restore_lora(model, config.train.lora, checkpoint.weights, str(checkpoint.path))
+    else:
+        load_weights(model, checkpoint.weights, checkpoint.path)
+    return model, tokenizer, ModelSource(str(checkpoint.path), checkpoint.record)
+
+
+@torch.no_grad()
+def _copy_base_weights(model: GPT, base: GPT) -> None:
+    """Put base's weights into model, which may have more vocabulary rows (the run's added tokens:
+    their rows come from the LoRA checkpoint)."""
+    state = base.state_dict()
+    own = model.state_dict()
+    for name in VOCABULARY_MATRICES:
+        rows = state[name]
+        grown = own[name].clone()
+        grown[: rows.shape[0]] = rows
+        state[name] = grown
+    model.load_state_dict(state)

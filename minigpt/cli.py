@@ -79,33 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt", default="", help=f"text to continue ('' starts a new document); {ESCAPES}")
     prompt.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file, as it is")
     p.add_argument("--num-samples", type=int, default=1, help="samples to generate, as one batch")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
-    p.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling: the likeliest tokens up to mass p, in (0, 1]"
-    )
-    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible (0 to 2**64 - 1)")
-    p.add_argument(
-        "--stop",
-        action="append",
-        default=[],
-        metavar="STR",
-        help=f"end a sample where this string appears (repeat for several); {ESCAPES}",
-    )
+    _add_sampling_arguments(p, max_new_tokens=200, what="sample")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text and end-of-turn tokens")
     p.set_defaults(run=_sample)
 
     p = commands.add_parser("chat", help="talk with a chat-tuned model (one message per line when piped)")
     _add_model_arguments(p, dtype="auto")
     p.add_argument("--system", default=None, help="the system message")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="end an answer at any of these strings")
+    _add_sampling_arguments(p, max_new_tokens=256, what="answer")
+    _add_max_context(p)
     p.set_defaults(run=_chat)
 
     p = commands.add_parser("serve", help="serve a model over the OpenAI API, with the attention playground at /")
@@ -115,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together in one batch")
     p.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
     p.add_argument("--api-key", default=None, help="require this bearer key (default: $MINIGPT_API_KEY, else none)")
+    _add_max_context(p)
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
@@ -178,6 +161,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_bench)
     return parser
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int, what: str) -> None:
+    """The sampling flags of sample and chat: one SamplingParams (minigpt/infer/sampling.py), one check."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"tokens to generate per {what}")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling: the likeliest tokens up to mass p, in (0, 1]"
+    )
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible (0 to 2**64 - 1)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help=f"end a {what} where this string appears (repeat for several); {ESCAPES}",
+    )
+    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text and end-of-turn tokens")
+
+
+def _add_max_context(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the most tokens a sequence may use, prompt included (default: the model's context); "
+        "KV-cache memory grows with use up to this",
+    )
+
+
+def _sampling_params(args, on_full: str):
+    """The SamplingParams the sampling flags ask for (checked by the command, in the flags' names)."""
+    from .infer.sample import unescape
+    from .infer.sampling import SamplingParams
+
+    return SamplingParams(
+        max_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=[unescape(s) for s in args.stop],
+        on_full=on_full,
+        ignore_eos=args.ignore_eos,
+    )
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
@@ -246,17 +276,11 @@ def _sample(args):
 
     run_sample(
         args.path,
+        _sampling_params(args, on_full="slide"),
         prompt=unescape(args.prompt),
         prompt_file=args.prompt_file,
         num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=[unescape(s) for s in args.stop],
         stream=args.stream,
-        ignore_eos=args.ignore_eos,
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
@@ -265,19 +289,18 @@ def _sample(args):
 
 
 def _chat(args):
-    from .infer.chat import ChatSettings, chat_with
-    from .infer.sample import unescape
+    from .infer.chat import chat_with
 
-    settings = ChatSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=[unescape(s) for s in args.stop],
+    chat_with(
+        args.path,
+        _sampling_params(args, on_full="slide"),
         system=args.system,
+        max_context=args.max_context,
+        latest=args.latest,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
     )
-    chat_with(args.path, settings, latest=args.latest, device=args.device, dtype=args.dtype, quantize=args.quantize)
 
 
 def _serve(args):
@@ -290,6 +313,7 @@ def _serve(args):
         max_batch=args.max_batch,
         max_waiting=args.max_waiting,
         api_key=args.api_key,
+        max_context=args.max_context,
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,

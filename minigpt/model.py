@@ -7,7 +7,6 @@ attention, untied embeddings, zero-initialised projections and logit soft-cappin
 """
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -15,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MinigptError
+from .infer.engine import Engine
+from .infer.sampling import PYTHON_NAMES, SamplingParams, check_sampling
 from .nn import (
     ACTIVATIONS,
     NORMS,
@@ -186,23 +187,29 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
+        cache: list[KVCache] | None = None,
         attention_mask: torch.Tensor | None = None,
         return_hidden: bool = False,
+        only_last: bool = False,
     ):
         """idx: (B, T) token ids. Returns (logits (B, T, vocab), loss or None).
 
         loss is the mean cross-entropy over targets, ignoring positions whose target is -100.
+        cache (make_cache's list of per-layer KV caches) holds the keys and values of the text so far:
+        idx continues that text, and the cache takes idx's keys and values too (generation).
+        only_last gives the logits of the last position alone, (B, 1, vocab): what choosing the next
+        token needs, without a (T, vocab) matrix for a long prompt.
         attention_mask (B, T) marks real tokens True and padding False, on either side: padding is never
         attended to and takes up no position, so a row's real tokens get what they would get unpadded
         (give padded positions the target -100). return_hidden returns instead the final hidden states
         (B, T, n_embd), after the last norm and before the LM head, for heads of your own.
         """
-        x = self._hidden_states(idx, attention_mask=attention_mask)
+        x = self._hidden_states(idx, cache, attention_mask=attention_mask)
         if return_hidden:
             if targets is not None:
                 raise ValueError("return_hidden gives hidden states, not a loss: pass targets=None")
             return x
-        logits = self._logits(x)
+        logits = self._logits(x[:, -1:] if only_last else x)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
@@ -260,69 +267,37 @@ class GPT(nn.Module):
         top_p: float | None = None,
         *,
         generator: torch.Generator | None = None,
-        use_cache: bool = True,
     ) -> torch.Tensor:
-        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens)."""
-        new = list(
-            self.generate_stream(
-                idx, max_new_tokens, temperature, top_k, top_p, generator=generator, use_cache=use_cache
-            )
-        )
-        return torch.cat([idx, *new], dim=1)
+        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
 
-    @torch.no_grad()
-    def generate_stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Iterator[torch.Tensor]:
-        """Yield each new (B, 1) token as soon as it is chosen.
-
-        With use_cache, keys and values of the tokens already seen are kept, so each step runs the
-        blocks on one new position. When the text outgrows block_size the oldest tokens are dropped:
-        the cache then restarts from the newest block_size // 2 tokens, so a re-prefill happens once
-        per block_size // 2 tokens. Without the cache every step reruns the last block_size tokens, so
-        past block_size the two see different amounts of context and may choose differently.
+        It runs on the generation engine (minigpt/infer/engine.py), as every command does. temperature
+        0 is greedy. When a row outgrows block_size, it goes on from its newest block_size // 2 tokens.
         """
-        block_size = self.config.block_size
-        context = idx
-        caches = None
-        for _ in range(max_new_tokens):
-            if not use_cache:
-                logits = self._logits(self._hidden_states(context[:, -block_size:])[:, -1])
-            else:
-                if caches is None or caches[0].length == block_size:
-                    keep = context[:, -block_size:] if caches is None else context[:, -max(1, block_size // 2) :]
-                    caches = self._new_caches(context.shape[0], context.device)
-                    x = self._hidden_states(keep, caches)
-                else:
-                    x = self._hidden_states(context[:, -1:], caches)
-                logits = self._logits(x[:, -1])
-            token = choose_next_token(logits, temperature, top_k, top_p, generator)
-            context = torch.cat([context, token], dim=1)
-            yield token
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, on_full="slide", ignore_eos=True)
+        check_sampling(params, PYTHON_NAMES)
+        engine = Engine(self, max_batch=idx.shape[0], device=idx.device)
+        rows = [engine.submit(row, params, generator=generator) for row in idx.tolist()]
+        for _ in engine.drive(rows):
+            pass
+        failed = [row.error for row in rows if row.finish_reason == "error"]
+        if failed:
+            raise RuntimeError(f"generation failed: {failed[0]}")
+        return torch.cat([idx, torch.tensor([row.tokens for row in rows], dtype=idx.dtype, device=idx.device)], dim=1)
 
-    def _new_caches(self, batch_size: int, device, ragged: bool = False) -> list[KVCache]:
-        """One KV cache per layer; ragged ones let each row sit at its own position."""
+    def make_cache(
+        self, batch_size: int, *, max_len: int | None = None, ragged: bool = False, device=None
+    ) -> list[KVCache]:
+        """One KV cache per layer for forward(cache=...), growing with use up to max_len positions
+        (default and ceiling: block_size); ragged ones let each row sit at its own position."""
         c = self.config
+        device = torch.device(device) if device is not None else self.transformer.wte.weight.device
         dtype = self.transformer.wte.weight.dtype  # not lm_head's: that one may be quantized
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
+        max_len = min(max_len or c.block_size, c.block_size)
         return [
             KVCache(
-                batch_size,
-                c.n_kv_head or c.n_head,
-                c.block_size,
-                c.head_size,
-                device=device,
-                dtype=dtype,
-                ragged=ragged,
+                batch_size, c.n_kv_head or c.n_head, max_len, c.head_size, device=device, dtype=dtype, ragged=ragged
             )
             for _ in range(c.n_layer)
         ]
@@ -347,31 +322,3 @@ class GPT(nn.Module):
         if c.tie_weights:
             n += c.n_embd * c.vocab_size  # the shared matrix still does a matmul as the LM head
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * (seq_len or c.block_size)
-
-
-def choose_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one token per row from logits (B, vocab); returns (B, 1).
-
-    temperature 0 is greedy (argmax). Otherwise logits are divided by temperature, then top_k keeps
-    the k likeliest tokens and top_p the smallest set whose probabilities add up to at least p
-    (nucleus sampling); the two combine, and the most likely token always survives both.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # mass before this token already reaches p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)

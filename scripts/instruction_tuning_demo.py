@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from minigpt.data.batches import load_meta
-from minigpt.infer.chat import ChatSession, ChatSettings
+from minigpt.infer.chat import ChatSession
 from minigpt.infer.engine import Engine
+from minigpt.infer.sampling import SamplingParams
 from minigpt.loader import load_model
 from minigpt.model import GPTConfig
 from minigpt.tokenizers import load_tokenizer
@@ -83,7 +84,7 @@ def exact_match(model, tokenizer, heldout: list[dict]) -> float:
     right = 0
     for row in heldout:
         question, answer = (m["content"] for m in row["messages"])
-        session = ChatSession(engine, ChatSettings(max_new_tokens=24, temperature=0))
+        session = ChatSession(engine, SamplingParams(max_tokens=24, temperature=0))
         right += "".join(session.reply(question)).strip() == answer
     return right / len(heldout)
 

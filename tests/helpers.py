@@ -37,6 +37,18 @@ def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     )
 
 
+def naive_generate(model, idx, max_new_tokens: int):
+    """The tests' oracle: greedy generation without a KV cache, rerunning the whole text (its last
+    block_size tokens) for every new token. Within the context the engine must equal it token for token."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -model.config.block_size :])
+            idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    return idx
+
+
 def read_metrics(out_dir: Path, drop=("time", "tokens_per_s", "mfu")) -> list[dict]:
     """metrics.jsonl (through minigpt's one reader) without the fields that depend on wall-clock time."""
     from minigpt.metrics import read_metrics as read_all

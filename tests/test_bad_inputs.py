@@ -234,14 +234,14 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "--temperature must be 0 (greedy) or a positive number, got -1.0",
     ),
     ("sample-temperature-nan", [*SAMPLE, "--temperature", "nan"], 2, "--temperature must be 0 (greedy) or a positive"),
-    ("sample-top-p-0", [*SAMPLE, "--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0"),
-    ("sample-top-p-1.5", [*SAMPLE, "--top-p", "1.5"], 2, "--top-p must be in (0, 1], got 1.5"),
-    ("sample-top-k-0", [*SAMPLE, "--top-k", "0"], 2, "--top-k must be at least 1, got 0"),
+    ("sample-top-p-0", [*SAMPLE, "--top-p", "0"], 2, "--top-p must be a number in (0, 1], got 0.0"),
+    ("sample-top-p-1.5", [*SAMPLE, "--top-p", "1.5"], 2, "--top-p must be a number in (0, 1], got 1.5"),
+    ("sample-top-k-0", [*SAMPLE, "--top-k", "0"], 2, "--top-k must be a whole number, 1 or more, got 0"),
     (
         "sample-max-new-tokens-negative",
         [*SAMPLE, "--max-new-tokens", "-1"],
         2,
-        "--max-new-tokens must be 0 or more, got -1",
+        "--max-new-tokens must be a whole number, 1 or more, got -1",
     ),
     ("sample-num-samples-0", [*SAMPLE, "--num-samples", "0"], 2, "--num-samples must be at least 1, got 0"),
     (

@@ -7,8 +7,9 @@ import torch
 
 from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
-from minigpt.infer.chat import ChatSession, ChatSettings, run_chat
+from minigpt.infer.chat import ChatSession, run_chat
 from minigpt.infer.engine import Engine
+from minigpt.infer.sampling import CLI_NAMES, SamplingParams, check_sampling
 from minigpt.tokenizers import build_tokenizer
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ?!.0123456789\n"
@@ -32,20 +33,21 @@ def _greedy_answer(model, tokenizer, messages, max_new_tokens):
 
 def test_turns_reuse_the_cache_and_match_plain_generation():
     model, tokenizer = _chat_model()
-    session = ChatSession(Engine(model, tokenizer), ChatSettings(max_new_tokens=8, temperature=0, system="be brief"))
+    session = ChatSession(Engine(model, tokenizer), SamplingParams(max_tokens=8, temperature=0), "be brief")
     for question in ("hi", "what is 2?", "ok"):
         expected = _greedy_answer(model, tokenizer, [*session.messages, {"role": "user", "content": question}], 8)
-        cached_before = len(session.conversation.ids)
+        held = session.held
         assert "".join(session.reply(question)) == expected
         assert session.messages[-1] == {"role": "assistant", "content": expected}
-        if cached_before:  # the later turns continued the same cache
-            assert session.conversation.ids[:cached_before] == tokenizer.encode_chat(session.messages)[:cached_before]
+        if held is not None:  # the later turns continued the cache the last answer left
+            assert session.held.ids[: len(held.ids)] == held.ids
+            assert held.ids == tokenizer.encode_chat(session.messages)[: len(held.ids)]
     assert [m["role"] for m in session.messages] == ["system", "user", "assistant"] * 1 + ["user", "assistant"] * 2
 
 
 def test_oldest_turns_are_dropped_when_the_context_fills():
     model, tokenizer = _chat_model(block_size=64)
-    session = ChatSession(Engine(model, tokenizer), ChatSettings(max_new_tokens=8, temperature=0, system="sys"))
+    session = ChatSession(Engine(model, tokenizer), SamplingParams(max_tokens=8, temperature=0), "sys")
     for i in range(6):
         "".join(session.reply(f"question number {i}"))
     assert session.dropped_turns > 0
@@ -64,7 +66,7 @@ def test_piped_chat_answers_one_line_per_line_with_commands():
     run_chat(
         model,
         tokenizer,
-        ChatSettings(max_new_tokens=6, temperature=0),
+        SamplingParams(max_tokens=6, temperature=0),
         stdin=io.StringIO(lines),
         stdout=out,
         stderr=err,
@@ -77,7 +79,7 @@ def test_piped_chat_answers_one_line_per_line_with_commands():
 
 def test_seeded_sampling_is_reproducible():
     model, tokenizer = _chat_model()
-    settings = ChatSettings(max_new_tokens=10, temperature=1.0, seed=7)
+    settings = SamplingParams(max_tokens=10, temperature=1.0, seed=7)
     first = [
         ("".join(s.reply("hi")), "".join(s.reply("again"))) for s in [ChatSession(Engine(model, tokenizer), settings)]
     ]
@@ -91,11 +93,11 @@ def test_a_model_without_chat_template_is_refused():
     tokenizer = build_tokenizer("char", [ALPHABET])
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
     with pytest.raises(MinigptError, match="no chat template: fine-tune it on chat data first"):
-        ChatSession(Engine(model, tokenizer), ChatSettings())
-    with pytest.raises(MinigptError, match="--top-p must be in"):
-        ChatSession(Engine(*_chat_model()), ChatSettings(top_p=2.0))
+        ChatSession(Engine(model, tokenizer), SamplingParams())
+    with pytest.raises(MinigptError, match="top_p must be a number in"):
+        ChatSession(Engine(*_chat_model()), SamplingParams(top_p=2.0))
 
 
 def test_a_seed_no_generator_takes_is_one_line():
     with pytest.raises(MinigptError, match="--seed must be a whole number from 0 to 2\\*\\*64 - 1"):
-        ChatSettings(seed=2**70).check()
+        check_sampling(SamplingParams(seed=2**70), CLI_NAMES)

@@ -1,9 +1,12 @@
-"""The generation engine: continuous batching gives each sequence what it would get alone."""
+"""The generation engine: continuous batching gives each sequence what it would get alone, the naive
+oracle's tokens within the context, and one sequence's failure is its own."""
 
 import pytest
 import torch
+from helpers import naive_generate
 
-from minigpt.infer.engine import Conversation, Engine, SamplingParams
+from minigpt.infer.engine import Engine
+from minigpt.infer.sampling import SamplingParams
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizers import CharTokenizer
 
@@ -108,15 +111,109 @@ def test_the_background_thread_serves_submitted_sequences_and_drains_on_stop():
     assert len({tuple(s.tokens) for s in sequences}) == 1
 
 
-def test_a_conversation_keeps_its_cache_and_matches_generating_from_the_whole_text():
+def test_a_kept_cache_is_reused_and_matches_generating_from_the_whole_text():
     model, tokenizer = tiny()
-    conversation = Conversation(Engine(model, tokenizer))
+    engine = Engine(model, tokenizer)
     params = SamplingParams(max_tokens=6, temperature=0)
     turns = [tokenizer.encode("user: hi\n"), tokenizer.encode("user: and you\n")]
-    text = []
-    for turn in turns:
-        text += turn
-        reply = list(conversation.reply(turn, params))
-        assert reply == run_alone(model, tokenizer, text, params)
-        text += reply
-    assert conversation.caches[0].length == len(text) == len(conversation.ids)
+    text, held, fed = [], None, []
+    forward = model.forward
+
+    def counting(idx, *args, **kwargs):
+        fed.append(idx.shape[1])
+        return forward(idx, *args, **kwargs)
+
+    model.forward = counting
+    try:
+        for turn in turns:
+            text += turn
+            fed.clear()
+            reply = engine.submit(text, params, cache=held, keep_cache=True)
+            while engine.load():
+                engine.step()
+            assert reply.tokens == run_alone(model, tokenizer, text, params)
+            held = reply.cache
+            assert held.ids == (text + reply.tokens)[:-1] and held.layers[0].length == len(held.ids)
+            text += reply.tokens
+        assert fed[0] == len(turns[1]) + 1  # the second turn prefilled only what the cache lacked
+    finally:
+        del model.forward
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_within_the_context_the_engine_equals_the_naive_oracle(pos_encoding):
+    model, tokenizer = tiny(pos_encoding)
+    prompts = torch.tensor([tokenizer.encode("the cat"), tokenizer.encode("a dog x")])
+    expected = naive_generate(model, prompts, 48 - 7)  # up to the whole context
+    engine = Engine(model, tokenizer, max_batch=2)
+    params = SamplingParams(max_tokens=41, temperature=0, ignore_eos=True)
+    rows = [engine.submit(row, params) for row in prompts.tolist()]
+    for _ in engine.drive(rows):
+        pass
+    assert [r.tokens for r in rows] == expected[:, 7:].tolist()
+
+
+def test_a_full_context_stops_or_slides_as_the_sequence_asks():
+    model, tokenizer = tiny()
+    prompt = tokenizer.encode("abc")
+    engine = Engine(model, tokenizer, max_context=10)
+    stop = engine.submit(prompt, SamplingParams(max_tokens=30, temperature=0))
+    slide = engine.submit(prompt, SamplingParams(max_tokens=30, temperature=0, on_full="slide"))
+    for _ in engine.drive([stop, slide]):
+        assert engine.caches is None or max(engine.caches[0].row_lengths) < 10
+    assert stop.finish_reason == "length" and len(prompt) + len(stop.tokens) == 10
+    assert slide.finish_reason == "length" and len(slide.tokens) == 30
+    assert slide.tokens[:7] == stop.tokens  # the same until the context is full
+
+
+def test_odd_settings_beside_a_normal_request_leave_it_as_it_would_be_alone():
+    model, tokenizer = tiny()
+    prompt = tokenizer.encode("hello")
+    normal = SamplingParams(max_tokens=12, temperature=0)
+    alone = run_alone(model, tokenizer, prompt, normal)
+    engine = Engine(model, tokenizer, max_batch=4)
+    odd = [
+        SamplingParams(max_tokens=12, temperature=1e-45),
+        SamplingParams(max_tokens=12, temperature=1e-300, seed=3),
+        SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-45, seed=2**64 - 1),
+    ]
+    sequences = [engine.submit(prompt, normal)] + [engine.submit(prompt, p) for p in odd]
+    for _ in engine.drive(sequences):
+        pass
+    assert sequences[0].tokens == alone
+    assert all(s.finish_reason == "length" for s in sequences)
+    assert sequences[1].tokens == sequences[2].tokens == sequences[3].tokens == alone  # each is greedy in effect
+
+
+def test_a_failing_sequence_ends_alone_with_error_and_the_others_go_on():
+    model, tokenizer = tiny()
+    prompt = tokenizer.encode("hello")
+    params = SamplingParams(max_tokens=10, temperature=0)
+    alone = run_alone(model, tokenizer, prompt, params)
+    engine = Engine(model, tokenizer, max_batch=4)
+    good = engine.submit(prompt, params)
+    bad_draw = engine.submit(prompt, SamplingParams(max_tokens=10, temperature=1.0), generator="not a generator")
+    bad_prefill = engine.submit([1, 2, 10_000], params)  # a token id beyond the vocabulary
+    also_good = engine.submit(prompt, params)
+    for _ in engine.drive([good, bad_draw, bad_prefill, also_good]):
+        pass
+    assert bad_draw.finish_reason == bad_prefill.finish_reason == "error"
+    assert "IndexError" in bad_prefill.error
+    assert good.tokens == also_good.tokens == alone and good.finish_reason == "length"
+
+
+def test_the_kv_cache_follows_use_and_is_let_go_when_idle():
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer(CHARS, with_eot=False)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, block_size=32768, n_layer=2, n_head=2, n_embd=32, pos_encoding="rope"
+    )
+    model = GPT(config).eval()
+    engine = Engine(model, tokenizer, max_batch=8)
+    sequence = engine.submit(tokenizer.encode("hello"), SamplingParams(max_tokens=300, temperature=0))
+    capacities = []
+    for _ in engine.drive([sequence]):
+        if engine.caches is not None:
+            capacities.append(engine.caches[0].capacity)
+    assert capacities[0] == 256 and max(capacities) == 512  # grown in chunks as the sequence grew
+    assert engine.caches is None  # idle: nothing held

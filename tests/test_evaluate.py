@@ -158,15 +158,16 @@ def test_bits_per_byte_by_hand(tmp_path):
 
 def test_evaluate_and_generate_leave_the_model_in_its_mode(loaded, root):
     from minigpt.infer.sample import generate_text
+    from minigpt.infer.sampling import SamplingParams
 
     model, tokenizer = loaded
     model.train()
     evaluate(model, tokenizer, data_dir=root / "data", progress=False)
     assert model.training
-    generate_text(model, tokenizer, "ROMEO:", max_new_tokens=3, seed=0)
+    generate_text(model, tokenizer, "ROMEO:", SamplingParams(max_tokens=3, seed=0))
     assert model.training
     model.eval()
-    generate_text(model, tokenizer, "ROMEO:", max_new_tokens=3, seed=0)
+    generate_text(model, tokenizer, "ROMEO:", SamplingParams(max_tokens=3, seed=0))
     assert not model.training
 
 

@@ -141,6 +141,7 @@ def test_a_lora_run_saves_adapters_and_the_loader_rebuilds_its_merged_model(tmp_
 
 def test_generation_stops_at_end_of_text_unless_told_to_ignore_it():
     from minigpt.infer.sample import generate_text
+    from minigpt.infer.sampling import SamplingParams
 
     tokenizer = build_tokenizer("char", ["abcdefghij", "x"])  # two documents: it has an end-of-text token
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8, tie_weights=False)
@@ -151,6 +152,6 @@ def test_generation_stops_at_end_of_text_unless_told_to_ignore_it():
         model.transformer.ln_f.bias[0] = 1.0
         model.lm_head.weight.zero_()
         model.lm_head.weight[tokenizer.eot_token, 0] = 10.0
-    assert generate_text(model, tokenizer, "abc", max_new_tokens=5, temperature=0) == [""]
-    kept = generate_text(model, tokenizer, "abc", max_new_tokens=3, temperature=0, ignore_eos=True)
+    assert generate_text(model, tokenizer, "abc", SamplingParams(max_tokens=5, temperature=0)) == [""]
+    kept = generate_text(model, tokenizer, "abc", SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
     assert kept == ["<|endoftext|>" * 3]

@@ -8,7 +8,9 @@ from helpers import run_main, save_untrained_run
 
 from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
-from minigpt.infer.sample import SampleText, generate_text
+from minigpt.infer.sample import generate_text
+from minigpt.infer.sampling import SamplingParams
+from minigpt.infer.text import GeneratedText
 from minigpt.loader import load_model
 from minigpt.tokenizers import load_tokenizer
 
@@ -44,9 +46,10 @@ def loaded(run_dir):
     return model, tokenizer
 
 
-def sample(loaded, prompt="ROMEO:", **options):
+def sample(loaded, prompt="ROMEO:", num_samples=1, stream_to=None, max_new_tokens=40, **settings):
     model, tokenizer = loaded
-    return generate_text(model, tokenizer, prompt, **{"max_new_tokens": 40, "temperature": 1.0, **options})
+    params = SamplingParams(max_tokens=max_new_tokens, **{"temperature": 1.0, "on_full": "slide", **settings})
+    return generate_text(model, tokenizer, prompt, params, num_samples=num_samples, stream_to=stream_to)
 
 
 def test_same_seed_same_text_and_other_seeds_differ(loaded):
@@ -77,20 +80,21 @@ def test_stop_strings_cut_at_the_first_occurrence_and_end_generation(loaded):
     end = min(full.find(s) + len(s) for s in stops)  # where the first stop string is complete
     cut = min(full.find(s) for s in stops if full.find(s) + len(s) == end)
     steps = []
-    original = model.generate_stream
+    original = model.forward
 
     def counting(*args, **kwargs):
-        for token in original(*args, **kwargs):
-            steps.append(1)
-            yield token
+        steps.append(1)
+        return original(*args, **kwargs)
 
-    model.generate_stream = counting
+    model.forward = counting
     try:
         texts = sample(loaded, max_new_tokens=80, temperature=0, stop=stops, num_samples=2)
     finally:
-        del model.generate_stream
+        del model.forward
     assert 0 < cut < 30 and texts == [full[:cut]] * 2
-    assert len(steps) == end  # the batch ended as soon as both rows had stopped
+    # one prefill (both rows share the prompt) chose token 1, each decode step one more: the batch
+    # ended as soon as both rows had stopped
+    assert len(steps) == end
 
 
 def test_a_seeded_sample_stops_like_its_unstopped_twin(loaded):
@@ -129,7 +133,7 @@ def test_incremental_decoding_never_splits_a_multibyte_character():
     text = "naïve café — 日本語のテキスト 🙂!"
     ids = tokenizer.encode(text)
     assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some tokens are partial characters
-    tracker = SampleText(tokenizer, stops=["テキ"])
+    tracker = GeneratedText(tokenizer, stops=["テキ"])
     shown = []
     for i in ids:
         tracker.add(i)
@@ -155,13 +159,13 @@ def test_empty_prompt_starts_at_a_newline_for_a_char_model_without_eot(loaded):
 @pytest.mark.parametrize(
     "options, fragment",
     [
-        (dict(temperature=-0.5), "--temperature"),
-        (dict(temperature=float("nan")), "--temperature"),
-        (dict(top_p=0.0), "--top-p"),
-        (dict(top_p=1.5), "--top-p"),
-        (dict(top_k=0), "--top-k"),
-        (dict(max_new_tokens=-1), "--max-new-tokens"),
-        (dict(num_samples=0), "--num-samples"),
+        (dict(temperature=-0.5), "temperature must be"),
+        (dict(temperature=float("nan")), "temperature must be"),
+        (dict(top_p=0.0), "top_p must be"),
+        (dict(top_p=1.5), "top_p must be"),
+        (dict(top_k=0), "top_k must be"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be"),  # generate_text's words, in Python
+        (dict(num_samples=0), "num_samples must be"),
     ],
 )
 def test_out_of_range_options_are_refused(loaded, options, fragment):
@@ -177,7 +181,7 @@ def cli(capsys, *argv):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+        (["--top-p", "2"], "--top-p must be a number in (0, 1], got 2.0"),
         (["--temperature", "-1"], "--temperature"),
         (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file /nonexistent/prompt.txt does not exist"),
         (["--prompt", "Hello 日本"], "'日', '本'"),
@@ -259,7 +263,9 @@ def test_stream_writes_the_first_sample_piece_by_piece(loaded):
     out = Recorder()
     texts = sample(loaded, num_samples=2, seed=2, stop=["\n"], max_new_tokens=30, stream_to=out)
     assert out.getvalue() == texts[0]
-    assert len(out.pieces) == len(texts[0])  # one character per token, written as it came
+    # one character per token, written as it came; the engine's first step chooses two (the prompt's
+    # prefill gives one, the first decode step another), so they come as one piece
+    assert len(out.pieces) == len(texts[0]) - 1 and len(out.pieces[0]) == 2
 
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
@@ -289,18 +295,18 @@ def test_a_seed_too_large_for_a_generator_is_one_line(run_dir, capsys):
 
 def test_ctrl_c_prints_what_was_generated_so_far(loaded, run_dir, capsys, monkeypatch):
     """Without --stream, an interrupted sample used to print nothing."""
-    from minigpt.model import GPT as Model
+    from minigpt.infer.engine import Engine
 
-    real = Model.generate_stream
-    expected = sample(loaded, prompt="A", max_new_tokens=5, temperature=0)[0]
+    real, steps = Engine.step, []
+    expected = sample(loaded, prompt="A", max_new_tokens=6, temperature=0)[0]  # what five steps write
 
-    def interrupted_after_five(self, *args, **kwargs):
-        for i, token in enumerate(real(self, *args, **kwargs)):
-            if i == 5:
-                raise KeyboardInterrupt
-            yield token
+    def interrupted_after_five(self):
+        steps.append(1)
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+        real(self)
 
-    monkeypatch.setattr(Model, "generate_stream", interrupted_after_five)
+    monkeypatch.setattr(Engine, "step", interrupted_after_five)
     code, out, err = cli(capsys, run_dir, "--prompt", "A", "--temperature", 0, *CPU)
     assert code == 130 and out == "A" + expected + "\n" and "interrupted" in err
 

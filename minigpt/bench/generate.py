@@ -3,12 +3,12 @@
     bench_generation(device="cpu")   # 6 layers, 6 heads, 384 wide: the shakespeare_char model
 
 The model is randomly initialised: the time per token depends on the shapes, not on the weights.
-Greedy decoding from a 1-token prompt is timed with the KV cache (each step runs the blocks on
-one new position), on a CPU also with int8 weights (`--quantize int8`), and with full
-recomputation (each step reruns the whole text so far). With block_size >= 1 + new_tokens neither
-path ever drops old tokens, so the two do the same work apart from the cache. Per-token times at
-the start and at the end of the cached run show that its cost stays flat as the text grows, where
-recomputation grows linearly.
+Greedy decoding from a 1-token prompt is timed on the generation engine (the KV cache: each step
+runs the blocks on one new position), on a CPU also with int8 weights (`--quantize int8`), and
+against full recomputation: the forward pass over the whole text so far that each token would
+cost without the cache. With block_size >= 1 + new_tokens nothing is ever dropped, so the two do
+the same work apart from the cache. Per-token times at the start and at the end show that the
+cached cost stays flat as the text grows, where recomputation grows linearly.
 """
 
 import copy
@@ -17,6 +17,8 @@ import time
 import torch
 
 from ..device import resolve_device
+from ..infer.engine import Engine
+from ..infer.sampling import SamplingParams
 from ..model import GPT, GPTConfig
 from ..nn.int8 import quantize_int8
 
@@ -43,19 +45,17 @@ def bench_generation(
     config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     model = GPT(config).to(device).eval()
     recompute_tokens = recompute_tokens or new_tokens
-    _step_times(model, 1, 20, device, use_cache=True)  # warm-up: allocator, kernels, threads
-    _step_times(model, 1, 20, device, use_cache=False)
+    _step_times(model, 1, 20, device)  # warm-up: allocator, kernels, threads
+    _recompute_times(model, 20, device)
 
-    cached = _step_times(model, 1, new_tokens, device, use_cache=True)
+    cached = _step_times(model, 1, new_tokens, device)
     int8 = None
     if device.type == "cpu":  # what `--quantize int8` gives: the same decode reading a quarter of the bytes
         quantized = quantize_int8(copy.deepcopy(model))
-        _step_times(quantized, 1, 20, device, use_cache=True)
-        int8 = sum(_step_times(quantized, 1, new_tokens, device, use_cache=True))
-    recomputed = _step_times(model, 1, recompute_tokens, device, use_cache=False)
-    batch_seconds = {
-        b: sum(_step_times(model, b, new_tokens, device, use_cache=True, temperature=1.0)) for b in batch_sizes
-    }
+        _step_times(quantized, 1, 20, device)
+        int8 = sum(_step_times(quantized, 1, new_tokens, device))
+    recomputed = _recompute_times(model, recompute_tokens, device)
+    batch_seconds = {b: sum(_step_times(model, b, new_tokens, device, temperature=1.0)) for b in batch_sizes}
     window = min(100, new_tokens)
     result = {
         "device": str(device),
@@ -78,18 +78,29 @@ def bench_generation(
     return result
 
 
-@torch.inference_mode()
-def _step_times(
-    model, batch_size: int, new_tokens: int, device, *, use_cache: bool, temperature: float = 0.0
-) -> list[float]:
-    """Seconds taken by each generated token (the first includes the prompt's prefill)."""
-    idx = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
+def _step_times(model, batch_size: int, new_tokens: int, device, temperature: float = 0.0) -> list[float]:
+    """Seconds taken by each step of the engine: one token for each of batch_size sequences (the
+    first step also prefills the prompt and so writes two)."""
+    engine = Engine(model, max_batch=batch_size, device=device)
+    params = SamplingParams(new_tokens, temperature, seed=0, on_full="slide", ignore_eos=True)
+    sequences = [engine.submit([0], params) for _ in range(batch_size)]
     times = []
     start = time.perf_counter()
-    for token in model.generate_stream(idx, new_tokens, temperature, generator=generator, use_cache=use_cache):
-        token.cpu()  # waits for the GPU, like a caller that prints each token
+    for _ in engine.drive(sequences):  # each step has its tokens on the host: like a caller printing them
         now = time.perf_counter()
         times.append(now - start)
         start = now
+    return times
+
+
+@torch.inference_mode()
+def _recompute_times(model, new_tokens: int, device) -> list[float]:
+    """Seconds that each of new_tokens tokens would take without a KV cache: a forward pass over the
+    whole text so far (of random token ids: the time depends on the length, not the ids)."""
+    text = torch.randint(model.config.vocab_size, (1, new_tokens), device=device)
+    times = []
+    for length in range(1, new_tokens + 1):
+        start = time.perf_counter()
+        model(text[:, :length], only_last=True)[0].cpu()
+        times.append(time.perf_counter() - start)
     return times

@@ -7,22 +7,23 @@
 lm-eval asks a model three things, and MinigptLM answers them with minigpt's own model:
     loglikelihood          log P(continuation | context) and whether greedy decoding would write it
     loglikelihood_rolling  log P(text) of a whole text, in block_size windows (perplexity tasks)
-    generate_until         greedy (or sampled) text up to a stop string, with the KV cache
+    generate_until         greedy (or sampled) text up to a stop string, on the generation engine
 Requests run in batches: scoring pads rows on the right (a causal model's earlier positions never
-see the padding); generation batches prompts of the same length, which then need no padding.
+see the padding); generation runs batch_size sequences at a time through the engine, as the server does.
 
 This module imports lm_eval (the optional `eval` extra) on import: only `eval --tasks` loads it.
 """
 
 import difflib
-from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import MinigptError
-from ..infer.sample import encode_prompt
+from ..infer.engine import Engine
+from ..infer.sample import document_start
+from ..infer.sampling import SamplingParams
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -46,7 +47,7 @@ class MinigptLM(TemplateLM):
     @property
     def eot_token_id(self) -> int:
         # an empty context is scored after this token: end-of-text, or what starts a document without one
-        return encode_prompt(self.minigpt_tokenizer, "", self.max_length)[0]
+        return document_start(self.minigpt_tokenizer)
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         return self.minigpt_tokenizer.encode(string)
@@ -107,59 +108,39 @@ class MinigptLM(TemplateLM):
     # ---- generation --------------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        results: list[str | None] = [None] * len(requests)
-        groups = defaultdict(list)  # same prompt length and settings: one batch, no padding
-        eot = self.minigpt_tokenizer.eot_token
-        eot_text = None if eot is None else self.tok_decode([eot])
-        for i, (context, gen_kwargs) in enumerate(req.args for req in requests):
-            settings = _generation_settings(gen_kwargs, eot_text)
+        """Every request as one sequence on the engine, batch_size at a time; each ends at its own stops."""
+        engine = Engine(
+            self.model,
+            self.minigpt_tokenizer,
+            max_batch=self.batch_size,
+            max_waiting=len(requests) + 1,
+            device=self.run_device,
+        )
+        sequences = []
+        for context, gen_kwargs in (req.args for req in requests):
+            params = _sampling_params(gen_kwargs)
             # keep room for the answer; an empty context starts a document, as in scoring
-            prompt = self.tok_encode(context)[-max(1, self.max_length - settings[1]) :] or [self.eot_token_id]
-            groups[(len(prompt), repr(settings))].append((i, prompt, settings))
-        batches = [
-            members[j : j + self.batch_size]
-            for members in groups.values()
-            for j in range(0, len(members), self.batch_size)
-        ]
-        for batch in tqdm(batches, desc="generate_until", disable=disable_tqdm):
-            until, max_new_tokens, temperature = batch[0][2]
-            prompts = torch.tensor([prompt for _, prompt, _ in batch], device=self.run_device)
-            texts = self._generate(prompts, until, max_new_tokens, temperature)
-            for (i, _, _), text in zip(batch, texts):
-                results[i] = text
-        return results
-
-    def _generate(self, prompts: torch.Tensor, until: list[str], max_new_tokens: int, temperature: float) -> list[str]:
-        """Continue each row of prompts until every row holds a stop string or max_new_tokens are written."""
-        new = [[] for _ in range(len(prompts))]
-        texts = [""] * len(prompts)
-        stream = self.model.generate_stream(prompts, max_new_tokens, temperature=temperature)
-        for tokens in stream:
-            for row, token in enumerate(tokens[:, 0].tolist()):
-                new[row].append(token)
-            texts = [self.tok_decode(ids) for ids in new]
-            if all(any(stop in text for stop in until) for text in texts):
-                break
-        return [_cut_at_stop(text, until) for text in texts]
+            prompt = self.tok_encode(context)[-max(1, self.max_length - params.max_tokens) :] or [self.eot_token_id]
+            sequences.append(engine.submit(prompt, params))
+        with tqdm(total=len(sequences), desc="generate_until", disable=disable_tqdm) as bar:
+            for _ in engine.drive(sequences):
+                bar.update(sum(s.finish_reason is not None for s in sequences) - bar.n)
+        failed = [s.error for s in sequences if s.finish_reason == "error"]
+        if failed:
+            raise MinigptError(f"generation failed: {failed[0]}")
+        return [s.text.text for s in sequences]
 
 
-def _generation_settings(gen_kwargs: dict, eot_text: str | None) -> tuple[list[str], int, float]:
-    """(stop strings, max new tokens, temperature) from a task's generation arguments; end-of-text stops too."""
+def _sampling_params(gen_kwargs: dict) -> SamplingParams:
+    """A task's generation arguments as SamplingParams: its stop strings (`until`), max_gen_toks and,
+    with do_sample, its temperature (greedy otherwise); end-of-text ends a sequence as always."""
     kwargs = dict(gen_kwargs)
     until = kwargs.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
-    if eot_text is not None and eot_text not in until:
-        until.append(eot_text)
-    max_new_tokens = int(kwargs.pop("max_gen_toks", 256))
     temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-    return until, max_new_tokens, temperature
-
-
-def _cut_at_stop(text: str, until: list[str]) -> str:
-    for stop in until:
-        if stop:
-            text = text.split(stop)[0]
-    return text
+    return SamplingParams(
+        max_tokens=int(kwargs.pop("max_gen_toks", 256)), temperature=temperature, stop=until, on_full="slide"
+    )
 
 
 # ---- running tasks ---------------------------------------------------------------------------------

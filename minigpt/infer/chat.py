@@ -1,14 +1,13 @@
 """`minigpt chat PATH`: a conversation with a chat-tuned model in the terminal.
 
-    session = ChatSession(Engine(model, tokenizer), ChatSettings(temperature=0))
+    session = ChatSession(Engine(model, tokenizer, max_batch=1), SamplingParams(max_tokens=64, temperature=0))
     answer = "".join(session.reply("What is 2 + 3?"))
 
-The history is kept as messages and rendered with the tokenizer's chat template. The engine's
-`Conversation` keeps the KV cache across turns, so a new turn prefills only its own tokens; when
-the rendered history no longer starts with what the cache holds (after /system, or when a stop
-string cut an answer short), the cache starts over from the whole prompt. When the history no
-longer fits in the model's context, the oldest turns (a user message and its answer) are dropped,
-the system message kept, and the user is told once.
+The history is kept as messages and rendered with the tokenizer's chat template. Each answer runs
+on the engine, which hands back the answer's KV cache; the next turn starts from it and prefills
+only the tokens that differ (after /system, or when a stop string cut an answer short, that is
+more). When the history no longer fits in the context, the oldest turns (a user message and its
+answer) are dropped, the system message kept, and the user is told once.
 
 At a terminal the answer streams as it is generated; with stdin not a terminal, every input line
 is one user message and every answer is printed on one line (its newlines written as \\n), so
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import TextIO
 
 import torch
@@ -28,52 +27,27 @@ import torch
 from ..device import resolve_device, resolve_dtype
 from ..errors import MinigptError
 from ..loader import load_model
-from .engine import Conversation, Engine, SamplingParams
-from .sample import SampleText, check_sampling_options
+from .engine import Engine, Event, check_max_context
+from .sampling import CLI_NAMES, SEED_LIMIT, SamplingParams, check_sampling
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
 
 
-@dataclass
-class ChatSettings:
-    """The sampling options of `sample`, per answer, and the system message."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    system: str | None = None
-
-    def check(self) -> None:
-        check_sampling_options(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-        )
-        if self.max_new_tokens < 1:
-            raise MinigptError(f"--max-new-tokens must be at least 1 for chat, got {self.max_new_tokens}")
-
-
 class ChatSession:
-    """The messages so far, and the engine conversation whose cache holds them."""
+    """The messages so far, and the KV cache the last answer left behind."""
 
-    def __init__(self, engine: Engine, settings: ChatSettings):
-        settings.check()
+    def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None):
+        check_sampling(params)
         if not engine.tokenizer.has_chat_template:
             raise MinigptError(
                 "this model's tokenizer has no chat template: fine-tune it on chat data first "
                 "(`minigpt prepare FILE --format chat --tokenizer-from PATH`, then train with train.init_from)"
             )
-        self.engine, self.settings = engine, settings
+        self.engine, self.params = engine, params
         self.tokenizer = engine.tokenizer
-        self.stop_ids = set(self.tokenizer.stop_token_ids)
-        self.system = settings.system
+        self.system = system
         self.turns: list[dict] = []
-        self.conversation = Conversation(engine)
+        self.held = None  # the last answer's KV cache (engine.HeldCache)
         self.dropped_turns = 0  # oldest turns left out because the context is full
         self.answers = 0  # a seed then gives each answer its own, reproducible, randomness
 
@@ -83,8 +57,7 @@ class ChatSession:
         return system + self.turns
 
     def reset(self) -> None:
-        self.turns, self.dropped_turns = [], 0
-        self.conversation = Conversation(self.engine)
+        self.turns, self.dropped_turns, self.held = [], 0, None
 
     def set_system(self, text: str) -> None:
         self.system = text or None
@@ -97,37 +70,32 @@ class ChatSession:
         except MinigptError:
             self.turns.pop()
             raise
-        held = self.conversation.ids
-        if not held or ids[: len(held)] != held:
-            self.conversation = Conversation(self.engine)
-            held = []
-        s = self.settings
-        seed = None if s.seed is None else s.seed + self.answers
-        params = SamplingParams(s.max_new_tokens, s.temperature, s.top_k, s.top_p, seed, s.stop)
+        p = self.params
+        params = replace(p, seed=None if p.seed is None else (p.seed + self.answers) % SEED_LIMIT)
         self.answers += 1
-        answer, shown = SampleText(self.tokenizer, s.stop), 0
-        # Read the reply to its end (never break): the conversation then puts its last token in the cache.
-        for token in self.conversation.reply(ids[len(held) :], params):
-            if token in self.stop_ids:
-                continue
-            answer.add(token)
-            piece = answer.printable()[shown:]
-            shown += len(piece)
-            yield piece
-        answer.finish()
-        yield answer.text[shown:]
-        self.turns.append({"role": "assistant", "content": answer.text})
+        events: list[Event] = []
+        answer = self.engine.submit(ids, params, events.append, cache=self.held, keep_cache=True)
+        self.held = None
+        for _ in self.engine.drive([answer]):
+            yield "".join(event.text for event in events)
+            events.clear()
+        yield "".join(event.text for event in events)
+        self.held = answer.cache
+        if answer.finish_reason == "error":
+            self.turns.pop()
+            raise MinigptError(f"generation failed: {answer.error}")
+        self.turns.append({"role": "assistant", "content": answer.text.text})
 
     def _prompt(self) -> list[int]:
         """The whole conversation's ids, oldest turns dropped until it leaves room for an answer."""
-        block = self.engine.block_size
-        room = block - min(self.settings.max_new_tokens, block // 2)  # as the engine's Conversation reserves
+        context = self.engine.max_context
+        room = context - min(self.params.max_tokens, context // 2)  # kept free for the answer
         system = self.messages[: len(self.messages) - len(self.turns)]
         alone = len(self.tokenizer.encode_chat([*system, self.turns[-1]], add_generation_prompt=True))
         if alone > room:
             raise MinigptError(
-                f"this message needs {alone} tokens with the system message, but the model's context "
-                f"({block} tokens, {block - room} kept for the answer) leaves room for {room}"
+                f"this message needs {alone} tokens with the system message, but the context "
+                f"({context} tokens, {context - room} kept for the answer) leaves room for {room}"
             )
         while True:
             ids = self.tokenizer.encode_chat(self.messages, add_generation_prompt=True)
@@ -140,27 +108,31 @@ class ChatSession:
 
 def chat_with(
     path: str,
-    settings: ChatSettings,
+    params: SamplingParams,
     *,
+    system: str | None = None,
+    max_context: int | None = None,
     latest: bool = False,
     device: str = "auto",
     dtype: str = "auto",
     quantize: str | None = None,
 ):
     """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
-    settings.check()  # before loading: a bad option costs no time
+    check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
+    check_max_context(max_context, "--max-context")
     torch_device = resolve_device(device)
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
-    run_chat(
-        model, tokenizer, settings, device=torch_device, dtype=resolve_dtype(dtype, torch_device, phase="generate")
-    )
+    torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
+    run_chat(model, tokenizer, params, system=system, max_context=max_context, device=torch_device, dtype=torch_dtype)
 
 
 def run_chat(
     model,
     tokenizer,
-    settings: ChatSettings,
+    params: SamplingParams,
     *,
+    system: str | None = None,
+    max_context: int | None = None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
@@ -173,7 +145,8 @@ def run_chat(
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
-    session = ChatSession(Engine(model, tokenizer, max_batch=1, device=device, dtype=dtype), settings)
+    engine = Engine(model, tokenizer, max_batch=1, max_context=max_context, device=device, dtype=dtype)
+    session = ChatSession(engine, params, system)
     told_of_dropping = False
     if interactive:
         print(HELP, file=stderr)

@@ -1,47 +1,50 @@
-"""The generation engine: many sequences decoded together in one batch (continuous batching).
+"""The generation engine: the one decode loop behind sample, chat, serve, lm-eval and GPT.generate.
 
     engine = Engine(model, tokenizer, max_batch=8)
-    ids = list(engine.generate(tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=50, temperature=0)))
+    tokens = list(engine.generate(tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=50, temperature=0)))
 
-Each sequence in flight owns a row ("slot") of one ragged KV cache (nn.KVCache with per-row
-lengths). A step first admits waiting sequences into free slots: each prompt is prefilled on its
-own, its first token chosen, and its keys and values copied into its slot. Then one decode step
-runs every active slot on its last token at once, each at its own position. Finished sequences
-leave between steps, and the last slot moves into the hole, so the batch stays the first n rows.
+Many sequences decode together in one batch (continuous batching). Each sequence in flight owns a
+row ("slot") of one ragged KV cache (nn.KVCache with per-row lengths). A step first admits waiting
+sequences into free slots: each prompt is prefilled on its own (the same prompt twice in one step
+is prefilled once), its first token chosen, and its keys and values copied into its slot. Then one
+decode step runs every active slot on its last token at once, each at its own position. Finished
+sequences leave between steps, and the last slot moves into the hole, so the batch stays the first
+n rows. The cache grows with the longest sequence and is let go when the engine is idle: memory
+follows what is being generated, not the model's context.
 
-Two ways to drive it: `generate()` runs steps in the caller's thread (one prompt, as `minigpt
-sample` needs), and `start()` runs them in a background thread that `submit()` feeds, as the
-server does; a sequence's listener then hears each token from that thread. `Conversation` keeps
-one chat's cache across turns, so each turn prefills only its new tokens.
+A sequence ends at max_tokens ("length"), at a stop token (the tokenizer's end-of-text / end-of-turn
+ids) or stop string ("stop"; the text is cut before it), when cancelled ("cancelled"), or when
+something fails for it alone ("error": a prefill that raises, logits that are not finite, a draw
+that raises); the others go on. When its context (max_context tokens) is full, SamplingParams.on_full
+decides: "stop" ends it with "length", "slide" keeps its newest max_context // 2 tokens and goes on.
 
-Sequences end at max_tokens, at a stop token (the tokenizer's end-of-text / end-of-turn ids), at a
-stop string (the text is cut before it) or at the end of the context (block_size); prompt plus
-max_tokens beyond block_size is the caller's to refuse (the server answers 400).
+Two ways to drive it: `drive()` (and `generate()` on it) runs steps in the caller's thread, as
+sample, chat, lm-eval and GPT.generate do; `start()` runs them in a background thread that
+`submit()` feeds, as the server does, and a sequence's listener hears each event from that thread.
+A sequence submitted with keep_cache=True leaves its KV cache behind (`sequence.cache`, a HeldCache);
+handing that to the next submit prefills only the tokens after the longest common start (a chat's turns).
 """
 
 import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..device import autocast
-from ..model import choose_next_token
-from .sample import SampleText
+from ..device import autocast, inference
+from ..errors import MinigptError
+from .sampling import SamplingParams, check_sampling, choose_next_token
+from .text import GeneratedText
 
 
-@dataclass
-class SamplingParams:
-    """How one sequence is generated (see choose_next_token); temperature 0 is greedy."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+def check_max_context(max_context: int | None, name: str = "max_context") -> None:
+    """A context cap is a whole number of tokens, at least 1 (None: the model's own)."""
+    if max_context is not None and (
+        isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1
+    ):
+        raise MinigptError(f"{name} must be a whole number of tokens, at least 1, got {max_context!r}")
 
 
 @dataclass
@@ -54,23 +57,40 @@ class Event:
     finish_reason: str | None = None
 
 
+@dataclass
+class HeldCache:
+    """A finished sequence's KV cache (one row per layer) and the ids it holds: a chat's next turn
+    starts from it."""
+
+    layers: list
+    ids: list[int]
+
+
 class QueueFull(Exception):
     """submit() found max_waiting sequences already waiting for a slot."""
 
 
 class Sequence:
-    """One prompt being continued: its tokens, text so far, and how it ended."""
+    """One prompt being continued: its tokens, its text so far, and how it ended."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, listener, tokenizer, device):
+    def __init__(self, prompt_ids, params: SamplingParams, listener, tokenizer, generator, cache, keep_cache):
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.listener: Callable[[Event], None] | None = listener
         self.tokens: list[int] = []
-        self.text = SampleText(tokenizer, params.stop)
+        self.text = GeneratedText(tokenizer, params.stop) if tokenizer is not None else None
         self.shown = 0  # characters of text already handed to the listener
         self.finish_reason: str | None = None
+        self.error: str | None = None  # what went wrong, with finish reason "error"
         self.cancelled = False
-        self.generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+        self.generator = generator
+        self.start = 0  # where the ids its cache holds begin (moves when the context slides)
+        self.cache: HeldCache | None = cache  # what to start from; with keep_cache, its own when finished
+        self.keep_cache = keep_cache
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + self.tokens
 
     def cancel(self) -> None:
         """Stop generating; the engine frees the slot before its next decode step."""
@@ -78,29 +98,34 @@ class Sequence:
 
 
 class Engine:
-    """Continuous batching over up to max_batch sequences; see the module docstring."""
+    """Continuous batching over up to max_batch sequences; see the module docstring.
+
+    tokenizer None: token ids only (no text, no stop tokens), as GPT.generate uses it.
+    max_context: the most tokens a sequence may see (default and ceiling: the model's block_size).
+    """
 
     def __init__(
         self,
         model,
-        tokenizer,
+        tokenizer=None,
         *,
         max_batch: int = 8,
         max_waiting: int = 64,
-        device: torch.device | str = "cpu",
+        max_context: int | None = None,
+        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = torch.device(device)
+        check_max_context(max_context)
+        block_size = model.config.block_size
+        self.model, self.tokenizer = model, tokenizer
+        self.device = torch.device(device) if device is not None else model.lm_head.weight.device
         self.dtype = dtype
         self.max_batch, self.max_waiting = max_batch, max_waiting
-        self.block_size = model.config.block_size
-        self.stop_token_ids = set(tokenizer.stop_token_ids)  # end-of-text, and end-of-turn for chat
-        with autocast(self.device, dtype):
-            self.caches = model._new_caches(max_batch, self.device, ragged=True)
+        self.max_context = min(max_context or block_size, block_size)
+        self.stop_token_ids = set(tokenizer.stop_token_ids) if tokenizer is not None else set()
+        self.caches = None  # the batch's ragged KV cache: made on demand, dropped when idle
         self.active: list[Sequence] = []  # active[i] owns row i of the caches
         self.next_tokens: list[int] = []  # the token each active row feeds to the next decode step
         self.waiting: deque[Sequence] = deque()
@@ -110,13 +135,30 @@ class Engine:
 
     # ---- feeding it --------------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, listener=None) -> Sequence:
-        """Queue a prompt; raises QueueFull when max_waiting sequences are already queued."""
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        listener: Callable[[Event], None] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        cache: HeldCache | None = None,
+        keep_cache: bool = False,
+    ) -> Sequence:
+        """Queue a prompt; raises QueueFull when max_waiting sequences are already queued.
+
+        generator overrides params.seed (GPT.generate shares the caller's among its rows); cache is
+        a previous sequence's kept cache (see the module docstring)."""
+        check_sampling(params)
         if not prompt_ids:
             raise ValueError("a prompt needs at least one token")
-        if len(prompt_ids) >= self.block_size:
-            raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room in block_size {self.block_size}")
-        sequence = Sequence(prompt_ids, params, listener, self.tokenizer, self.device)
+        if len(prompt_ids) >= self.max_context and params.on_full == "stop":
+            raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room in a context of {self.max_context}")
+        if generator is None and params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        sequence = Sequence(prompt_ids, params, listener, self.tokenizer, generator, cache, keep_cache)
+        if len(sequence.prompt_ids) > self.max_context:  # slide: keep what the context holds
+            sequence.start = len(sequence.prompt_ids) - self.max_context
         with self._work:
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting")
@@ -128,14 +170,20 @@ class Engine:
         """Sequences in flight: decoding or waiting for a slot."""
         return len(self.active) + len(self.waiting)
 
+    def drive(self, sequences: list[Sequence]) -> Iterator[None]:
+        """Run steps in this thread until every one of sequences has finished, yielding after each."""
+        if self._thread is not None:
+            raise RuntimeError("drive() runs steps itself; the engine's own thread is running them")
+        with inference(self.model, self.device, self.dtype):
+            while any(s.finish_reason is None for s in sequences):
+                self.step()
+                yield
+
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
         """Continue one prompt in this thread, yielding each token id as it is chosen (a stop token too)."""
-        if self._thread is not None:
-            raise RuntimeError("generate() drives the engine itself; use submit() while it runs in a thread")
         sequence = self.submit(prompt_ids, params)
         shown = 0
-        while sequence.finish_reason is None:
-            self.step()
+        for _ in self.drive([sequence]):
             yield from sequence.tokens[shown:]
             shown = len(sequence.tokens)
 
@@ -143,6 +191,7 @@ class Engine:
 
     def start(self) -> None:
         """Run steps in a background thread whenever there is work."""
+        self.model.eval()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="minigpt-engine", daemon=True)
         self._thread.start()
@@ -164,13 +213,13 @@ class Engine:
                 if self._stopping and not (self.waiting or self.active):
                     return
             try:
-                self.step()
+                with torch.inference_mode():
+                    self.step()
             except Exception:  # the sequences of that step got an "error" finish; serve the others
                 traceback.print_exc()
 
     # ---- one step ----------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def step(self) -> None:
         """Admit waiting sequences into free slots, then decode one token for every active slot."""
         try:
@@ -181,13 +230,17 @@ class Engine:
                 if self.active:
                     self._decode()
                     self._leave()
-        except Exception as error:  # a failed step must not leave listeners waiting forever
+        except Exception as error:  # a failed batch step must not leave listeners waiting forever
             for sequence in self.active:
-                self._finish(sequence, "error")
+                self._fail(sequence, error)
             self.active, self.next_tokens = [], []
-            raise error
+            raise
+        finally:
+            if not self.active:
+                self.caches = None  # idle: give the memory back
 
     def _admit(self) -> None:
+        prefilled = {}  # the same prompt twice in one step is prefilled once
         while len(self.active) < self.max_batch:
             with self._work:
                 if not self.waiting:
@@ -196,55 +249,121 @@ class Engine:
             if sequence.cancelled:
                 self._finish(sequence, "cancelled")
                 continue
-            single = self.model._new_caches(1, self.device)
-            prompt = torch.tensor([sequence.prompt_ids], dtype=torch.long, device=self.device)
-            logits = self.model._logits(self.model._hidden_states(prompt, single)[:, -1])
+            window = tuple(sequence.ids[sequence.start :])
+            try:
+                if window in prefilled and sequence.cache is None:
+                    single, logits = prefilled[window]
+                else:
+                    single, logits = self._prefill(sequence, list(window))
+                    prefilled[window] = single, logits
+            except Exception as error:  # this prompt's failure is its own
+                self._fail(sequence, error)
+                continue
+            if self.caches is None:
+                self.caches = self._new_cache(self.max_batch, ragged=True)
             row = len(self.active)
             for cache, source in zip(self.caches, single):
                 cache.copy_row(row, source)
             self.active.append(sequence)
-            self.next_tokens.append(self._choose(sequence, logits))
+            self.next_tokens.append(-1)
+            self._choose(row, logits)
+
+    def _prefill(self, sequence: Sequence, window: list[int]):
+        """Run window (all of it but what a given cache already holds) through a one-row cache;
+        returns that cache and the logits (1, vocab) of the window's last position."""
+        held, sequence.cache = sequence.cache, None
+        if held is None:
+            single, common = self._new_cache(1), 0
+        else:  # keep the longest common start, and always feed at least the last token
+            single, common = held.layers, 0
+            limit = min(len(held.ids), len(window) - 1)
+            while common < limit and held.ids[common] == window[common]:
+                common += 1
+            for cache in single:
+                cache.truncate(common)
+        idx = torch.tensor([window[common:]], dtype=torch.long, device=self.device)
+        logits, _ = self.model(idx, cache=single, only_last=True)
+        return single, logits[:, -1]
 
     def _decode(self) -> None:
         n = len(self.active)
-        caches = [cache.rows(n) for cache in self.caches]
+        longest = max(self.caches[0].row_lengths[:n]) + 1
+        for cache in self.caches:
+            cache.reserve(longest)  # views below share the storage: they cannot grow it themselves
+        views = [cache.rows(n) for cache in self.caches]
         idx = torch.tensor(self.next_tokens, dtype=torch.long, device=self.device)[:, None]
-        logits = self.model._logits(self.model._hidden_states(idx, caches)[:, -1])  # (n, vocab)
-        greedy = [i for i, s in enumerate(self.active) if s.params.temperature == 0]
+        logits, _ = self.model(idx, cache=views, only_last=True)
+        logits = logits[:, -1]  # (n, vocab)
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        greedy = [i for i, s in enumerate(self.active) if s.params.greedy and finite[i]]
         argmax = dict(zip(greedy, logits[greedy].argmax(dim=-1).tolist())) if greedy else {}  # one call for all
-        for i, sequence in enumerate(self.active):
+        for i in range(n):
             if i in argmax:
-                self._emit(sequence, argmax[i])
-                self.next_tokens[i] = argmax[i]
+                self._emit(i, argmax[i])
+            elif not finite[i]:
+                self._fail(self.active[i], ValueError("the model's logits are not finite"))
             else:
-                self.next_tokens[i] = self._choose(sequence, logits[i : i + 1])
+                self._choose(i, logits[i : i + 1])
 
-    def _choose(self, sequence: Sequence, logits: torch.Tensor) -> int:
-        """Pick the next token of one sequence from its (1, vocab) logits and tell its listener."""
+    def _choose(self, row: int, logits: torch.Tensor) -> None:
+        """Pick the next token of the sequence in row from its (1, vocab) logits."""
+        sequence = self.active[row]
         p = sequence.params
-        token = int(choose_next_token(logits, p.temperature, p.top_k, p.top_p, sequence.generator)[0, 0])
-        self._emit(sequence, token)
-        return token
+        try:
+            token = int(choose_next_token(logits, p.temperature, p.top_k, p.top_p, sequence.generator)[0, 0])
+        except Exception as error:  # e.g. logits that are not finite: this sequence alone ends
+            self._fail(sequence, error)
+            return
+        self._emit(row, token)
 
-    def _emit(self, sequence: Sequence, token: int) -> None:
+    def _emit(self, row: int, token: int) -> None:
+        sequence = self.active[row]
         sequence.tokens.append(token)
-        if token in self.stop_token_ids:
+        self.next_tokens[row] = token
+        if token in self.stop_token_ids and not sequence.params.ignore_eos:
             self._finish(sequence, "stop", token)
             return
-        sequence.text.add(token)
-        if sequence.text.stopped:
+        if sequence.text is not None:
+            sequence.text.add(token)
+        window = len(sequence.prompt_ids) + len(sequence.tokens) - sequence.start
+        if sequence.text is not None and sequence.text.stopped:
             self._finish(sequence, "stop", token)
         elif len(sequence.tokens) >= sequence.params.max_tokens:
             self._finish(sequence, "length", token)
-        elif len(sequence.prompt_ids) + len(sequence.tokens) >= self.block_size:
-            self._finish(sequence, "length", token)  # the next token would need a position past the context
+        elif window >= self.max_context and sequence.params.on_full == "stop":
+            self._finish(sequence, "length", token)  # the context is full
         else:
-            self._tell(sequence, Event(token, self._new_text(sequence, sequence.text.printable())))
+            if window >= self.max_context:
+                self._slide(row, sequence)
+            text = sequence.text.printable() if sequence.text is not None else ""
+            self._tell(sequence, Event(token, self._new_text(sequence, text)))
+
+    def _slide(self, row: int, sequence: Sequence) -> None:
+        """The context is full: keep the newest max_context // 2 tokens and rebuild the row's cache from
+        them, all but the last, which the next decode step feeds as usual."""
+        keep = max(1, self.max_context // 2)
+        sequence.start = len(sequence.prompt_ids) + len(sequence.tokens) - keep
+        single = self._new_cache(1)
+        kept = sequence.ids[sequence.start : -1]
+        if kept:
+            self.model(torch.tensor([kept], dtype=torch.long, device=self.device), cache=single, only_last=True)
+        for cache, source in zip(self.caches, single):
+            cache.copy_row(row, source)
+
+    def _new_cache(self, rows: int, ragged: bool = False):
+        return self.model.make_cache(rows, max_len=self.max_context, ragged=ragged, device=self.device)
+
+    def _fail(self, sequence: Sequence, error: Exception) -> None:
+        sequence.error = f"{type(error).__name__}: {error}"
+        self._finish(sequence, "error")
 
     def _finish(self, sequence: Sequence, reason: str, token: int | None = None) -> None:
-        sequence.text.finish()
+        text = ""
+        if sequence.text is not None:
+            sequence.text.finish()
+            text = sequence.text.text
         sequence.finish_reason = reason
-        self._tell(sequence, Event(token, self._new_text(sequence, sequence.text.text), reason))
+        self._tell(sequence, Event(token, self._new_text(sequence, text), reason))
 
     @staticmethod
     def _new_text(sequence: Sequence, text: str) -> str:
@@ -265,48 +384,15 @@ class Engine:
                 self._finish(sequence, "cancelled")
             if sequence.finish_reason is None:
                 continue
+            if sequence.keep_cache and sequence.finish_reason != "error":
+                layers = [cache.take_row(i) for cache in self.caches]
+                sequence.cache = HeldCache(layers, sequence.ids[sequence.start :][: layers[0].length])
             last = len(self.active) - 1
             if i != last:
                 for cache in self.caches:
                     cache.copy_row(i, cache, last)
                 self.active[i], self.next_tokens[i] = self.active[last], self.next_tokens[last]
+            for cache in self.caches:
+                cache.clear_row(last)
             self.active.pop()
             self.next_tokens.pop()
-
-
-class Conversation:
-    """One chat whose KV cache lives across turns: each turn prefills only the tokens it adds.
-
-    `ids` is everything the cache holds: earlier turns, the model's replies, and the new turn.
-    When a turn would not fit in block_size, the cache restarts from the newest tokens that do.
-    """
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.ids: list[int] = []
-        self.caches = None
-
-    @torch.inference_mode()
-    def reply(self, new_ids: list[int], params: SamplingParams) -> Iterator[int]:
-        """Add new_ids (the next turn, templated) and yield the reply's tokens as they are chosen."""
-        engine, model = self.engine, self.engine.model
-        room = engine.block_size - min(params.max_tokens, engine.block_size // 2)
-        if self.caches is None or len(self.ids) + len(new_ids) > room:
-            self.ids = (self.ids + list(new_ids))[-room:]  # start over from what fits
-            self.caches, pending = model._new_caches(1, engine.device), self.ids
-        else:
-            self.ids += list(new_ids)
-            pending = list(new_ids)
-        sequence = Sequence(self.ids, params, None, engine.tokenizer, engine.device)
-        with autocast(engine.device, engine.dtype):
-            while pending and sequence.finish_reason is None:
-                idx = torch.tensor([pending], dtype=torch.long, device=engine.device)
-                logits = model._logits(model._hidden_states(idx, self.caches)[:, -1])
-                token = engine._choose(sequence, logits)
-                self.ids.append(token)
-                pending = [token]  # fed at the next step; a stop token too, so it closes the turn
-                yield token
-        if pending:  # the last token is in ids but not yet in the cache
-            idx = torch.tensor([pending], dtype=torch.long, device=engine.device)
-            with autocast(engine.device, engine.dtype):
-                model._hidden_states(idx, self.caches)

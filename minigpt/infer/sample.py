@@ -1,55 +1,26 @@
 """Generate text from a trained model: `minigpt sample PATH --prompt "..."`.
 
     model, tokenizer, _ = load_model("out/shakespeare_char")
-    texts = generate_text(model, tokenizer, "ROMEO:", num_samples=3, seed=1337, stop=["\\n\\n"])
+    params = SamplingParams(max_tokens=200, temperature=0.8, seed=1337, stop=["\\n\\n"], on_full="slide")
+    texts = generate_text(model, tokenizer, "ROMEO:", params, num_samples=3)
 
-Sampling controls (temperature, top-k, top-p) are GPT.generate's; this module adds what a person
-at a terminal needs around them: prompts from text or files, several samples in one batch,
-stop strings, streaming, reproducible seeds, and readable errors.
-
-Decoding is incremental but exact: a byte-level BPE token can end in the middle of a multi-byte
-UTF-8 character, which then decodes to U+FFFD. Such tokens are held back until the character is
-complete, so the text built piece by piece equals decoding all the ids at once.
+Generation runs on the engine (engine.py) and its sampling settings (sampling.py); this module adds
+what a person at a terminal needs around them: prompts from text or files, several samples in one
+batch, streaming, and readable errors.
 """
 
-import math
 import re
 import sys
+from dataclasses import replace
 from typing import TextIO
 
 import torch
 
-from ..device import inference, resolve_device, resolve_dtype
+from ..device import resolve_device, resolve_dtype
 from ..errors import MinigptError, read_user_text
 from ..loader import load_model
-
-REPLACEMENT_CHAR = "\ufffd"  # what an incomplete UTF-8 character decodes to
-
-
-def check_sampling_options(
-    *,
-    num_samples: int = 1,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-) -> None:
-    """Raise MinigptError for a value outside what generation accepts (NaN included)."""
-    checks = [
-        (num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}"),
-        (max_new_tokens >= 0, f"--max-new-tokens must be 0 or more, got {max_new_tokens}"),
-        (
-            temperature >= 0 and math.isfinite(temperature),
-            f"--temperature must be 0 (greedy) or a positive number, got {temperature}",
-        ),
-        (top_k is None or top_k >= 1, f"--top-k must be at least 1, got {top_k}"),
-        (top_p is None or 0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
-        (seed is None or 0 <= seed < 2**64, f"--seed must be a whole number from 0 to 2**64 - 1, got {seed}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise MinigptError(message)
+from .engine import Engine
+from .sampling import CLI_NAMES, PYTHON_NAMES, SEED_LIMIT, SamplingParams, check_sampling
 
 
 def read_prompt(prompt: str, prompt_file: str | None) -> str:
@@ -68,7 +39,7 @@ def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
     keeps its last block_size tokens, with a note on stderr: the model cannot see further back.
     """
     if not prompt:
-        return [_document_start(tokenizer)]
+        return [document_start(tokenizer)]
     ids = tokenizer.encode(prompt)  # a char tokenizer names characters it never saw
     if len(ids) > block_size:
         print(
@@ -79,7 +50,8 @@ def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
     return ids
 
 
-def _document_start(tokenizer) -> int:
+def document_start(tokenizer) -> int:
+    """The token an empty prompt (or an empty lm-eval context) starts from."""
     if tokenizer.eot_token is not None:
         return tokenizer.eot_token
     try:
@@ -89,114 +61,51 @@ def _document_start(tokenizer) -> int:
     return newline[0] if len(newline) == 1 else 0
 
 
-class SampleText:
-    """The text of one sample, grown token by token, cut at the first stop string.
-
-    `text` holds complete characters only; `pending` holds the ids of a character still being
-    spelled out byte by byte. Stop strings are searched only in the tail a new piece can complete;
-    empty ones are ignored. Used by sample, chat and the serving engine alike.
-    """
-
-    def __init__(self, tokenizer, stops: list[str]):
-        self.tokenizer = tokenizer
-        self.stops = [s for s in stops if s]
-        self.longest_stop = max(map(len, self.stops), default=0)
-        self.text = ""
-        self.pending: list[int] = []
-        self.stopped = False
-
-    def add(self, token: int) -> None:
-        if self.stopped:
-            return
-        self.pending.append(token)
-        piece = self.tokenizer.decode(self.pending)
-        if not piece.endswith(REPLACEMENT_CHAR):
-            self._extend(piece)
-
-    def finish(self) -> None:
-        """Generation is over: whatever is pending is final, even an invalid byte sequence."""
-        if self.pending and not self.stopped:
-            self._extend(self.tokenizer.decode(self.pending))
-        self.stopped = True
-
-    def _extend(self, piece: str) -> None:
-        self.pending = []
-        start = max(0, len(self.text) - self.longest_stop + 1)  # earlier text was searched already
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            self.stopped = True
-
-    def printable(self) -> str:
-        """The text that can be shown now: not a tail that might still grow into a stop string."""
-        if self.stopped:
-            return self.text
-        for k in range(min(len(self.text), self.longest_stop - 1), 0, -1):
-            if any(s.startswith(self.text[-k:]) for s in self.stops):
-                return self.text[:-k]
-        return self.text
-
-
 def generate_text(
     model,
     tokenizer,
     prompt: str | list[int],
+    params: SamplingParams,
     *,
     num_samples: int = 1,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    stop: list[str] | None = None,
     stream_to: TextIO | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    ignore_eos: bool = False,
+    names=PYTHON_NAMES,
 ) -> list[str]:
     """Continue `prompt` num_samples times; return the continuations (without the prompt).
 
     prompt is text (see encode_prompt for the empty prompt and cropping) or ids, used as given.
-    All samples run as one batch: the prompt repeated num_samples times. A seed makes the result
-    reproducible (a torch.Generator on the device; without one, torch's global RNG is used).
-    Each sample ends before the first occurrence of any stop string in its generated text; the
-    batch ends early once every sample has stopped. With stream_to, the first sample's text is
-    written there as soon as it is final (held back while it could still be the start of a stop
-    string or of a multi-byte character); the others are only returned. A sample also ends at the
-    tokenizer's end-of-text or end-of-turn token (not part of its text), unless ignore_eos.
+    All samples run as one batch on the engine. A seed makes the result reproducible: sample i
+    draws from its own generator seeded seed + i (without one, torch's global RNG is used). Each
+    sample ends before the first occurrence of any stop string in its generated text, and at the
+    tokenizer's end-of-text or end-of-turn token (not part of its text) unless params.ignore_eos.
+    With stream_to, the first sample's text is written there as soon as it is final (held back
+    while it could still be the start of a stop string or of a multi-byte character).
+    names: what messages call each setting (the command line passes its flags).
     """
-    check_sampling_options(
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-    )
-    device = torch.device(device)
+    check_sampling(params, names)
+    if num_samples < 1:
+        raise MinigptError(f"num_samples must be at least 1, got {num_samples}")
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    samples = [SampleText(tokenizer, stop or []) for _ in range(num_samples)]
-    ends = set() if ignore_eos else set(tokenizer.stop_token_ids)
+    engine = Engine(model, tokenizer, max_batch=num_samples, device=device, dtype=dtype)
+    samples = [
+        engine.submit(ids, replace(params, seed=None if params.seed is None else (params.seed + i) % SEED_LIMIT))
+        for i in range(num_samples)
+    ]
     shown = 0
     try:
-        with inference(model, device, dtype):
-            tokens = model.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator=generator)
-            for token in tokens:
-                for sample, t in zip(samples, token[:, 0].tolist()):
-                    if t in ends:
-                        sample.finish()  # an ended sample takes no more tokens
-                    else:
-                        sample.add(t)
-                if stream_to is not None:
-                    shown = _write_new(stream_to, samples[0].printable(), shown)
-                if all(s.stopped for s in samples):
-                    break
+        for _ in engine.drive(samples):
+            if stream_to is not None:
+                shown = _write_new(stream_to, samples[0].text.printable(), shown)
     except KeyboardInterrupt:
-        raise GenerationInterrupted(_finish(samples, stream_to, shown)) from None
-    return _finish(samples, stream_to, shown)
+        for sample in samples:
+            sample.text.finish()
+        raise GenerationInterrupted(_texts(samples, stream_to, shown)) from None
+    failed = [s.error for s in samples if s.finish_reason == "error"]
+    if failed:
+        raise MinigptError(f"generation failed: {failed[0]}")
+    return _texts(samples, stream_to, shown)
 
 
 class GenerationInterrupted(KeyboardInterrupt):
@@ -207,12 +116,10 @@ class GenerationInterrupted(KeyboardInterrupt):
         self.texts = texts
 
 
-def _finish(samples: list["SampleText"], stream_to: TextIO | None, shown: int) -> list[str]:
-    for sample in samples:
-        sample.finish()
+def _texts(samples, stream_to: TextIO | None, shown: int) -> list[str]:
     if stream_to is not None:
-        _write_new(stream_to, samples[0].text, shown)
-    return [s.text for s in samples]
+        _write_new(stream_to, samples[0].text.text, shown)
+    return [s.text.text for s in samples]
 
 
 def _write_new(stream: TextIO, text: str, shown: int) -> int:
@@ -225,18 +132,12 @@ def _write_new(stream: TextIO, text: str, shown: int) -> int:
 
 def run_sample(
     path: str,
+    params: SamplingParams,
     *,
     prompt: str = "",
     prompt_file: str | None = None,
     num_samples: int = 1,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    stop: list[str] = (),
     stream: bool = False,
-    ignore_eos: bool = False,
     latest: bool = False,
     device: str = "auto",
     dtype: str = "auto",
@@ -249,14 +150,9 @@ def run_sample(
     and the others when the batch is done (they are generated together, so they finish together).
     Ctrl-C prints what was generated so far, then ends as an interrupted command does.
     """
-    check_sampling_options(
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-    )
+    check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
+    if num_samples < 1:
+        raise MinigptError(f"--num-samples must be at least 1, got {num_samples}")
     prompt = read_prompt(prompt, prompt_file)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
@@ -275,17 +171,12 @@ def run_sample(
             model,
             tokenizer,
             ids,
+            params,
             num_samples=num_samples,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop=list(stop),
             stream_to=sys.stdout if stream else None,
             device=torch_device,
             dtype=torch_dtype,
-            ignore_eos=ignore_eos,
+            names=CLI_NAMES,
         )
     except GenerationInterrupted as interrupted:
         _print_samples(prompt, interrupted.texts, stream, header)

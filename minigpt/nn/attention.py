@@ -62,10 +62,12 @@ def _as_4d(mask: torch.Tensor, shape: tuple) -> torch.Tensor:
 class KVCache:
     """Keys and values of the tokens seen so far, so that generating one more token costs one position.
 
-    Preallocated to max_len positions: appending writes in place instead of concatenating.
+    Storage grows with use, in steps of `chunk` positions up to max_len (the most the model may see):
+    a short chat with a model of a long context holds a short cache. Appending writes in place.
     With ragged=True every row keeps its own length (`lengths`), so sequences at different
     positions can decode in one batch (continuous batching): each row writes at its own position,
-    and `mask` tells attention which keys each of its queries may see.
+    and `mask` tells attention which keys each of its queries may see. While every row has the
+    same length (one sequence, or samples of one prompt) it works as a plain cache: no mask.
     """
 
     def __init__(
@@ -78,37 +80,70 @@ class KVCache:
         device=None,
         dtype=None,
         ragged: bool = False,
+        chunk: int = 256,
     ):
-        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.max_len, self.chunk = max_len, chunk
+        shape = (batch_size, n_kv_head, min(chunk, max_len), head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions in use: every row's length, or the longest row's when ragged
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if ragged else None
+        self.row_lengths = [0] * batch_size if ragged else None  # the same, on the host: no device sync
+        self.mask = None
+        self.parent = None  # the cache a view of the first rows (rows()) writes through to
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def uniform(self) -> bool:
+        """Every row at the same position (always so for a plain cache)."""
+        return self.row_lengths is None or len(set(self.row_lengths)) <= 1
 
     @property
     def offset(self) -> int | torch.Tensor:
         """The position of the next token: an int, or a (B,) tensor of per-row positions when ragged."""
-        return self.length if self.lengths is None else self.lengths
+        if self.uniform:
+            return self.row_lengths[0] if self.row_lengths else self.length
+        return self.lengths
+
+    def reserve(self, end: int) -> None:
+        """Make room for positions up to end (exclusive), growing the storage in chunks."""
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot store position {end - 1}")
+        if end <= self.capacity:
+            return
+        grown = min(self.max_len, -(-end // self.chunk) * self.chunk)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_zeros((*old.shape[:2], grown, old.shape[3]))
+            new[:, :, : old.shape[2]] = old
+            setattr(self, name, new)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v of shape (B, n_kv_head, T, hs); return all keys and values so far."""
         T = k.shape[2]
-        if self.lengths is not None:
+        if not self.uniform:
             return self._append_ragged(k, v)
-        end = self.length + T
-        if end > self.k.shape[2]:
-            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
+        start = self.offset
+        end = start + T
+        self.reserve(end)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
         self.length = end
+        self.mask = None
+        if self.row_lengths is not None:
+            self.lengths.fill_(end)
+            self._set_row_lengths([end] * len(self.row_lengths))
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def _append_ragged(self, k, v):
         B, h, T, hs = k.shape
+        end = max(self.row_lengths) + T
+        self.reserve(end)
+        self._set_row_lengths([n + T for n in self.row_lengths])
         positions = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
-        end = int(positions.max()) + 1
-        if end > self.k.shape[2]:
-            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; cannot store position {end - 1}")
         index = positions[:, None, :, None].expand(B, h, T, hs)
         self.k.scatter_(2, index, k)
         self.v.scatter_(2, index, v)
@@ -119,18 +154,49 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def rows(self, n: int) -> "KVCache":
-        """A ragged cache over the first n rows, sharing this one's storage (appends land here too)."""
+        """A ragged cache over the first n rows, sharing this one's storage: appends land here too, so
+        reserve() room for them on this cache first (a view cannot grow its parent's storage)."""
         view = object.__new__(KVCache)
+        view.max_len, view.chunk = self.capacity, self.chunk
         view.k, view.v, view.lengths = self.k[:n], self.v[:n], self.lengths[:n]
-        view.length = int(view.lengths.max()) if n else 0
+        view.row_lengths = self.row_lengths[:n]
+        view.length = max(view.row_lengths, default=0)
+        view.mask, view.parent = None, self
         return view
+
+    def _set_row_lengths(self, row_lengths: list[int]) -> None:
+        self.row_lengths = row_lengths
+        self.length = max(row_lengths, default=0)
+        if self.parent is not None:  # a view: its parent's rows moved on too
+            self.parent._set_row_lengths(row_lengths + self.parent.row_lengths[len(row_lengths) :])
 
     def copy_row(self, row: int, source: "KVCache", source_row: int = 0) -> None:
         """Make row `row` of this ragged cache hold what row `source_row` of `source` holds."""
-        length = int(source.lengths[source_row]) if source.lengths is not None else source.length
+        length = source.row_lengths[source_row] if source.row_lengths is not None else source.length
+        self.reserve(length)
         self.k[row, :, :length] = source.k[source_row, :, :length]
         self.v[row, :, :length] = source.v[source_row, :, :length]
         self.lengths[row] = length
+        self._set_row_lengths(self.row_lengths[:row] + [length] + self.row_lengths[row + 1 :])
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (a plain cache): its text continues differently."""
+        self.length = min(self.length, length)
+
+    def clear_row(self, row: int) -> None:
+        """Row `row` of this ragged cache holds nothing now (its sequence left)."""
+        self.lengths[row] = 0
+        self._set_row_lengths(self.row_lengths[:row] + [0] + self.row_lengths[row + 1 :])
+
+    def take_row(self, row: int) -> "KVCache":
+        """A plain one-row cache holding a copy of what row `row` holds (a sequence that keeps its cache)."""
+        length = self.row_lengths[row] if self.row_lengths is not None else self.length
+        single = KVCache(1, self.k.shape[1], self.max_len, self.k.shape[3], device=self.k.device, dtype=self.k.dtype)
+        single.reserve(length)
+        single.k[0, :, :length] = self.k[row, :, :length]
+        single.v[0, :, :length] = self.v[row, :, :length]
+        single.length = length
+        return single
 
 
 class MultiHeadAttention(nn.Module):
@@ -205,7 +271,7 @@ class MultiHeadAttention(nn.Module):
             q, k = rope(q, offset, positions=positions), rope(k, offset, positions=positions)
         if cache is not None:
             k, v = cache.append(k, v)
-            if cache.lengths is not None:  # rows at different positions: the cache knows who sees what
+            if cache.mask is not None:  # rows at different positions: the cache knows who sees what
                 mask = cache.mask if mask is None else mask.bool() & cache.mask
                 causal = False
         if self.n_kv_head != self.n_head:  # give every query head its group's key/value head

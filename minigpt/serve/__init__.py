@@ -3,7 +3,7 @@
     from minigpt.serve import serve
     serve("out/shakespeare_char", port=8000, max_batch=8)
 
-The app (app.py) is a thin layer over the generation engine (engine.py); protocol.py checks
+The app (app.py) is a thin layer over the generation engine (minigpt/infer/engine.py); protocol.py checks
 requests and shapes responses. FastAPI and uvicorn come with the `serve` extra.
 """
 
@@ -28,6 +28,7 @@ def serve(
     max_batch: int = 8,
     max_waiting: int = 64,
     api_key: str | None = None,
+    max_context: int | None = None,
     latest: bool = False,
     device: str = "auto",
     dtype: str = "auto",
@@ -46,13 +47,14 @@ def serve(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
     from ..device import resolve_device, resolve_dtype
-    from ..infer.engine import Engine
+    from ..infer.engine import Engine, check_max_context
     from ..loader import load_model
 
     if max_batch < 1 or max_waiting < 0:
         raise MinigptError(
             f"--max-batch must be at least 1 and --max-waiting 0 or more, got {max_batch}, {max_waiting}"
         )
+    check_max_context(max_context, "--max-context")
     if not 0 <= port <= 65535:
         raise MinigptError(f"--port must be in 0..65535, got {port}")
     api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
@@ -63,6 +65,7 @@ def serve(
         tokenizer,
         max_batch=max_batch,
         max_waiting=max_waiting,
+        max_context=max_context,
         device=device_,
         dtype=resolve_dtype(dtype, device_, phase="generate"),
     )

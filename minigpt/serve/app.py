@@ -26,10 +26,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..infer.engine import Engine, QueueFull
+from ..infer.sampling import SEED_LIMIT
 from .protocol import APIError, Job, chat_job, completion_job, envelope, is_int, new_id, usage
 
 STATIC = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt a block_size of context can hold
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt a model's context can hold
 
 
 def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, max_body_bytes=MAX_BODY_BYTES):
@@ -42,7 +43,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
         await run_in_threadpool(engine.stop)  # requests in flight have finished by now (uvicorn waits)
 
     app = FastAPI(title="minigpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    block_size = engine.block_size
+    context = engine.max_context  # the most tokens a sequence may use (serve --max-context)
 
     async def authorize(request: Request) -> None:
         if api_key is None:
@@ -91,7 +92,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
     @app.get("/health")
     async def health():
         c = engine.model.config
-        shape = {"n_layer": c.n_layer, "n_head": c.n_head, "block_size": c.block_size}
+        shape = {"n_layer": c.n_layer, "n_head": c.n_head, "block_size": c.block_size, "max_context": context}
         return {
             "status": "ok",
             "model": model_name,
@@ -102,17 +103,17 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
-        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "minigpt", "max_model_len": block_size}
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "minigpt", "max_model_len": context}
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request):
-        job = completion_job(await read_json(request), engine.tokenizer, block_size)
+        job = completion_job(await read_json(request), engine.tokenizer, context)
         return await respond(request, job, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
-        job = chat_job(await read_json(request), engine.tokenizer, block_size)
+        job = chat_job(await read_json(request), engine.tokenizer, context)
         return await respond(request, job, chat=True)
 
     @app.post("/v1/attention", dependencies=[Depends(authorize)])
@@ -120,10 +121,8 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
         body = await read_json(request)
         ids, layer, head = body.get("token_ids"), body.get("layer", -1), body.get("head", 0)
         config = engine.model.config
-        if not (
-            isinstance(ids, list) and 0 < len(ids) <= block_size and all(_token(t, config.vocab_size) for t in ids)
-        ):
-            raise APIError(400, f"token_ids must be a list of 1 to {block_size} ids in [0, {config.vocab_size})")
+        if not (isinstance(ids, list) and 0 < len(ids) <= context and all(_token(t, config.vocab_size) for t in ids)):
+            raise APIError(400, f"token_ids must be a list of 1 to {context} ids in [0, {config.vocab_size})")
         if not (is_int(layer) and -config.n_layer <= layer < config.n_layer):
             raise APIError(400, f"layer must be an integer in [0, {config.n_layer})", "layer")
         if not (is_int(head) and 0 <= head < config.n_head):
@@ -138,7 +137,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
         sequences = []
         try:
             for i in range(job.n):  # n choices: n sequences, seeds seed, seed + 1, ...
-                seed = None if job.params.seed is None else job.params.seed + i
+                seed = None if job.params.seed is None else (job.params.seed + i) % SEED_LIMIT
                 listener = _listener(loop, events, i)
                 sequences.append(engine.submit(job.prompt_ids, replace(job.params, seed=seed), listener))
         except QueueFull:

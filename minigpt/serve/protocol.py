@@ -8,15 +8,13 @@ a plain-text transcript instead: one "role: content" line per message, then "ass
 the cue for the answer, and generation stops at the next "\\nuser:" line.
 """
 
-import math
 import time
 import uuid
 from dataclasses import dataclass
 
 from ..errors import MinigptError
-from ..infer.engine import SamplingParams
+from ..infer.sampling import SamplingParams, SettingError, check_sampling
 
-MAX_STOPS = 4  # as the OpenAI API
 MAX_N = 8
 FALLBACK_STOP = "\nuser:"
 
@@ -87,27 +85,28 @@ def _job(body: dict, ids: list[int], extra_stops: list[str], block_size: int, de
     if room < 1:
         raise APIError(400, f"the prompt has {len(ids)} tokens; the model's context holds {block_size}", "prompt")
     max_tokens = body.get("max_tokens", body.get(max_key) if max_key else None)
-    if max_tokens is None:
-        max_tokens = min(default_max_tokens or room, room)
-    elif not is_int(max_tokens) or max_tokens < 1:
-        raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
-    elif max_tokens > room:
+    stop = body.get("stop")
+    params = SamplingParams(
+        max_tokens=min(default_max_tokens or room, room) if max_tokens is None else max_tokens,
+        temperature=_default(body.get("temperature"), 1.0),
+        top_k=body.get("top_k"),  # not in OpenAI's API; vLLM and others accept it
+        top_p=body.get("top_p"),
+        seed=body.get("seed"),
+        stop=[stop] if isinstance(stop, str) else _default(stop, []),
+        on_full="stop",  # an API answer ends with finish reason "length" when the context is full
+    )
+    try:
+        check_sampling(params)  # the one check that sample and chat use too; the API's names are its fields'
+    except SettingError as e:
+        raise APIError(400, str(e), e.setting) from None
+    if params.max_tokens > room:
         raise APIError(
             400,
             f"max_tokens {max_tokens} is beyond the context: the prompt has {len(ids)} tokens of {block_size}, "
             f"so at most {room} more fit",
             "max_tokens",
         )
-    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0:
-        raise APIError(400, "top_p must be in (0, 1]", "top_p")
-    top_k = body.get("top_k")  # not in OpenAI's API; vLLM and others accept it
-    if top_k is not None and (not is_int(top_k) or top_k < 1):
-        raise APIError(400, f"top_k must be a positive integer, got {top_k!r}", "top_k")
-    seed = body.get("seed")
-    if seed is not None and not is_int(seed):
-        raise APIError(400, f"seed must be an integer, got {seed!r}", "seed")
+    params.stop = [s for s in params.stop if s] + extra_stops
     n = body.get("n", 1)
     if not is_int(n) or not 1 <= n <= MAX_N:
         raise APIError(400, f"n must be an integer from 1 to {MAX_N}, got {n!r}", "n")
@@ -117,35 +116,11 @@ def _job(body: dict, ids: list[int], extra_stops: list[str], block_size: int, de
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "stream_options must be an object", "stream_options")
-    params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p if top_p < 1 else None,
-        seed=seed,
-        stop=_stops(body.get("stop")) + extra_stops,
-    )
     return Job(ids, params, n, stream, bool(options.get("include_usage")))
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise APIError(400, f"{name} must be a number, got {value!r}", name)
-    if not low <= value <= high:
-        raise APIError(400, f"{name} must be between {low:g} and {high:g}, got {value:g}", name)
-    return float(value)
-
-
-def _stops(stop) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOPS:
-        raise APIError(400, f"stop must be a string or a list of up to {MAX_STOPS} strings", "stop")
-    return [s for s in stops if s]
+def _default(value, default):
+    return default if value is None else value
 
 
 def _encode(tokenizer, text: str, param: str) -> list[int]:

@@ -26,3 +26,14 @@ def test_the_quickstart_and_test_commands_are_the_ones_ci_runs():
     extras = re.search(r'pip install --quiet -e "(\.\[[a-z,]+\])"', ci).group(1)  # what CI installs
     assert f'pip install torch==2.13.0 && pip install -e "{extras}"' in text
     assert "pip install --quiet torch==2.13.0" in ci
+
+
+def test_the_sampling_example_runs_on_a_run_folder(tmp_path):
+    from serve_helpers import tiny_run
+
+    [example] = [block for block in python_blocks() if "generate_text" in block]
+    run = tiny_run(tmp_path / "run")
+    code = example.replace("out/shakespeare_char", str(run)) + "\nprint(len(texts), ids.shape)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3 torch.Size([1, 56])"

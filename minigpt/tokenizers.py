@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -264,9 +265,12 @@ class BPETokenizer(TiktokenTokenizer):
 class HFTokenizer(Tokenizer):
     """A Hugging Face `tokenizer.json` (run by the `tokenizers` library) and its tokenizer_config.json.
 
-    encode() adds no special tokens (no beginning-of-text): text is text. The chat template, a Jinja
-    template from the model's folder, is rendered in a sandbox (it comes from the internet) and then
-    encoded, special tokens included, as transformers' apply_chat_template does.
+    encode() adds no special tokens (no beginning-of-text) and reads none: text is text, so
+    "<|im_end|>" typed by a user is ordinary characters, never the control token. The chat template, a
+    Jinja template from the model's folder, is rendered in a sandbox (it comes from the internet) and
+    then encoded as transformers' apply_chat_template does, special tokens included, except inside the
+    messages' contents: only the template's own markers become control tokens, so a message cannot
+    open a turn of another role.
     """
 
     def __init__(self, tokenizer_json: str, config: dict, generation_eos: list[int] | None = None):
@@ -276,7 +280,10 @@ class HFTokenizer(Tokenizer):
         self.tokenizer_json = tokenizer_json
         self.config = config
         self.generation_eos = list(generation_eos or [])
+        self.markup = RustTokenizer.from_str(tokenizer_json)  # reads special-token text as control tokens
         self.hf = RustTokenizer.from_str(tokenizer_json)
+        self.hf.encode_special_tokens = True  # reads it as the characters it is
+        self.control_texts = [t.content for t in self.markup.get_added_tokens_decoder().values() if t.special]
         self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
         self.eot_token = self._special_id("eos_token")
 
@@ -322,16 +329,41 @@ class HFTokenizer(Tokenizer):
         return ids + [i for i in self.generation_eos if i not in ids]
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of messages ([{"role": ..., "content": ...}, ...]) laid out by the chat template."""
+        """Token ids of messages ([{"role": ..., "content": ...}, ...]) laid out by the chat template.
+
+        A content that holds control-token text is rendered as a placeholder, and the placeholder's
+        place encoded as plain text: its "<|im_start|>" stays characters."""
         if not self.config.get("chat_template"):
             return super().encode_chat(messages, add_generation_prompt)
+        held = {}  # placeholder -> the content it stands for
+        rendered = []
+        for i, message in enumerate(messages):
+            if any(c in message["content"] for c in self.control_texts):
+                held[f"\ue000{i}\ue001"] = message["content"]  # private-use characters: in no template
+                message = {**message, "content": f"\ue000{i}\ue001"}
+            rendered.append(message)
         text = render_chat_template(
             self.config["chat_template"],
-            messages,
+            rendered,
             add_generation_prompt,
             {key: self._special_text(key) for key in ("bos_token", "eos_token", "pad_token", "unk_token")},
         )
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return self._encode_markup(text, held)
+
+    def _encode_markup(self, text: str, held: dict[str, str]) -> list[int]:
+        """The template's text with special-token text as control tokens; placeholders as their contents."""
+        if not held:  # the common case: one encoding, exactly as transformers makes it
+            return self.markup.encode(text, add_special_tokens=False).ids
+        pattern = "(" + "|".join(map(re.escape, held)) + ")"
+        pieces = re.split(pattern, text)
+        if sorted(p for p in pieces if p in held) != sorted(held):
+            raise MinigptError("a message holds control-token text and the chat template reshapes it: refused")
+        ids = []
+        for piece in pieces:
+            ids += (
+                self.encode(held[piece]) if piece in held else self.markup.encode(piece, add_special_tokens=False).ids
+            )
+        return ids
 
     def _special_text(self, key: str) -> str | None:
         token = self.config.get(key)

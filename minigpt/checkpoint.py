@@ -43,7 +43,7 @@ class Checkpoint:
     weights: dict
 
     def state(self) -> dict:
-        """Optimizer, gradient scaler and RNG states (loaded only when resuming): Trainer.state_dict()."""
+        """Optimizer, gradient scaler and RNG states (loaded only when resuming): checkpointing.state_dict()."""
         state = safe_torch_load(self.path / "state.pt")
         if self.record.format == 1:  # the first release saved a bare list of optimizers and no scaler
             optimizer = {"kind": self.record.config.train.optimizer, "optimizers": state["optimizers"]}

@@ -131,7 +131,7 @@ def test_system_and_user_tokens_contribute_no_gradient(chat_dir):
 
 
 def test_training_refuses_chat_data_whose_conversations_outgrow_the_block(chat_dir):
-    from minigpt.data.chat import check_fits
+    from minigpt.data.batches import check_fits
 
     meta = load_meta(chat_dir)  # prepared with the default --max-tokens 1025
     check_fits(meta, 1024, chat_dir)

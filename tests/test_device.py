@@ -36,6 +36,7 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
 
     from minigpt.checkpoint import load_checkpoint
     from minigpt.config import load_config
+    from minigpt.train import precision
     from minigpt.train import trainer as train_module
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
@@ -47,7 +48,7 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
         measured.append(candidates)
         return {dtype: (1.0 if dtype == faster else 2.0) for dtype in candidates}
 
-    monkeypatch.setattr(train_module, "time_dtypes", timed)
+    monkeypatch.setattr(precision, "time_dtypes", timed)
     overrides = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "dtype=auto"]
     trainer = train_module.Trainer(load_config(None, overrides), resume=False, rank=0, world_size=1, local_rank=0)
     assert trainer.dtype == faster and measured == [(torch.float32, torch.bfloat16)]
@@ -55,7 +56,7 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
     train_module.train(load_config(None, [*overrides, "train.max_steps=2"]))
     assert load_checkpoint(tmp_path / "run").record.dtype == str(faster).removeprefix("torch.")
     other = torch.bfloat16 if faster == torch.float32 else torch.float32
-    monkeypatch.setattr(train_module, "time_dtypes", lambda run, c, repeats=2: {other: 1.0, faster: 2.0})
+    monkeypatch.setattr(precision, "time_dtypes", lambda run, c, repeats=2: {other: 1.0, faster: 2.0})
     resumed = train_module.Trainer(
         load_config(None, [*overrides, "train.max_steps=4"]), resume=True, rank=0, world_size=1, local_rank=0
     )
@@ -68,7 +69,8 @@ def test_the_dtype_timing_runs_on_a_bounded_slice_of_a_big_batch(char_data, tmp_
 
     from minigpt.config import load_config
     from minigpt.model import GPT
-    from minigpt.train import trainer as train_module
+    from minigpt.train import precision
+    from minigpt.train.trainer import Trainer
 
     monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
     shapes = []
@@ -78,7 +80,7 @@ def test_the_dtype_timing_runs_on_a_bounded_slice_of_a_big_batch(char_data, tmp_
             run(dtype)
         return {dtype: 1.0 for dtype in candidates}
 
-    monkeypatch.setattr(train_module, "time_dtypes", timed)
+    monkeypatch.setattr(precision, "time_dtypes", timed)
     overrides = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "dtype=auto", "train.batch_size=256"]
     original_forward = GPT.forward
     monkeypatch.setattr(
@@ -86,6 +88,6 @@ def test_the_dtype_timing_runs_on_a_bounded_slice_of_a_big_batch(char_data, tmp_
         "forward",
         lambda self, idx, *a, **k: shapes.append(tuple(idx.shape)) or original_forward(self, idx, *a, **k),
     )
-    train_module.Trainer(load_config(None, overrides), resume=False, rank=0, world_size=1, local_rank=0)
+    Trainer(load_config(None, overrides), resume=False, rank=0, world_size=1, local_rank=0)
     block = load_config(None, overrides).model.block_size
-    assert shapes == [(train_module.DTYPE_TIMING_TOKENS // block, block)] * 2
+    assert shapes == [(precision.DTYPE_TIMING_TOKENS // block, block)] * 2

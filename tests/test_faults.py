@@ -35,7 +35,7 @@ from minigpt.train.trainer import train
 # Wraps one callable, named by $KILL_AT = "module|attribute|N|when[|match]", so that its Nth call
 # (counting only calls with an argument whose str contains `match`) SIGKILLs the process:
 #   before  the call;  after  it;  half  after it, with the file it wrote (named or open) cut to half its size,
-#   the folder it was given half emptied, or (for Trainer._log) the line it appended to metrics.jsonl cut in half.
+#   the folder it was given half emptied, or (for RunReport.log) the line it appended to metrics.jsonl cut in half.
 # $SLOW_DOWN = "module|attribute|seconds" makes every call of one callable sleep first.
 DRIVER = r"""
 import importlib, os, signal, sys, time
@@ -51,7 +51,7 @@ def _owner(module, attribute):
 def _cut_in_half(args, result):
     paths = [Path(a) for a in args if isinstance(a, (str, os.PathLike))]
     paths += [Path(a.name) for a in args if hasattr(a, "write") and isinstance(getattr(a, "name", None), str)]
-    if not paths and hasattr(args[0], "out_dir"):  # Trainer._log: the metrics line it just appended
+    if not paths and hasattr(args[0], "out_dir"):  # RunReport.log: the metrics line it just appended
         metrics = Path(args[0].out_dir) / "metrics.jsonl"
         data = metrics.read_bytes()
         line_start = data.rstrip(b"\n").rfind(b"\n") + 1
@@ -116,7 +116,7 @@ KILL_MOMENTS = [
     (
         "optimizer step 6, gradients computed, weights not yet updated",
         False,
-        "minigpt.train.trainer|Trainer._optimizer_step|6|before",
+        "minigpt.train.step|TrainStep.update|6|before",
     ),
     ("rewriting metrics.jsonl on resume", True, "os|replace|1|before|metrics.jsonl"),
     ("checkpoint: temporary folder made, no file in it yet", True, "minigpt.checkpoint|save_file|1|before"),
@@ -128,7 +128,7 @@ KILL_MOMENTS = [
     ("checkpoint: renamed into place, best.json not yet updated", True, "os|replace|1|after|.tmp-step_"),
     ("checkpoint: best.json.tmp written, not yet renamed", True, "os|replace|1|before|best.json"),
     ("pruning an old checkpoint: half its files deleted", True, "shutil|rmtree|1|half|/step_"),
-    ("a metrics line half written", True, "minigpt.train.trainer|Trainer._log|3|half"),
+    ("a metrics line half written", True, "minigpt.train.report|RunReport.log|3|half"),
     ("evaluating on the val batches", True, "minigpt.train.trainer|Trainer._evaluate|2|before"),
     ("drawing a training batch", True, "minigpt.data.batches|BatchLoader.next_batch|5|before"),
 ]

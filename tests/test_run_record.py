@@ -16,6 +16,7 @@ from minigpt.errors import MinigptError
 from minigpt.infer.sample import generate_text
 from minigpt.loader import load_model
 from minigpt.run import FORMAT, RunRecord
+from minigpt.train.checkpointing import load_state_dict, run_record, state_dict
 from minigpt.train.trainer import Trainer, train
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_run"  # written by minigpt 0.1's first release
@@ -73,12 +74,12 @@ def test_the_trainer_leaves_the_callers_config_alone(char_data, tmp_path):
 
 
 def test_trainer_state_round_trips(char_data, tmp_path):
-    """state_dict / load_state_dict carry optimizer moments, the scaler and RNG states."""
+    """state_dict / load_state_dict (checkpointing.py) carry optimizer moments, the scaler and RNG states."""
     config = load_config(None, [f"data.dir={char_data}", f"out_dir={tmp_path / 'a'}", *TINY])
     a = Trainer(config, resume=False, rank=0, world_size=1, local_rank=0)
     for _ in range(3):
         a.train_step()
-    record, state = a.record(val_loss=None), copy.deepcopy(a.state_dict())  # like torch's, it holds references
+    record, state = run_record(a, val_loss=None), copy.deepcopy(state_dict(a))  # like torch's, it holds references
     weights = {k: v.clone() for k, v in a.model.state_dict().items()}
     expected = [a.train_step().item() for _ in range(2)]
     b = Trainer(
@@ -89,7 +90,7 @@ def test_trainer_state_round_trips(char_data, tmp_path):
         local_rank=0,
     )
     b.model.load_state_dict(weights)
-    b.load_state_dict(record, state)  # RNG states included: b draws what a drew
+    load_state_dict(b, record, state)  # RNG states included: b draws what a drew
     assert b.step == 3
     assert [b.train_step().item() for _ in range(2)] == expected
 
@@ -102,23 +103,23 @@ def test_fp16_scaler_state_is_saved_and_restored(char_data, tmp_path):
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
     trainer.scaler.scale(torch.ones(()))  # the scaler starts its state lazily
     trainer.scaler.update(new_scale=8.0)
-    state = trainer.state_dict()
+    state = state_dict(trainer)
     assert state["scaler"]["scale"] == 8.0
     fresh = torch.amp.GradScaler("cpu", enabled=True)
     trainer.scaler = fresh
-    trainer.load_state_dict(trainer.record(val_loss=None), state)
+    load_state_dict(trainer, run_record(trainer, val_loss=None), state)
     assert fresh.get_scale() == 8.0
 
 
 def test_a_run_of_skipped_steps_stops(char_data, tmp_path):
     """fp16 (or on_nan=skip) skips a step whose gradients overflow; a diverged run used to skip for ever."""
-    from minigpt.train import trainer as train_module
+    from minigpt.train.step import MAX_SKIPPED_STEPS
 
     out = tmp_path / "run"
     config = load_config(None, [f"data.dir={char_data}", f"out_dir={out}", *TINY, "train.on_nan=skip", "train.lr=1e30"])
     trainer = Trainer(config, resume=False, rank=0, world_size=1, local_rank=0)
     with torch.no_grad():
         trainer.model.transformer.wte.weight.fill_(float("nan"))  # every step from now on is non-finite
-    with pytest.raises(MinigptError, match=f"{train_module.MAX_SKIPPED_STEPS + 1} steps in a row"):
+    with pytest.raises(MinigptError, match=f"{MAX_SKIPPED_STEPS + 1} steps in a row"):
         trainer.run()
-    assert trainer.step == train_module.MAX_SKIPPED_STEPS + 1
+    assert trainer.step == MAX_SKIPPED_STEPS + 1

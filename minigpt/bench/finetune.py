@@ -8,6 +8,7 @@ positions, tied head) from random weights, offline, on the same batches of rando
 the same autocast dtype, AdamW with the same rate, betas and weight decay (matrices only), gradients
 clipped at 1.0, dropout off. Full fine-tuning trains every weight; LoRA (rank 8, alpha 16) adapts the
 attention and MLP projections (c_attn, c_proj, c_fc) and freezes everything else, on both sides.
+minigpt's side times the Trainer's own step (minigpt/train/step.py), not a copy of it.
 
 Each measurement runs in a fresh Python process, so its peak RSS (resident memory) is its own: the
 imports, the model, its gradients and optimizer state and the activations of one step. Tokens/s is
@@ -101,7 +102,7 @@ def format_finetune_table(results: dict) -> str:
 
 def _in_fresh_process(**kwargs) -> dict:
     """measure(**kwargs) in a new Python process (its JSON result is the last line it prints)."""
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding minigpt/, not minigpt/ itself
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     code = (
         "import json, sys; from minigpt.bench.finetune import measure; "
@@ -159,15 +160,15 @@ def measure(
 
 
 def _minigpt_step(shapes: dict, mode: str, lora_rank: int, lora_alpha: float, lr: float, dtype):
-    """minigpt's model, LoRA and optimizer, and the step the Trainer takes (forward under autocast,
-    backward, clip, update)."""
+    """minigpt's model, LoRA and optimizer, and the step the Trainer takes (minigpt/train/step.py: forward
+    under autocast, backward, clip, finite check, update) at a constant rate, as the transformers side has."""
     import torch
 
     from ..config import TrainConfig
-    from ..device import autocast
     from ..lora import LoRASettings, apply_lora, store_frozen_weights_in
     from ..model import GPT, GPTConfig
     from ..train.optim import Optimizers
+    from ..train.step import TrainStep
 
     sizes = {k: v for k, v in shapes.items() if k != "positions"}
     model = GPT(GPTConfig(**sizes, block_size=shapes["positions"], dropout=0.0))
@@ -175,22 +176,25 @@ def _minigpt_step(shapes: dict, mode: str, lora_rank: int, lora_alpha: float, lr
         apply_lora(model, LoRASettings(rank=lora_rank, alpha=lora_alpha))
         if dtype != torch.float32:
             store_frozen_weights_in(model, dtype)  # as the Trainer does
-    device = torch.device("cpu")
-    optimizer = Optimizers(model, TrainConfig(lr=lr, weight_decay=0.1, beta1=0.9, beta2=0.95))
-    scaler = torch.amp.GradScaler(enabled=False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    # no warmup and no decay (min_lr_ratio 1): the rate stays lr; gradients clipped at 1.0, one micro-batch
+    train = TrainConfig(lr=lr, weight_decay=0.1, beta1=0.9, beta2=0.95, warmup_steps=0, min_lr_ratio=1.0, grad_clip=1.0)
+    batches = []  # measure() hands each step its batch: the step draws it from here
+    take_step = TrainStep(
+        model,
+        Optimizers(model, train),
+        torch.amp.GradScaler(enabled=False),
+        lambda: (batches[-1][:, :-1], batches[-1][:, 1:]),
+        train,
+        torch.device("cpu"),
+        dtype,
+    )
     model.train()
 
     def step(batch) -> float:
-        with autocast(device, dtype):
-            _, loss = model(batch[:, :-1], batch[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step(scaler)
-        optimizer.zero_grad()
-        return loss.item()
+        batches[:] = [batch]
+        return take_step(0).item()  # checks the gradients are finite, as the Trainer does on a CPU
 
-    return step, sum(p.numel() for p in trainable)
+    return step, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _transformers_step(shapes: dict, mode: str, lora_rank: int, lora_alpha: float, lr: float, dtype):

@@ -13,7 +13,8 @@ Chat data (`prepare --format chat`) has two more files per split: `{split}_mask.
 token, 1 where the token is a training target: assistant tokens) and `{split}_starts.bin` (uint64
 offsets where conversations begin). Masked targets become IGNORE_INDEX, so system and user tokens
 are read as context but add nothing to the loss; training windows start at conversation starts, so
-every answer in a window is seen with its question (`chat_files` names them for a split).
+every answer in a window is seen with its question (`chat_files` names them for a split), and
+`check_fits` refuses chat data whose conversations a window of the model cannot hold whole.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def chat_files(data_dir: str | os.PathLike, split: str) -> dict[str, Path]:
     """The loss mask and conversation starts of a split, as BatchLoader / fixed_batches keywords ({} for plain text)."""
     mask, starts = Path(data_dir, f"{split}_mask.bin"), Path(data_dir, f"{split}_starts.bin")
     return {"mask_path": mask, "starts_path": starts} if mask.is_file() else {}
+
+
+def check_fits(meta: dict, block_size: int, data_dir) -> None:
+    """Chat data must keep conversations a window can hold whole, or windows would hold no answer to train on."""
+    if meta.get("format") == "chat" and meta["max_tokens"] > block_size + 1:
+        raise MinigptError(
+            f"the chat data in {data_dir} keeps conversations of up to {meta['max_tokens']} tokens, more than "
+            f"block_size + 1 = {block_size + 1}; prepare it again with --max-tokens {block_size + 1}"
+        )
 
 
 def windows_to_batch(

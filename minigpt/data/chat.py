@@ -38,8 +38,8 @@ import numpy as np
 
 from ..chat_template import check_messages
 from ..errors import MinigptError
-from .prepare import check_out_folder, in_val, open_rows, write_staged
 from ..tokenizers import Tokenizer, build_tokenizer
+from .prepare import check_out_folder, in_val, open_rows, write_staged
 
 
 def prepare_chat(
@@ -96,15 +96,6 @@ def prepare_chat(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return write_staged(out, tokenizer, lambda staging: (meta, _write_files(staging, splits, dtype)))
-
-
-def check_fits(meta: dict, block_size: int, data_dir) -> None:
-    """Chat data must keep conversations a window can hold whole, or windows would hold no answer to train on."""
-    if meta.get("format") == "chat" and meta["max_tokens"] > block_size + 1:
-        raise MinigptError(
-            f"the chat data in {data_dir} keeps conversations of up to {meta['max_tokens']} tokens, more than "
-            f"block_size + 1 = {block_size + 1}; prepare it again with --max-tokens {block_size + 1}"
-        )
 
 
 def to_messages(row: dict, index: int) -> list[dict]:

@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
     p.add_argument("--api-key", default=None, help="require this bearer key (default: $MINIGPT_API_KEY, else none)")
     _add_max_context(p)
+    p.add_argument("--quiet", action="store_true", help="no access line per request on stderr")
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
@@ -318,6 +319,7 @@ def _serve(args):
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        quiet=args.quiet,
     )
 
 

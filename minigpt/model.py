@@ -215,8 +215,10 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def _hidden_states(self, idx, caches=None, need_weights=False, attention_mask=None):
-        """Run embeddings and blocks; with caches, idx continues the text the caches hold."""
+    def _hidden_states(self, idx, caches=None, attention_mask=None, weights_of: range | None = None):
+        """Run embeddings and blocks; with caches, idx continues the text the caches hold.
+
+        weights_of: return instead the self-attention weights of these layers, running no block above them."""
         B, T = idx.shape
         offset = caches[0].offset if caches else 0  # an int, or per-row positions for a ragged cache
         longest = (caches[0].length if caches else 0) + T
@@ -236,14 +238,14 @@ class GPT(nn.Module):
         all_weights = []
         for i, block in enumerate(self.transformer.h):
             cache = caches[i] if caches else None
-            x = block(
-                x, causal=True, mask=mask, rope=self.rope, positions=positions, cache=cache, need_weights=need_weights
-            )
-            if need_weights:
-                x, weights = x
-                all_weights.append(weights)
-        x = self.transformer.ln_f(x)
-        return (x, all_weights) if need_weights else x
+            if weights_of is None or i not in weights_of:
+                x = block(x, causal=True, mask=mask, rope=self.rope, positions=positions, cache=cache)
+                continue
+            x, weights = block(x, causal=True, mask=mask, rope=self.rope, positions=positions, need_weights=True)
+            all_weights.append(weights)
+            if i == weights_of[-1]:
+                return all_weights
+        return self.transformer.ln_f(x)
 
     def _logits(self, x):
         logits = self.lm_head(x)
@@ -251,9 +253,11 @@ class GPT(nn.Module):
         return cap * torch.tanh(logits / cap) if cap else logits
 
     @torch.no_grad()
-    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Self-attention weights of every layer for idx (B, T): a list of (B, n_head, T, T)."""
-        return self._hidden_states(idx, need_weights=True)[1]
+    def attention_maps(self, idx: torch.Tensor, layer: int | None = None) -> list[torch.Tensor]:
+        """Self-attention weights for idx (B, T): a list of (B, n_head, T, T), one per layer, or with layer
+        (negative counts from the top) that layer's alone, the blocks above it not run."""
+        n = self.config.n_layer
+        return self._hidden_states(idx, weights_of=range(n) if layer is None else range(layer % n, layer % n + 1))
 
     # ---- generation --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from minigpt.config import load_config
 from minigpt.data.prepare import prepare
 from minigpt.errors import MinigptError
 from minigpt.infer.sample import generate_text
+from minigpt.infer.sampling import SamplingParams
 from minigpt.loader import load_model
 from minigpt.run import FORMAT, RunRecord
 from minigpt.train.checkpointing import load_state_dict, run_record, state_dict
@@ -46,7 +47,7 @@ def test_a_checkpoint_of_the_first_release_loads_samples_and_resumes(tmp_path):
     assert checkpoint.record.config.model.vocab_size == 19 and checkpoint.record.tokenizer == "char"
     model, tokenizer, source = load_model(LEGACY)
     assert source.record.step == 4
-    text = generate_text(model, tokenizer, "to be", max_new_tokens=5, temperature=0)[0]
+    text = generate_text(model, tokenizer, "to be", SamplingParams(max_tokens=5, temperature=0))[0]
     assert len(text) == 5
 
     (tmp_path / "corpus.txt").write_text(LEGACY_CORPUS)

@@ -235,3 +235,25 @@ def test_serve_command_mistakes_are_one_line_errors(capsys, base_run):
     assert code == 2 and err.strip() == "error: --max-batch must be at least 1 and --max-waiting 0 or more, got 0, 64"
     code, _, err = run_main(capsys, "serve", base_run, "--port", "70000")
     assert code == 2 and "--port must be in 0..65535" in err and len(err.strip().splitlines()) == 1
+
+
+def test_attention_runs_in_the_engine_thread_for_the_asked_layer_alone_behind_the_key(base_run, monkeypatch):
+    engine, app = serve_run(base_run, api_key="KEY")
+    calls = []
+    real = engine.model.attention_maps
+
+    def recording(idx, layer=None):
+        calls.append((threading.current_thread().name, layer))
+        return real(idx, layer)
+
+    monkeypatch.setattr(engine.model, "attention_maps", recording)
+    with live_server(app) as url:
+        body = {"token_ids": [1, 2, 3], "layer": 0, "head": 1}
+        assert httpx.post(f"{url}/v1/attention", json=body).status_code == 401
+        answer = httpx.post(f"{url}/v1/attention", json=body, headers={"Authorization": "Bearer KEY"})
+        assert answer.status_code == 200 and [len(row) for row in answer.json()["weights"]] == [1, 2, 3]
+        too_long = {**body, "token_ids": [1] * 65}  # beyond the 64-token context
+        assert (
+            httpx.post(f"{url}/v1/attention", json=too_long, headers={"Authorization": "Bearer KEY"}).status_code == 400
+        )
+    assert calls == [("minigpt-engine", 0)]  # one map, of the asked layer, made where the model's steps run

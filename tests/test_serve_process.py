@@ -136,3 +136,65 @@ def _take(lines, count):
             seen += 1
             if count is not None and seen == count:
                 return
+
+
+def _stop(process) -> str:
+    process.send_signal(signal.SIGTERM)
+    return process.communicate(timeout=60)[0]
+
+
+@pytest.mark.slow
+def test_one_access_line_per_request_and_no_traceback_for_a_client_that_leaves_mid_body(tmp_path):
+    import re
+    import socket
+
+    run = tiny_run(tmp_path / "run")
+    process, url = start_server(run)
+    try:
+        body = {"prompt": "a", "max_tokens": 3, "temperature": 0}
+        assert httpx.post(f"{url}/v1/completions", json=body).status_code == 200
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}) as response:
+            list(response.iter_lines())
+        deep = httpx.post(f"{url}/v1/completions", content=b"[" * 100_000 + b"]" * 100_000)
+        assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as leaving:  # promises 1,000 bytes, sends 8, leaves
+            leaving.sendall(b'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"prompt')
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        out = _stop(process)
+    assert "Traceback" not in out
+    lines = out.splitlines()
+    assert len([line for line in lines if re.fullmatch(r"POST /v1/completions 200 3 tokens \d+ ms", line)]) == 2
+    assert any(re.fullmatch(r"POST /v1/completions 400 0 tokens \d+ ms", line) for line in lines)
+
+
+@pytest.mark.slow
+def test_quiet_serves_without_access_lines(tmp_path):
+    process, url = start_server(tiny_run(tmp_path / "run"), "--quiet")
+    try:
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "a", "max_tokens": 2}).status_code == 200
+    finally:
+        out = _stop(process)
+    assert "/v1/completions" not in out and "serving" in out
+
+
+@pytest.mark.parametrize("where", ["port in use", "an address not ours"])
+def test_a_port_in_use_or_a_host_not_ours_is_one_line_before_any_announcement(tmp_path, where):
+    import socket
+
+    from helpers import run_cli
+
+    run = tiny_run(tmp_path / "run")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if where == "port in use":
+            options = ["--port", taken.getsockname()[1]]
+        else:
+            options = ["--host", "203.0.113.7", "--port", free_port()]  # TEST-NET-3: no interface here has it
+        done = run_cli("serve", run, *options, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: cannot listen on")
+    assert "serving" not in done.stderr and "Traceback" not in done.stderr

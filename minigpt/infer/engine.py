@@ -29,6 +29,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,7 @@ class Engine:
         self.active: list[Sequence] = []  # active[i] owns row i of the caches
         self.next_tokens: list[int] = []  # the token each active row feeds to the next decode step
         self.waiting: deque[Sequence] = deque()
+        self.chores: deque[tuple[Callable, Future]] = deque()  # other work on the model, run between steps
         self._work = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -165,6 +167,18 @@ class Engine:
             self.waiting.append(sequence)
             self._work.notify()
         return sequence
+
+    def run_between_steps(self, work: Callable[[], object]) -> Future:
+        """Queue work on the model (a function of no arguments, such as the server's attention maps) to
+        run between decode steps, in the thread that runs them; its Future gets the result. Raises
+        QueueFull as submit does: it waits in the same line."""
+        future = Future()
+        with self._work:
+            if len(self.waiting) + len(self.chores) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting) + len(self.chores)} requests are already waiting")
+            self.chores.append((work, future))
+            self._work.notify()
+        return future
 
     def load(self) -> int:
         """Sequences in flight: decoding or waiting for a slot."""
@@ -208,9 +222,9 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._work:
-                while not (self.waiting or self.active or self._stopping):
+                while not (self.waiting or self.active or self.chores or self._stopping):
                     self._work.wait()
-                if self._stopping and not (self.waiting or self.active):
+                if self._stopping and not (self.waiting or self.active or self.chores):
                     return
             try:
                 with torch.inference_mode():
@@ -222,6 +236,7 @@ class Engine:
 
     def step(self) -> None:
         """Admit waiting sequences into free slots, then decode one token for every active slot."""
+        self._do_chores()
         try:
             with autocast(self.device, self.dtype):
                 self._leave()  # cancelled since the last step: their slots are free for the waiting
@@ -238,6 +253,18 @@ class Engine:
         finally:
             if not self.active:
                 self.caches = None  # idle: give the memory back
+
+    def _do_chores(self) -> None:
+        while True:
+            with self._work:
+                if not self.chores:
+                    return
+                work, future = self.chores.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except Exception as error:  # the caller hears of it; the engine goes on
+                    future.set_exception(error)
 
     def _admit(self) -> None:
         prefilled = {}  # the same prompt twice in one step is prefilled once

@@ -33,10 +33,12 @@ def serve(
     device: str = "auto",
     dtype: str = "auto",
     quantize: str | None = None,
+    quiet: bool = False,
 ) -> None:
     """Load the model at PATH and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
 
-    Without api_key, the key comes from $MINIGPT_API_KEY; with neither, no key is asked for.
+    Without api_key, the key comes from $MINIGPT_API_KEY; with neither, no key is asked for. Each request
+    gets one access line on stderr (method, path, status, tokens, milliseconds) unless quiet.
     """
     try:
         import uvicorn
@@ -58,6 +60,7 @@ def serve(
     if not 0 <= port <= 65535:
         raise MinigptError(f"--port must be in 0..65535, got {port}")
     api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
+    sock = bind(host, port)  # before the model loads: a port in use or a wrong host is one line, at once
     device_ = resolve_device(device)
     model, tokenizer, _ = load_model(path, latest=latest, device=device_, quantize=quantize)
     engine = Engine(
@@ -69,10 +72,30 @@ def serve(
         device=device_,
         dtype=resolve_dtype(dtype, device_, phase="generate"),
     )
-    app = create_app(engine, model_name(path), api_key=api_key)
+    app = create_app(engine, model_name(path), api_key=api_key, access_log=not quiet)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host
+    port = sock.getsockname()[1]
     print(f"serving {path} on http://{host}:{port} ({where}); API key {'on' if api_key else 'off'}", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=None)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None))
+    server.run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or a MinigptError naming what is wrong with them."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise MinigptError(f"--host {host!r} is not an address or a name this machine can resolve ({e})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise MinigptError(
+            f"cannot listen on {host}:{port}: {e.strerror} (another --port, or another --host)"
+        ) from None
+    return sock
 
 
 def model_name(path: str) -> str:

@@ -15,6 +15,8 @@ playground can ask for the attention over exactly the tokens the model saw.
 import asyncio
 import hmac
 import json
+import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +26,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..infer.engine import Engine, QueueFull
 from ..infer.sampling import SEED_LIMIT
@@ -31,10 +34,19 @@ from .protocol import APIError, Job, chat_job, completion_job, envelope, is_int,
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt a model's context can hold
+MAX_ATTENTION_TOKENS = 1024  # one head's map of this many tokens is half a million weights
 
 
-def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, max_body_bytes=MAX_BODY_BYTES):
-    """The app serving `engine`; it starts the engine's thread at startup and drains it at shutdown."""
+def create_app(
+    engine: Engine,
+    model_name: str,
+    *,
+    api_key: str | None = None,
+    max_body_bytes=MAX_BODY_BYTES,
+    access_log: bool = False,
+):
+    """The app serving `engine`; it starts the engine's thread at startup and drains it at shutdown.
+    access_log: one line on stderr per request (method, path, status, tokens generated, milliseconds)."""
 
     @asynccontextmanager
     async def lifespan(app):
@@ -44,6 +56,14 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
 
     app = FastAPI(title="minigpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     context = engine.max_context  # the most tokens a sequence may use (serve --max-context)
+
+    @app.middleware("http")
+    async def log_access(request: Request, call_next):
+        request.state.started = time.perf_counter()
+        response = await call_next(request)
+        if access_log and not getattr(request.state, "streaming", False):  # a stream logs as it ends
+            _log_access(request, response.status_code, getattr(request.state, "tokens", 0))
+        return response
 
     async def authorize(request: Request) -> None:
         if api_key is None:
@@ -60,14 +80,19 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
         if declared.isdigit() and int(declared) > max_body_bytes:
             raise APIError(413, f"the request body is larger than {max_body_bytes} bytes")
         body = bytearray()
-        async for chunk in request.stream():  # a body without a length is counted as it arrives
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise APIError(413, f"the request body is larger than {max_body_bytes} bytes")
+        try:
+            async for chunk in request.stream():  # a body without a length is counted as it arrives
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise APIError(413, f"the request body is larger than {max_body_bytes} bytes")
+        except ClientDisconnect:
+            raise APIError(400, "the client disconnected before its request body arrived") from None
         try:
             data = json.loads(body)
         except ValueError:  # UnicodeDecodeError included
             raise APIError(400, "the request body is not valid JSON") from None
+        except RecursionError:
+            raise APIError(400, "the request body's JSON is nested too deeply") from None
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object")
         return data
@@ -121,13 +146,18 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
         body = await read_json(request)
         ids, layer, head = body.get("token_ids"), body.get("layer", -1), body.get("head", 0)
         config = engine.model.config
-        if not (isinstance(ids, list) and 0 < len(ids) <= context and all(_token(t, config.vocab_size) for t in ids)):
-            raise APIError(400, f"token_ids must be a list of 1 to {context} ids in [0, {config.vocab_size})")
+        longest = min(context, MAX_ATTENTION_TOKENS)
+        if not (isinstance(ids, list) and 0 < len(ids) <= longest and all(_token(t, config.vocab_size) for t in ids)):
+            raise APIError(400, f"token_ids must be a list of 1 to {longest} ids in [0, {config.vocab_size})")
         if not (is_int(layer) and -config.n_layer <= layer < config.n_layer):
             raise APIError(400, f"layer must be an integer in [0, {config.n_layer})", "layer")
         if not (is_int(head) and 0 <= head < config.n_head):
             raise APIError(400, f"head must be an integer in [0, {config.n_head})", "head")
-        weights = await run_in_threadpool(_attention_weights, engine, ids, layer, head)
+        try:  # in the engine's thread, between decode steps: one model, one user of it at a time
+            future = engine.run_between_steps(lambda: _attention_weights(engine, ids, layer, head))
+        except QueueFull:
+            raise APIError(429, "the server is busy; try again shortly", kind="rate_limit_error") from None
+        weights = await asyncio.wrap_future(future)
         tokens = [engine.tokenizer.decode([t]) for t in ids]
         return {"tokens": tokens, "layer": layer % config.n_layer, "head": head, "weights": weights}
 
@@ -140,13 +170,17 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
                 seed = None if job.params.seed is None else (job.params.seed + i) % SEED_LIMIT
                 listener = _listener(loop, events, i)
                 sequences.append(engine.submit(job.prompt_ids, replace(job.params, seed=seed), listener))
-        except QueueFull:
+        except BaseException as error:  # whatever refused one choice frees the ones admitted before it
             for sequence in sequences:
                 sequence.cancel()
-            raise APIError(429, "the server is busy; try again shortly", kind="rate_limit_error") from None
+            if isinstance(error, QueueFull):
+                raise APIError(429, "the server is busy; try again shortly", kind="rate_limit_error") from None
+            raise
         request_id = new_id("chatcmpl" if chat else "cmpl")
         if job.stream:
-            stream = _stream(events, sequences, job, chat, request_id, model_name)
+            request.state.streaming = True
+            log = request if access_log else None
+            stream = _stream(events, sequences, job, chat, request_id, model_name, log)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         try:
@@ -168,6 +202,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, m
             ]
         response = envelope("chat.completion" if chat else "text_completion", request_id, model_name, choices)
         response["usage"] = usage(len(job.prompt_ids), sum(len(s.tokens) for s in sequences))
+        request.state.tokens = response["usage"]["completion_tokens"]
         return response
 
     return app
@@ -194,11 +229,11 @@ async def _wait_for_all(request: Request, events: asyncio.Queue, n: int) -> None
         finished += event.finish_reason is not None
 
 
-async def _stream(events: asyncio.Queue, sequences: list, job: Job, chat: bool, request_id: str, model: str):
+async def _stream(events: asyncio.Queue, sequences: list, job: Job, chat: bool, request_id: str, model: str, log):
     """Server-sent events: one chunk per token, then usage if asked for, then [DONE].
 
     Starlette stops iterating when the client disconnects; `finally` then cancels the sequences,
-    so their slots are free before the engine's next step.
+    so their slots are free before the engine's next step. log: the request to write the access line of.
     """
     kind = "chat.completion.chunk" if chat else "text_completion"
     try:
@@ -237,6 +272,14 @@ async def _stream(events: asyncio.Queue, sequences: list, job: Job, chat: bool, 
     finally:
         for sequence in sequences:
             sequence.cancel()
+        if log is not None:
+            _log_access(log, 200, sum(len(s.tokens) for s in sequences))
+
+
+def _log_access(request: Request, status: int, tokens: int) -> None:
+    """One line per request: method, path, status, tokens generated, milliseconds."""
+    ms = 1000 * (time.perf_counter() - request.state.started)
+    print(f"{request.method} {request.url.path} {status} {tokens} tokens {ms:.0f} ms", file=sys.stderr, flush=True)
 
 
 def _sse(payload: dict) -> str:
@@ -246,7 +289,7 @@ def _sse(payload: dict) -> str:
 @torch.inference_mode()
 def _attention_weights(engine: Engine, ids: list[int], layer: int, head: int) -> list[list[float]]:
     idx = torch.tensor([ids], dtype=torch.long, device=engine.device)
-    weights = engine.model.attention_maps(idx)[layer][0, head].float().cpu()  # (T, T), row t: token t's view
+    weights = engine.model.attention_maps(idx, layer)[0][0, head].float().cpu()  # (T, T), row t: token t's view
     return [[round(w, 4) for w in row[: t + 1]] for t, row in enumerate(weights.tolist())]
 
 

@@ -3,6 +3,7 @@
 from .attention import KVCache, MultiHeadAttention, attention_weights, causal_mask, key_padding_mask
 from .block import TransformerBlock
 from .feedforward import ACTIVATIONS, FeedForward
+from .int8 import Int8Linear, quantize_int8
 from .lora import LoRALinear
 from .norm import NORMS, LayerNorm, RMSNorm, make_norm
 from .position import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
@@ -11,6 +12,7 @@ __all__ = [
     "ACTIVATIONS",
     "NORMS",
     "FeedForward",
+    "Int8Linear",
     "KVCache",
     "LayerNorm",
     "LearnedPositionalEmbedding",
@@ -24,4 +26,5 @@ __all__ = [
     "causal_mask",
     "key_padding_mask",
     "make_norm",
+    "quantize_int8",
 ]

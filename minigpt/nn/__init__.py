@@ -1,4 +1,8 @@
-"""Transformer building blocks in plain PyTorch, each usable on its own in models of your own."""
+"""Transformer building blocks in plain PyTorch, each usable on its own in models of your own: attention
+(with its KV cache), positions, the MLP, norms, the block, LoRA and int8 linear layers.
+
+The ground floor: it imports torch alone, nothing of minigpt's.
+"""
 
 from .attention import KVCache, MultiHeadAttention, attention_weights, causal_mask, key_padding_mask
 from .block import TransformerBlock

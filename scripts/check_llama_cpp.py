@@ -4,12 +4,16 @@
     python scripts/check_llama_cpp.py out/shakespeare_char --prompt "ROMEO:" --tokens 20
 
 Without PATH it checks random-weight models of its own, for each llama.cpp architecture that
-minigpt writes (gpt2 with a char vocabulary and with GPT-2's BPE, llama with a trained BPE and
-grouped-query attention, qwen3 with QK-norm). Exit code 0 when every check passes.
+minigpt writes (gpt2 with a char vocabulary and with GPT-2's BPE, gpt2 without biases and with the
+exact GELU as configs/shakespeare_char.yaml has them, llama with a trained BPE and grouped-query
+attention, qwen3 with QK-norm, arcee with ReLU^2). Each line prints the largest difference between
+llama.cpp's logits and minigpt's; for an exact-GELU model also the part of it that llama.cpp's tanh
+GELU explains (minigpt's logits with one form against the other). Exit code 0 when every check passes.
 tests/test_export_llama_cpp.py runs the same checks when llama_cpp is importable.
 """
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -31,8 +35,10 @@ ROPE = dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)
 MODELS = {
     "gpt2 (char vocabulary)": (dict(), "char"),
     "gpt2 (GPT-2's BPE)": (dict(), "gpt2"),
+    "gpt2 (no biases, exact GELU: shakespeare_char)": (dict(bias=False, mlp="gelu_exact"), "char"),
     "llama (trained BPE, grouped-query attention, untied head)": (dict(ROPE, n_kv_head=2, tie_weights=False), "bpe"),
     "qwen3 (QK-norm)": (dict(ROPE, qk_norm=True), "bpe"),
+    "arcee (ReLU^2, untied head)": (dict(ROPE, mlp="relu2", tie_weights=False), "bpe"),
 }
 
 
@@ -67,7 +73,7 @@ def check(path, prompt: str, n_tokens: int = 20, outtype: str = "f32") -> dict:
             greedy.append(token)
             llm.eval([token])
         llm.close()
-    return {
+    result = {
         "tokens_equal": tokenized_equal,
         "greedy_equal": greedy == expected,
         "max_logit_difference": float(np.abs(their_logits - logits).max()),
@@ -75,6 +81,18 @@ def check(path, prompt: str, n_tokens: int = 20, outtype: str = "f32") -> dict:
         "llama.cpp": greedy,
         "text": tokenizer.decode(expected),
     }
+    if model.config.mlp == "gelu_exact":
+        result["tanh_gelu_difference"] = tanh_gelu_difference(model, ids)
+    return result
+
+
+@torch.no_grad()
+def tanh_gelu_difference(model: GPT, ids: list[int]) -> float:
+    """The largest change in the last position's logits when model's exact GELU becomes the tanh form."""
+    tanh = GPT(dataclasses.replace(model.config, mlp="gelu")).eval()
+    tanh.load_state_dict(model.state_dict())
+    idx = torch.tensor([ids])
+    return float((tanh(idx)[0][0, -1] - model(idx)[0][0, -1]).abs().max())
 
 
 def own_models(folder: Path) -> dict[str, Path]:
@@ -114,7 +132,10 @@ def main(argv=None) -> int:
             result = check(path, args.prompt, args.tokens, args.outtype)
             passed = result["tokens_equal"] and result["greedy_equal"]
             ok &= passed
-            print(f"{'PASS' if passed else 'FAIL'} {name}: {result}")
+            difference = f"max logit difference {result['max_logit_difference']:.2e}"
+            if "tanh_gelu_difference" in result:
+                difference += f" (tanh against exact GELU in minigpt: {result['tanh_gelu_difference']:.2e})"
+            print(f"{'PASS' if passed else 'FAIL'} {name}: {difference}; {result}")
     return 0 if ok else 1
 
 

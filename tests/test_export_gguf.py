@@ -129,6 +129,39 @@ def test_qk_norm_is_qwen3_and_char_vocab_merges_multibyte_characters(tmp_path):
     assert list(_field(reader, "tokenizer.ggml.token_type")) == [1, 1, 1, 1, 3, 5, 5, 5]
 
 
+def test_gpt2_without_biases_gets_zero_biases_and_exact_gelu_a_note(tmp_path):
+    """shakespeare_char's model: GPT-2 without biases, with the exact GELU (llama.cpp's is the tanh form)."""
+    from minigpt.formats.gguf import export_note, save_gguf
+
+    model = _model(8, bias=False, mlp="gelu_exact")
+    save_gguf(model, CharTokenizer(list("abcdefg"), with_eot=True), tmp_path / "m.gguf", outtype="f32")
+    reader, tensors = _read(tmp_path / "m.gguf")
+    assert _field(reader, "general.architecture") == "gpt2"
+    for name, size in [("blk.0.attn_qkv.bias", 192), ("blk.1.ffn_up.bias", 256), ("output_norm.bias", 64)]:
+        np.testing.assert_array_equal(tensors[name].data, np.zeros(size, dtype=np.float32))
+    assert "tanh form" in export_note(model.config)
+    assert export_note(GPTConfig()) is None
+
+
+def test_relu2_with_rotary_positions_is_arcee(tmp_path):
+    """ReLU^2 without a gate: llama.cpp's arcee, whose RoPE pairs neighbours as llama's does."""
+    from minigpt.formats.gguf import save_gguf
+
+    model = _model(8, **dict(LLAMA, mlp="relu2"))
+    save_gguf(model, CharTokenizer(list("abcdefg"), with_eot=True), tmp_path / "m.gguf", outtype="f32")
+    reader, tensors = _read(tmp_path / "m.gguf")
+    assert _field(reader, "general.architecture") == "arcee"
+    assert _field(reader, "arcee.feed_forward_length") == 256
+    assert _field(reader, "arcee.rope.dimension_count") == 16
+    assert "blk.0.ffn_gate.weight" not in tensors
+    state = model.state_dict()
+    np.testing.assert_array_equal(
+        tensors["blk.0.ffn_up.weight"].data.reshape(256, 64), state["transformer.h.0.mlp.c_fc.weight"].numpy()
+    )
+    q = tensors["blk.0.attn_q.weight"].data.reshape(64, 64)
+    np.testing.assert_array_equal(q[1], state["transformer.h.0.attn.c_attn.weight"][8].numpy())  # 0 pairs with 8
+
+
 @pytest.mark.parametrize("outtype, kind", [("f16", "F16"), ("q8_0", "Q8_0")])
 def test_smaller_types_stay_close(tmp_path, outtype, kind):
     from minigpt.formats.gguf import save_gguf
@@ -149,21 +182,28 @@ def test_smaller_types_stay_close(tmp_path, outtype, kind):
 
 
 @pytest.mark.parametrize(
-    "overrides, named",
+    "overrides, message",
     [
-        (dict(pos_encoding="sinusoidal"), "sinusoidal positions"),
-        (dict(mlp="relu2"), "mlp=relu2"),
-        (dict(logit_softcap=30.0), "soft-capping"),
-        (dict(LLAMA, norm="layernorm"), "norm=layernorm"),
-        (dict(bias=False), "layers without biases"),
-        (dict(n_kv_head=4), "grouped-query attention"),
-        (dict(LLAMA, qk_norm=True, bias=True), "biases outside attention with QK-norm"),
+        (dict(pos_encoding="sinusoidal"), r"pos_encoding=sinusoidal: .* model.pos_encoding=learned \(llama.cpp's gpt2"),
+        (dict(mlp="relu2"), r"mlp=relu2: .* model.mlp=gelu \(llama.cpp's gpt2\)$"),
+        (dict(logit_softcap=30.0), "logit_softcap=30.0: .* model.logit_softcap=null"),
+        (dict(LLAMA, norm="layernorm"), r"norm=layernorm: .* model.norm=rmsnorm \(llama.cpp's llama\)$"),
+        (dict(n_kv_head=4), "n_kv_head=4: .* model.n_kv_head=null"),
+        (
+            dict(LLAMA, qk_norm=True, bias=True),
+            r"bias=true with qk_norm=true: .* model.qk_norm=false \(llama.cpp's llama\) or model.bias=false",
+        ),
+        (  # the quickstart's model: ReLU^2 and QK-norm, each of which llama.cpp runs without the other
+            dict(LLAMA, mlp="relu2", qk_norm=True, n_kv_head=None),
+            r"mlp=relu2 with qk_norm=true: .* model.mlp=swiglu \(llama.cpp's qwen3\) or model.qk_norm=false "
+            r"\(llama.cpp's arcee\)",
+        ),
     ],
 )
-def test_inexpressible_configs_are_refused_by_name(overrides, named):
+def test_inexpressible_configs_are_refused_naming_the_settings_that_would_export(overrides, message):
     from minigpt.formats.gguf import gguf_architecture
 
-    with pytest.raises(MinigptError, match=named):
+    with pytest.raises(MinigptError, match=f"^gguf export cannot express {message}"):
         gguf_architecture(GPTConfig(**overrides))
 
 

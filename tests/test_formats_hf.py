@@ -47,8 +47,11 @@ def test_hugging_face_gpt2_weights_load_and_save(tmp_path):
 def test_from_pretrained_errors_are_clear(tmp_path):
     with pytest.raises(MinigptError, match="has no config.json"):
         load_hf(str(tmp_path))
-    with pytest.raises(MinigptError, match="cannot be written as a Hugging Face model: pos_encoding='rope'"):
-        save_hf(tiny(pos_encoding="rope"), load_tokenizer("gpt2"), tmp_path / "x")
+    save_hf(tiny(pos_encoding="rope"), load_tokenizer("gpt2"), tmp_path / "own")  # its own modeling code
+    config = json.loads((tmp_path / "own" / "config.json").read_text())
+    (tmp_path / "own" / "config.json").write_text(json.dumps({**config, "mlp": "gelu2"}))
+    with pytest.raises(MinigptError, match="mlp 'gelu2' is not one of gelu, gelu_exact"):
+        load_hf(str(tmp_path / "own"))
 
 
 def _imports(module: Path, top_level_only: bool) -> set[str]:
@@ -111,6 +114,7 @@ def _gpt2_folder(tmp_path, **overrides):
         dict(layer_norm_epsilon=1e-2),
         dict(n_inner=72),
         dict(activation_function="gelu"),
+        dict(activation_function="relu2"),
     ],
     ids=str,
 )
@@ -127,7 +131,7 @@ def test_gpt2_config_fields_that_change_the_computation_are_honoured(tmp_path, o
     [
         (dict(scale_attn_weights=False), "scale_attn_weights"),
         (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
-        (dict(activation_function="relu"), "activation_function='relu'"),
+        (dict(activation_function="silu"), "activation_function='silu'"),
     ],
     ids=str,
 )
@@ -178,8 +182,14 @@ def hf_folder(request, tmp_path):
 
 
 def _hf_greedy(reference, prompt, n):
-    out = reference.generate(
-        prompt, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, min_new_tokens=n
+    out = reference.generate(  # an explicit mask: else a prompt's token 0 (the pad_token_id) reads as padding
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        min_new_tokens=n,
     )
     return out[:, prompt.shape[1] :]
 
@@ -297,24 +307,79 @@ def test_exported_folders_reproduce_minigpt_in_transformers(tmp_path, name):
     assert again.encode(TEXT[:150]) == tokenizer.encode(TEXT[:150])
 
 
-@pytest.mark.parametrize(
-    "overrides, named",
-    [
-        (dict(mlp="relu2"), "mlp='relu2'"),
-        (dict(pos_encoding="sinusoidal"), "pos_encoding='sinusoidal'"),
-        (dict(logit_softcap=15.0), "logit_softcap=15.0"),
-        (dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=False, n_kv_head=2), None),
-    ],
-    ids=["relu2", "sinusoidal", "softcap", "llama-without-biases"],
-)
-def test_export_refuses_what_no_architecture_expresses_by_name(tmp_path, overrides, named):
-    model = tiny(**overrides)
-    if named is None:  # qkv_bias=False merely restates bias=False: still a Llama
-        save_hf(model, _char_tokenizer(), tmp_path / "ok")
-        return
-    with pytest.raises(MinigptError, match=named.replace("(", r"\(")):
-        save_hf(model, _char_tokenizer(), tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+OWN_CODE = {  # models no standard transformers class expresses, and one that GPT-2 does after all
+    "sinusoidal": dict(pos_encoding="sinusoidal"),
+    "softcap-rmsnorm-relu": dict(logit_softcap=3.0, norm="rmsnorm", mlp="relu"),
+    "rope-layernorm-exact-gelu-qkv-bias": dict(pos_encoding="rope", mlp="gelu_exact", bias=False, qkv_bias=True),
+    "qwen3-with-biases-wide-heads": dict(
+        pos_encoding="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        n_kv_head=2,
+        head_dim=16,
+        qk_norm=True,
+        qk_norm_affine=True,
+        mlp_hidden=40,
+        norm_eps=1e-3,
+        rope_base=500.0,
+        tie_weights=False,
+    ),
+    "gpt2-relu2": dict(mlp="relu2", bias=False),  # activation_function "relu2": a standard GPT-2
+}
+
+
+@pytest.mark.parametrize("name", list(OWN_CODE))
+def test_models_no_standard_class_expresses_go_out_with_their_own_modeling_code(tmp_path, name):
+    model = _trained(
+        GPTConfig(
+            vocab_size=_char_tokenizer().vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=32, **OWN_CODE[name]
+        )
+    )
+    save_hf(model, _char_tokenizer(), tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    own_code = name != "gpt2-relu2"
+    assert config["model_type"] == ("minigpt" if own_code else "gpt2")
+    assert (tmp_path / "hf" / "modeling_minigpt.py").is_file() == own_code
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=own_code).eval()
+    idx = torch.randint(0, model.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
+        prompt = idx[:1, :5]
+        assert torch.equal(model.generate(prompt, 20, temperature=0)[:, 5:], _hf_greedy(theirs, prompt, 20))
+    reloaded, _ = load_hf(str(tmp_path / "hf"))  # and back into minigpt: the same model
+    assert reloaded.config == model.config or not own_code
+    torch.testing.assert_close(reloaded(idx)[0], model(idx)[0])
+
+
+def test_own_code_generates_padded_batches_as_minigpt_does_each_row(tmp_path):
+    """Left padding takes no position and is never attended to, in transformers' generate as in ours."""
+    model = _trained(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, **OWN_CODE["sinusoidal"]))
+    save_hf(model, _char_tokenizer(), tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    ids = torch.tensor([rows[0], [0, 0, 0] + rows[1]])
+    mask = torch.tensor([[1] * 6, [0, 0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        out = theirs.generate(
+            ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        for i, row in enumerate(rows):
+            ours = model.generate(torch.tensor([row]), 12, temperature=0)[0, len(row) :]
+            assert out[i, 6:].tolist() == ours.tolist()
+
+
+def test_the_exported_config_names_end_of_text_only_when_the_vocabulary_has_it(tmp_path, capfd):
+    from minigpt.tokenizers import CharTokenizer
+
+    for name, tokenizer, expected in [
+        ("eot", _char_tokenizer(), _char_tokenizer().eot_token),
+        ("none", CharTokenizer(list("abcdefgh"), with_eot=False), None),
+    ]:
+        save_hf(tiny(vocab_size=tokenizer.vocab_size), tokenizer, tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["bos_token_id"] == config["eos_token_id"] == expected
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / name)
+    assert "bos_token_id must be" not in capfd.readouterr().err  # transformers' complaint at GPT-2's 50256
 
 
 def test_export_never_writes_into_a_folder_that_holds_files(tmp_path):
@@ -332,6 +397,8 @@ def test_a_folder_whose_tensors_disagree_with_its_config_is_refused(tmp_path):
     (tmp_path / "llama" / "config.json").write_text(json.dumps({**config, "intermediate_size": 64}))
     with pytest.raises(MinigptError, match="gate_proj.weight.*has shape"):
         load_hf_model(tmp_path / "llama")
-    tiny_gpt2 = tiny(head_dim=16)  # wider heads: GPT-2 cannot say so, Llama needs rope
-    with pytest.raises(MinigptError, match="head_dim=16"):
-        save_hf(tiny_gpt2, _char_tokenizer(), tmp_path / "x")
+    save_hf(tiny(head_dim=16), _char_tokenizer(), tmp_path / "own")  # wider heads: no standard class
+    config = json.loads((tmp_path / "own" / "config.json").read_text())
+    (tmp_path / "own" / "config.json").write_text(json.dumps({**config, "mlp_hidden": 64}))
+    with pytest.raises(MinigptError, match=r"mlp.c_fc.weight has shape \(128, 32\) but its config.json implies"):
+        load_hf_model(tmp_path / "own")

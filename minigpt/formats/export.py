@@ -8,11 +8,13 @@
 
 The output folder must be new or empty: nothing a user made is overwritten. Files are written into
 a temporary folder beside it and renamed into place, so a refused model or a failure halfway
-leaves nothing behind.
+leaves nothing behind. What a user of the files must know (a folder that needs trust_remote_code,
+a GELU that llama.cpp computes in another form) is printed as a note on stderr.
 """
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,13 +46,15 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        _write(fmt, model, tokenizer, tmp, outtype)
+        note = _write(fmt, model, tokenizer, tmp, outtype)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(made or tmp, ignore_errors=True)
         raise
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return sorted(out_dir.iterdir())
 
 
@@ -61,18 +65,21 @@ def _check_out_dir(out_dir: Path) -> None:
         raise MinigptError(f"output {out_dir} is a file; name a new or empty folder")
 
 
-def _write(fmt: str, model, tokenizer, folder: Path, outtype: str | None) -> None:
+def _write(fmt: str, model, tokenizer, folder: Path, outtype: str | None) -> str | None:
+    """Write the files of fmt into folder; returns the note a user of them must read, if any."""
     if fmt == "hf":
-        from .hf import save_hf
+        from .hf import export_note, save_hf
 
         save_hf(model, tokenizer, folder)
-    elif fmt == "gguf":
-        from .gguf import save_gguf
+        return export_note(model.config)
+    if fmt == "gguf":
+        from .gguf import export_note, save_gguf
 
         save_gguf(model, tokenizer, folder / "model.gguf", outtype=outtype or "f16")
-    else:
-        from .hf_tokenizer import to_hf_tokenizer
-        from .onnx import save_onnx
+        return export_note(model.config)
+    from .hf_tokenizer import to_hf_tokenizer
+    from .onnx import save_onnx
 
-        save_onnx(model, folder / "model.onnx")
-        to_hf_tokenizer(tokenizer, model.config.block_size).save(folder)  # what ONNX Runtime users load
+    save_onnx(model, folder / "model.onnx")
+    to_hf_tokenizer(tokenizer, model.config.block_size).save(folder)  # what ONNX Runtime users load
+    return None

@@ -3,10 +3,13 @@
     save_gguf(model, tokenizer, "out/model.gguf", outtype="f16")
 
 llama.cpp builds each architecture from its own code, so a minigpt config is written as the
-architecture it equals, or refused with the feature that has no equivalent:
-    gpt2   learned positions, LayerNorm with biases, GELU (GPT-2 itself)
+architecture it equals, or refused naming the settings that would export:
+    gpt2   learned positions, LayerNorm, GELU; biases (a model without them gets zero ones)
     llama  rotary positions, RMSNorm, SwiGLU, grouped-query attention, tied or untied head
     qwen3  the same with QK-norm
+    arcee  rotary positions, RMSNorm, ReLU^2, no biases
+llama.cpp's GELU is the tanh form: a model with the exact (erf) form exports with a note, its logits
+there differing slightly (scripts/check_llama_cpp.py measures by how much).
 The tokenizer goes in as llama.cpp's "gpt2" (byte-level BPE) tokenizer model, with the vocabulary
 and merges of formats/vocab.py; a Hugging Face tokenizer's chat template as its Jinja text.
 
@@ -25,41 +28,74 @@ from ..tokenizers import HFTokenizer
 from .vocab import byte_level_vocab
 
 OUTTYPES = ("f32", "f16", "q8_0")
+ROPE = dict(pos_encoding=("rope",), norm=("rmsnorm",), logit_softcap=(None,))
+# What each llama.cpp architecture runs: setting -> the values it takes (the first is what a refusal
+# suggests); settings not listed take any value. n_kv_head and head_dim are None when they restate
+# the default (n_head; n_embd / n_head), qkv_bias is resolved to True or False.
+GGUF_ARCHITECTURES = {
+    "gpt2": dict(
+        pos_encoding=("learned",),
+        norm=("layernorm",),
+        mlp=("gelu", "gelu_exact"),
+        qk_norm=(False,),
+        n_kv_head=(None,),
+        head_dim=(None,),
+        logit_softcap=(None,),
+    ),
+    "llama": dict(ROPE, mlp=("swiglu",), qk_norm=(False,)),
+    "qwen3": dict(ROPE, mlp=("swiglu",), qk_norm=(True,), bias=(False,)),
+    "arcee": dict(ROPE, mlp=("relu2",), qk_norm=(False,), bias=(False,), qkv_bias=(False,)),
+}
+ROTATE_NEIGHBOURS = ("llama", "arcee")  # llama.cpp's "normal" RoPE: pairs features 2j and 2j+1
 
 
 def gguf_architecture(config) -> str:
-    """The llama.cpp architecture a config equals: gpt2, llama or qwen3; MinigptError naming what has none."""
-    if config.logit_softcap:
-        raise MinigptError("gguf export cannot express logit soft-capping: llama.cpp's gpt2 and llama have none")
-    if config.pos_encoding == "learned":
-        arch = "gpt2"
-        refused = [
-            (config.norm != "layernorm", f"norm={config.norm}"),
-            (config.mlp != "gelu", f"mlp={config.mlp}"),
-            (not config.bias or config.qkv_bias is False, "layers without biases"),
-            (config.qk_norm, "QK-norm"),
-            (config.n_kv_head not in (None, config.n_head), "grouped-query attention"),
-            (config.head_size * config.n_head != config.n_embd, "head_dim other than n_embd / n_head"),
-        ]
-    elif config.pos_encoding == "rope":
-        arch = "qwen3" if config.qk_norm else "llama"
-        refused = [
-            (config.norm != "rmsnorm", f"norm={config.norm}"),
-            (config.mlp != "swiglu", f"mlp={config.mlp}"),
-            (arch == "qwen3" and config.bias, "biases outside attention with QK-norm"),
-        ]
-    else:
-        raise MinigptError(
-            f"gguf export cannot express {config.pos_encoding} positions; "
-            "llama.cpp runs learned (gpt2) or rotary (llama) positions"
+    """The llama.cpp architecture a config equals, or MinigptError naming the settings that would export."""
+    settings = _settings(config)
+    changes = {
+        arch: [(name, values[0]) for name, values in needs.items() if settings[name] not in values]
+        for arch, needs in GGUF_ARCHITECTURES.items()
+    }
+    fewest = min(len(c) for c in changes.values())
+    if fewest == 0:
+        return next(arch for arch, c in changes.items() if not c)
+    closest = [arch for arch, c in changes.items() if len(c) == fewest]
+    refused = sorted({f"{name}={_yaml(settings[name])}" for arch in closest for name, _ in changes[arch]})
+    ways = " or ".join(
+        " ".join(f"model.{name}={_yaml(value)}" for name, value in changes[arch]) + f" (llama.cpp's {arch})"
+        for arch in closest
+    )
+    raise MinigptError(
+        f"gguf export cannot express {' with '.join(refused)}: no llama.cpp architecture has that; "
+        f"it would export with {ways}"
+    )
+
+
+def export_note(config) -> str | None:
+    """What a user of the GGUF file of config must know, or None."""
+    if config.mlp == "gelu_exact":
+        return (
+            "llama.cpp computes GELU in its tanh form and this model the exact (erf) form, so its logits "
+            "there differ slightly (python scripts/check_llama_cpp.py PATH measures by how much)"
         )
-    for is_refused, feature in refused:
-        if is_refused:
-            raise MinigptError(
-                f"gguf export cannot express {feature} with {config.pos_encoding} positions: "
-                f"llama.cpp's {arch} architecture has no such option"
-            )
-    return arch
+    return None
+
+
+def _settings(config) -> dict:
+    """config's fields as GGUF_ARCHITECTURES names them."""
+    return {
+        **vars(config),
+        "n_kv_head": None if config.n_kv_head in (None, config.n_head) else config.n_kv_head,
+        "head_dim": None if config.head_size * config.n_head == config.n_embd else config.head_dim,
+        "qkv_bias": config.bias if config.qkv_bias is None else config.qkv_bias,
+    }
+
+
+def _yaml(value) -> str:
+    """value as a command-line override writes it: true, null, 30.0, swiglu."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_outtype(outtype: str) -> None:
@@ -143,6 +179,10 @@ def _tensors(model, arch: str):
     """(GGUF name, tensor) pairs in llama.cpp's names; matrices in PyTorch's (out, in) layout."""
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     c = model.config
+    if arch == "gpt2":  # llama.cpp's gpt2 requires every bias: a layer without one is one whose bias is 0
+        tables = ("transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight")  # no biases to have
+        for name in [n for n in state if n.endswith(".weight") and n not in tables]:
+            state.setdefault(name.removesuffix("weight") + "bias", torch.zeros(state[name].shape[0]))
     yield "token_embd.weight", state["transformer.wte.weight"]
     if arch == "gpt2":
         yield "position_embd.weight", state["transformer.wpe.weight"]
@@ -150,22 +190,25 @@ def _tensors(model, arch: str):
         p = f"transformer.h.{i}."
         names = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_proj": "attn_output", "mlp.c_proj": "ffn_down"}
         if arch == "gpt2":
-            names |= {"attn.c_attn": "attn_qkv", "mlp.c_fc": "ffn_up"}
+            names["attn.c_attn"] = "attn_qkv"
+        if c.mlp != "swiglu":
+            names["mlp.c_fc"] = "ffn_up"
         for ours, theirs in names.items():
             for kind in ("weight", "bias"):
                 if f"{p}{ours}.{kind}" in state:
                     yield f"blk.{i}.{theirs}.{kind}", state[f"{p}{ours}.{kind}"]
         if arch != "gpt2":
-            yield from _split_attention(block.attn, state, p, i, permute=arch == "llama")
+            yield from _split_attention(block.attn, state, p, i, permute=arch in ROTATE_NEIGHBOURS)
+        if c.mlp == "swiglu":
             for kind in ("weight", "bias"):
                 if f"{p}mlp.c_fc.{kind}" in state:  # SwiGLU's fused input: [gate | up]
                     gate, up = state[f"{p}mlp.c_fc.{kind}"].chunk(2, dim=0)
                     yield f"blk.{i}.ffn_gate.{kind}", gate
                     yield f"blk.{i}.ffn_up.{kind}", up
-            if arch == "qwen3":  # llama.cpp's QK-norm always has a gain: ones where ours has none
-                for ours, theirs in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):
-                    gain = state.get(f"{p}attn.{ours}.weight", torch.ones(block.attn.head_dim))
-                    yield f"blk.{i}.{theirs}.weight", gain
+        if arch == "qwen3":  # llama.cpp's QK-norm always has a gain: ones where ours has none
+            for ours, theirs in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):
+                gain = state.get(f"{p}attn.{ours}.weight", torch.ones(block.attn.head_dim))
+                yield f"blk.{i}.{theirs}.weight", gain
     yield "output_norm.weight", state["transformer.ln_f.weight"]
     if "transformer.ln_f.bias" in state:
         yield "output_norm.bias", state["transformer.ln_f.bias"]
@@ -177,7 +220,7 @@ def _split_attention(attn, state: dict, prefix: str, i: int, permute: bool):
     """c_attn's fused [q | k | v] as llama.cpp's attn_q, attn_k, attn_v.
 
     Our rotary embedding pairs feature j of a head with feature j + head_dim/2; llama.cpp's llama
-    pairs neighbours 2j and 2j+1, so there the rows of q and k are interleaved to match.
+    and arcee pair neighbours 2j and 2j+1, so there the rows of q and k are interleaved to match.
     """
     sizes = [attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.n_kv_head * attn.head_dim]
     for kind in ("weight", "bias"):

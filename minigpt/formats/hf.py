@@ -6,10 +6,12 @@
 Every architecture is one table (hf_architectures.py) read in both directions: which config fields
 map to which of ours, what the rest of our config must be, and how tensor names correspond.
 A config field that would change the computation in a way our blocks do not reproduce is refused
-by name rather than loaded silently wrong.
+by name rather than loaded silently wrong. A model that no standard class expresses is written with
+its own modeling code (hf_own_code.py), which transformers runs with trust_remote_code=True.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from ..errors import MinigptError
 from ..model import GPT, GPTConfig
 from ..tokenizers import HF_FILE, HFTokenizer, Tokenizer, load_tokenizer
 from .hf_architectures import ARCHITECTURES, Architecture
+from .hf_own_code import MINIGPT
 from .hf_tokenizer import to_hf_tokenizer
 
 
@@ -44,8 +47,9 @@ def load_hf_model(path_or_name: str | Path) -> GPT:
 
 
 def save_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> None:
-    """Write model and tokenizer as a Hugging Face folder: the first architecture that can express the
-    model's config (GPT-2, Llama, Qwen2, Qwen3) and a tokenizer.json of the same ids.
+    """Write model and tokenizer as a Hugging Face folder: the first standard architecture that can
+    express the model's config (GPT-2, Llama, Qwen2, Qwen3), else the model with its own modeling code
+    (export_note says which), and a tokenizer.json of the same ids.
 
     out_dir must be new or empty: nothing already there is overwritten.
     """
@@ -59,31 +63,39 @@ def save_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> None:
     tensors = architecture.export_tensors(model.state_dict(), model.config)
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     config = architecture.from_model(model)
-    if tokenizer.eot_token is not None:
-        config["eos_token_id"] = tokenizer.eot_token
+    # the end-of-text token starts and ends documents (GPT-2's convention); without one inside the
+    # vocabulary, none: the classes' own defaults (GPT-2's 50256) would name a token the model lacks
+    eot = tokenizer.eot_token
+    config["bos_token_id"] = config["eos_token_id"] = eot if eot is not None and eot < model.config.vocab_size else None
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+    for name in architecture.code:
+        shutil.copyfile(Path(__file__).with_name(name), directory / name)
     to_hf_tokenizer(tokenizer, model.config.block_size).save(directory)
 
 
-def _export_architecture(config: GPTConfig) -> Architecture:
-    """The first architecture that can express config, or MinigptError naming what none can."""
-    mismatches = {arch.model_type: arch.cannot_express(config) for arch in ARCHITECTURES}
-    for arch in ARCHITECTURES:
-        if not mismatches[arch.model_type]:
-            return arch
-    closest = min(ARCHITECTURES, key=lambda a: len(mismatches[a.model_type]))
-    raise MinigptError(
-        f"this model cannot be written as a Hugging Face model: {mismatches[closest.model_type][0]} "
-        f"(the closest architecture, {closest.model_type}, needs that)"
+def export_note(config: GPTConfig) -> str | None:
+    """What a user of the folder save_hf writes for config must know, or None for a standard class."""
+    if _export_architecture(config) is not MINIGPT:
+        return None
+    closest = min(ARCHITECTURES, key=lambda a: len(a.cannot_express(config)))
+    return (
+        f"no standard transformers class runs {', '.join(closest.cannot_express(config))} ({closest.model_type}, "
+        f"the closest, runs the rest): the folder carries its own {', '.join(MINIGPT.code)}; load it with "
+        f"AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)"
     )
+
+
+def _export_architecture(config: GPTConfig) -> Architecture:
+    """The first standard architecture that can express config, else our own modeling code."""
+    return next((arch for arch in ARCHITECTURES if not arch.cannot_express(config)), MINIGPT)
 
 
 def _architecture(hf: dict, folder: Path) -> Architecture:
     model_type = hf.get("model_type", "gpt2")  # hand-written GPT-2 configs often carry none
-    for arch in ARCHITECTURES:
+    for arch in (*ARCHITECTURES, MINIGPT):
         if arch.model_type == model_type:
             return arch
-    known = ", ".join(a.model_type for a in ARCHITECTURES)
+    known = ", ".join(a.model_type for a in (*ARCHITECTURES, MINIGPT))
     raise MinigptError(f"{folder} holds a {model_type!r} model; the architectures minigpt loads are {known}")
 
 

@@ -4,6 +4,8 @@ An Architecture says which config.json keys are our GPTConfig fields, what the r
 for it, which values of their other keys we reproduce (anything else is refused by name), and how
 their tensors correspond to ours: several of theirs may be one of ours, concatenated along the
 output dimension (Llama's q, k, v projections are our fused c_attn; gate and up are our c_fc).
+A parameter their layout has and our model lacks is written at the value that changes nothing: zero
+biases (GPT-2 without biases is GPT-2 whose biases are 0) and unit gains (a QK-norm without gains).
 """
 
 from dataclasses import dataclass, field, fields
@@ -31,6 +33,7 @@ class Architecture:
     translated: dict[str, tuple[str, dict[object, tuple]]] = field(default_factory=dict)
     transposed: tuple[str, ...] = ()  # ours stored (in, out) on their side (GPT-2's Conv1D layers)
     skipped: tuple[str, ...] = ()  # name endings of their buffers that hold nothing to load
+    code: tuple[str, ...] = ()  # modeling files of this package that the folder carries (trust_remote_code)
 
     # ---- config.json <-> GPTConfig -----------------------------------------------------------------
 
@@ -103,7 +106,7 @@ class Architecture:
                     f"implies {tuple(expected.shape)}"
                 )
         if tied:
-            theirs.pop(self.top["lm_head.weight"], None)  # some tied checkpoints store the copy anyway
+            theirs.pop(self.their_names("lm_head.weight")[0], None)  # some tied checkpoints store the copy anyway
             loaded["lm_head.weight"] = loaded["transformer.wte.weight"]
         if theirs:
             raise MinigptError(f"{source} holds {sorted(theirs)[0]!r}, which its config.json does not account for")
@@ -112,19 +115,26 @@ class Architecture:
     def export_tensors(self, ours: dict, config: GPTConfig) -> dict:
         """Their tensors (contiguous, on the CPU) from our state dict."""
         out = {}
-        for name, tensor in ours.items():
+        for name, tensor in self._with_neutral_parameters(ours, config).items():
             if name == "lm_head.weight" and config.tie_weights:
                 continue
             targets = self.their_names(name)
             parts = tensor.split(_part_sizes(config, tensor.shape[0], len(targets))) if len(targets) > 1 else [tensor]
             for target, part in zip(targets, parts):
                 out[target] = (part.t() if name.endswith(self.transposed) else part).detach().contiguous().cpu()
-        if config.qk_norm and not config.qk_norm_affine:  # their QK-norm has gains: ours are implicitly 1
-            for i in range(config.n_layer):
-                for name in ("attn.q_norm.weight", "attn.k_norm.weight"):
-                    (target,) = self.their_names(f"{BLOCK}{i}.{name}")
-                    out[target] = torch.ones(config.head_size)
         return out
+
+    def _with_neutral_parameters(self, ours: dict, config: GPTConfig) -> dict:
+        """ours plus the parameters their layout has and our model lacks: zero biases, sized as their
+        weight's rows, and unit gains (the only gains our model may lack are QK-norm's)."""
+        layout = [*self.top, *(f"{BLOCK}{i}.{name}" for i in range(config.n_layer) for name in self.layer)]
+        filled = dict(ours)
+        for name in layout:
+            if name not in ours and name.endswith(".bias"):
+                filled[name] = torch.zeros(ours[name.removesuffix("bias") + "weight"].shape[0])
+            elif name not in ours:
+                filled[name] = torch.ones(config.head_size)
+        return filled
 
 
 def _flatten_rope_and_layers(hf: dict) -> dict:
@@ -187,11 +197,9 @@ GPT2 = Architecture(
         norm_eps="layer_norm_epsilon",
         tie_weights="tie_word_embeddings",
     ),
-    fixed=dict(
+    fixed=dict(  # any biases: those our model lacks are written as zeros
         pos_encoding="learned",
         norm="layernorm",
-        bias=True,
-        qkv_bias=None,
         n_kv_head=None,
         head_dim=None,
         qk_norm=False,
@@ -222,8 +230,14 @@ GPT2 = Architecture(
     | {"lm_head.weight": "lm_head.weight"},
     transposed=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
     skipped=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers
-    # GELU's tanh approximation, as GPT-2 used (their default), or the exact erf form ("gelu" to them)
-    translated=dict(mlp=("activation_function", {"gelu": ("gelu_new", "gelu_pytorch_tanh"), "gelu_exact": ("gelu",)})),
+    # GELU's tanh approximation, as GPT-2 used (their default), or the exact erf form ("gelu" to them);
+    # ReLU and ReLU^2 by their own names
+    translated=dict(
+        mlp=(
+            "activation_function",
+            dict(gelu=("gelu_new", "gelu_pytorch_tanh"), gelu_exact=("gelu",), relu=("relu",), relu2=("relu2",)),
+        )
+    ),
 )
 
 

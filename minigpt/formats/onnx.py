@@ -6,6 +6,9 @@ Batch size and sequence length are dynamic axes (the sequence up to block_size),
 runs any batch of equal-length rows. The graph has no KV cache: each call reads the whole text.
 """
 
+import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,16 +30,13 @@ class _LogitsOnly(nn.Module):
 
 def save_onnx(model, path: str | Path) -> Path:
     """Export model (float32, eval mode) to the ONNX file path; returns it."""
-    import warnings
-
     path = Path(path)
     block_size = model.config.block_size
     example = torch.zeros((2, min(8, block_size)), dtype=torch.long)
     batch = torch.export.Dim("batch", min=1)
     sequence = torch.export.Dim("sequence", min=2, max=block_size)
     wrapper = _LogitsOnly(model.float().eval())
-    with warnings.catch_warnings():  # the exporter's notes on its own internals are not the user's concern
-        warnings.simplefilter("ignore")
+    with _quiet_exporter():
         program = torch.onnx.export(
             wrapper,
             (example,),
@@ -49,3 +49,21 @@ def save_onnx(model, path: str | Path) -> Path:
         )
     program.save(str(path))
     return path
+
+
+@contextmanager
+def _quiet_exporter():
+    """Silence the exporter's notes on its own internals: its warnings, and the log line its registry
+    writes for each torchvision operator it skips when torchvision is absent (operators a GPT never uses)."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    def not_torchvision(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+    registry.addFilter(not_torchvision)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registry.removeFilter(not_torchvision)

@@ -351,6 +351,25 @@ def test_models_no_standard_class_expresses_go_out_with_their_own_modeling_code(
     torch.testing.assert_close(reloaded(idx)[0], model(idx)[0])
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: several seconds
+def test_own_code_runs_where_minigpt_cannot_be_imported(tmp_path):
+    import subprocess
+    import sys
+
+    model = _trained(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, mlp="relu2", qk_norm=True))
+    save_hf(model, _char_tokenizer(), tmp_path / "hf")
+    idx = torch.randint(0, 50, (1, 12))
+    torch.save({"idx": idx, "logits": model(idx)[0].detach()}, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch, transformers; sys.modules['minigpt'] = None  # import minigpt now fails\n"
+        "model = transformers.AutoModelForCausalLM.from_pretrained('hf', trust_remote_code=True)\n"
+        "expected = torch.load('expected.pt')\n"
+        "torch.testing.assert_close(model(expected['idx']).logits, expected['logits'], atol=1e-5, rtol=0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
 def test_own_code_generates_padded_batches_as_minigpt_does_each_row(tmp_path):
     """Left padding takes no position and is never attended to, in transformers' generate as in ours."""
     model = _trained(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, **OWN_CODE["sinusoidal"]))

@@ -53,11 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="the configuration (subset) of a Hub dataset")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (None: all cores)")
     p.add_argument("--max-chars", type=int, default=None, help="stop after this many characters of text")
-    p.add_argument("--format", choices=("text", "chat"), default="text", help="chat: conversations, answers trained")
+    p.add_argument(
+        "--format",
+        choices=("text", "chat", "preference"),
+        default="text",
+        help="chat: conversations, answers trained; preference: prompt/chosen/rejected pairs for DPO",
+    )
     p.add_argument(
         "--tokenizer-from", default=None, metavar="PATH", help="the tokenizer of this run, checkpoint or HF model"
     )
-    p.add_argument("--max-tokens", type=int, default=1025, help="chat: drop longer conversations (block_size + 1)")
+    p.add_argument(
+        "--max-tokens", type=int, default=1025, help="chat, preference: drop longer conversations (block_size + 1)"
+    )
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser("train", help="train a model from a YAML config")
@@ -247,6 +254,21 @@ def _prepare(args):
             config=args.config,
         )
         print("\n".join(chat_summary(meta)), file=sys.stderr)
+        return
+    if args.format == "preference":
+        from .data.preference import prepare_preference
+        from .data.preference import summary as preference_summary
+
+        meta = prepare_preference(
+            args.source,
+            tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            max_tokens=args.max_tokens,
+            split=args.split,
+            config=args.config,
+        )
+        print("\n".join(preference_summary(meta)), file=sys.stderr)
         return
     meta = prepare(
         args.source,

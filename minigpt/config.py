@@ -27,6 +27,20 @@ class DataConfig:
 
 
 @dataclass
+class DPOConfig:
+    """train.dpo: Direct Preference Optimization, for train.objective=dpo (minigpt/train/dpo.py)."""
+
+    beta: float = 0.1  # how much moving away from the reference counts: smaller lets the policy stray further
+    label_smoothing: float = 0.0  # conservative DPO: the share of pairs taken as mislabelled, in [0, 0.5)
+
+    def validate(self) -> None:
+        if not self.beta > 0:
+            raise MinigptError(f"train.dpo.beta must be positive, e.g. 0.1; got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise MinigptError(f"train.dpo.label_smoothing must be in [0, 0.5), e.g. 0.1; got {self.label_smoothing}")
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 12  # sequences per micro-step (per process)
     grad_accum: int = 1  # micro-steps per optimizer step
@@ -55,6 +69,8 @@ class TrainConfig:
     wandb_project: str | None = None  # log to Weights & Biases if wandb is installed
     init_from: str | None = None  # start from these weights: a run, a checkpoint, a Hugging Face folder or name
     lora: LoRASettings = field(default_factory=LoRASettings)  # rank > 0: train low-rank adapters only
+    objective: str = "lm"  # lm: next-token loss | dpo: preference pairs against the init_from model (train.dpo)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 @dataclass
@@ -81,6 +97,7 @@ CHOICES = {
     "train.parallel": ("ddp", "fsdp"),
     "train.schedule": ("cosine", "linear", "wsd"),
     "train.on_nan": ("stop", "skip"),
+    "train.objective": ("lm", "dpo"),
 }
 POSITIVE = (
     "train.batch_size",
@@ -237,6 +254,17 @@ def validate(config: RunConfig) -> None:
             f"train.max_seconds must be positive (or null for no budget), got {config.train.max_seconds}"
         )
     config.train.lora.validate()
+    config.train.dpo.validate()
+    if config.train.objective == "dpo" and config.train.init_from is None:
+        raise MinigptError(
+            "train.objective=dpo needs train.init_from: the chat-tuned run to start from, which is also "
+            "the frozen reference"
+        )
+    if config.train.objective == "dpo" and config.train.parallel == "fsdp":
+        raise MinigptError(
+            "train.objective=dpo cannot be used with train.parallel=fsdp (the frozen reference would be a "
+            "whole copy of the model in every process); use train.parallel=ddp"
+        )
     if not 0 <= config.train.min_lr_ratio <= 1:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:

@@ -128,12 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="default: the last layer")
     p.add_argument("--head", type=int, default=None, help="default: all heads as a grid")
     p.add_argument("--latest", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_attention)
 
     p = commands.add_parser("plot", help="draw train and val loss from one or more runs' metrics.jsonl")
     p.add_argument("runs", nargs="+", help="run folders (out_dir) to draw")
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.add_argument("--x", choices=("step", "time"), default="step", help="steps or wall-clock seconds")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_plot)
 
     p = commands.add_parser("export", help="write a model for transformers, llama.cpp / Ollama or ONNX Runtime")
@@ -394,13 +396,15 @@ def _export(args):
 def _attention(args):
     from .eval.viz import run_attention
 
-    run_attention(args.path, args.prompt, args.out, layer=args.layer, head=args.head, latest=args.latest)
+    run_attention(
+        args.path, args.prompt, args.out, layer=args.layer, head=args.head, latest=args.latest, replace=args.force
+    )
 
 
 def _plot(args):
     from .eval.viz import plot_losses
 
-    path = plot_losses(args.runs, args.out, x=args.x)
+    path = plot_losses(args.runs, args.out, x=args.x, replace=args.force)
     print(f"wrote {path}")
 
 

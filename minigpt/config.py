@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from .device import check_device_name
-from .errors import MinigptError
+from .errors import SEED_LIMIT, MinigptError
 from .lora import LoRASettings
 from .model import GPTConfig
 
@@ -265,6 +265,12 @@ def validate(config: RunConfig) -> None:
             "train.objective=dpo cannot be used with train.parallel=fsdp (the frozen reference would be a "
             "whole copy of the model in every process); use train.parallel=ddp"
         )
+    for key in ("beta1", "beta2"):  # Adam's moment decays: 1 would never forget, below 0 is no average
+        value = getattr(config.train, key)
+        if not 0 <= value < 1:
+            raise MinigptError(f"train.{key} must be in [0, 1), e.g. 0.9; got {value}")
+    if isinstance(config.seed, bool) or not 0 <= config.seed < SEED_LIMIT:
+        raise MinigptError(f"seed must be a whole number from 0 to 2**64 - 1, got {config.seed}")
     if not 0 <= config.train.min_lr_ratio <= 1:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:

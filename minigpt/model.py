@@ -94,6 +94,10 @@ class GPTConfig:
             ),
             (self.norm_eps is None or self.norm_eps > 0, f"norm_eps must be positive or null, got {self.norm_eps}"),
             (
+                self.pos_encoding != "rope" or (math.isfinite(self.rope_base) and self.rope_base > 1),
+                f"rope_base must be a number above 1 (10000 is usual), got {self.rope_base}",
+            ),
+            (
                 self.mlp_hidden is None or self.mlp_hidden >= 1,
                 f"mlp_hidden must be at least 1 or null, got {self.mlp_hidden}",
             ),

@@ -20,11 +20,14 @@ def check_output_folder(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def check_output_file(path: str | os.PathLike, what: str) -> Path:
-    """PATH as a file this process can create or replace; `what` names it in messages (e.g. '--out')."""
+def check_output_file(path: str | os.PathLike, what: str, replace: bool = False) -> Path:
+    """PATH as a file this process can create (or, with replace, replace); `what` names it in messages
+    (e.g. '--out'). An existing file is refused without replace: it may be the user's own."""
     path = _not_empty(path, what, "a file name such as loss.png")
     if path.is_dir():
         raise MinigptError(f"{what} {path} is a folder; give a file name such as {path / 'picture.png'}")
+    if path.exists() and not replace:
+        raise MinigptError(f"{what} {path} already exists; give a new file name, or add --force to replace it")
     _check_writable(path.parent, what, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise MinigptError(f"{what} {path} is read-only; give another file name")

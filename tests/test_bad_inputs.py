@@ -107,6 +107,20 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ),
     ("prepare-out-empty", ["prepare", "{root}/small.txt", "--out", ""], 2, "--out is empty (an unset variable?)"),
     (
+        "prepare-over-a-users-train-bin",
+        ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{root}/userdata"],
+        2,
+        "{root}/userdata already holds train.bin, which minigpt did not write",
+    ),
+    (
+        "prepare-over-nanogpt-data",
+        ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{root}/nanodata"],
+        2,
+        "{root}/nanodata already holds train.bin, val.bin, which minigpt did not write",
+    ),
+    ("prepare-named-pipe", ["prepare", "{root}/pipe", *PREPARE], 2, "{root}/pipe is not a regular file or a folder"),
+    ("prepare-dev-zero", ["prepare", "/dev/zero", *PREPARE], 2, "/dev/zero is not a regular file or a folder"),
+    (
         "prepare-out-already-prepared",
         ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{tiny}"],
         2,
@@ -162,6 +176,16 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ),
     ("train-batch-size-0", [*TRAIN, "train.batch_size=0"], 2, "train.batch_size must be at least 1, got 0"),
     ("train-negative-lr", [*TRAIN, "train.lr=-0.001"], 2, "train.lr must not be negative, got -0.001"),
+    ("train-beta1-1.5", [*TRAIN, "train.beta1=1.5"], 2, "train.beta1 must be in [0, 1), e.g. 0.9; got 1.5"),
+    ("train-beta2-negative", [*TRAIN, "train.beta2=-0.5"], 2, "train.beta2 must be in [0, 1), e.g. 0.9; got -0.5"),
+    ("train-seed-negative", [*TRAIN, "seed=-1"], 2, "seed must be a whole number from 0 to 2**64 - 1, got -1"),
+    ("train-seed-2**64", [*TRAIN, "seed=18446744073709551616"], 2, "seed must be a whole number from 0 to 2**64 - 1"),
+    (
+        "train-rope-base-0",
+        [*TRAIN, "model.pos_encoding=rope", "model.rope_base=0"],
+        2,
+        "rope_base must be a number above 1 (10000 is usual), got 0",
+    ),
     ("train-vocab-size-set", [*TRAIN, "model.vocab_size=100"], 2, "model.vocab_size cannot be set: vocab_size comes"),
     ("train-bad-choice", [*TRAIN, "train.on_nan=ignore"], 2, "train.on_nan is 'ignore'; expected one of stop, skip"),
     ("train-unknown-device", [*TRAIN, "device=tpu"], 2, "device is 'tpu'; expected auto, cpu, cuda"),
@@ -245,6 +269,18 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ),
     ("sample-num-samples-0", [*SAMPLE, "--num-samples", "0"], 2, "--num-samples must be at least 1, got 0"),
     (
+        "sample-prompt-file-a-pipe",
+        ["sample", "{run}", "--prompt-file", "{root}/pipe"],
+        2,
+        "prompt file {root}/pipe is not a regular file",
+    ),
+    (
+        "sample-prompt-file-dev-zero",
+        ["sample", "{run}", "--prompt-file", "/dev/zero"],
+        2,
+        "prompt file /dev/zero is not a regular file",
+    ),
+    (
         "sample-unknown-characters",
         ["sample", "{run}", "--prompt", "café €"],
         2,
@@ -302,6 +338,8 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "not in the char vocabulary: '5', '€'",
     ),
     ("eval-batch-size-0", [*EVAL, "--batch-size", "0"], 2, "--batch-size must be at least 1, got 0"),
+    ("eval-text-file-a-pipe", [*EVAL, "--text-file", "{root}/pipe"], 2, "{root}/pipe is not a regular file"),
+    ("eval-text-file-dev-zero", [*EVAL, "--text-file", "/dev/zero"], 2, "/dev/zero is not a regular file"),
     ("eval-truncated-weights", ["eval", "{trunc}"], 2, "checkpoint {trunc}/checkpoints/step_0000004 is corrupted"),
     ("eval-cuda-missing", [*EVAL, "--device", "cuda"], 2, "device 'cuda' was asked for but this machine has no CUDA"),
     # --- attention
@@ -327,6 +365,12 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "--out {root}/empty.txt/a.png lies under {root}/empty.txt, which is a file",
     ),
     ("attention-out-empty", [*ATTENTION[:-1], ""], 2, "--out is empty (an unset variable?)"),
+    (
+        "attention-out-exists",
+        [*ATTENTION[:-1], "{root}/existing.png"],
+        2,
+        "--out {root}/existing.png already exists; give a new file name, or add --force",
+    ),
     # --- plot
     ("plot-out-a-folder", ["plot", "{run}", "--out", "{root}/notext"], 2, "--out {root}/notext is a folder"),
     (
@@ -336,6 +380,12 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "lies under {root}/empty.txt, which is a file",
     ),
     ("plot-out-empty", ["plot", "{run}", "--out", ""], 2, "--out is empty (an unset variable?)"),
+    (
+        "plot-out-exists",
+        ["plot", "{run}", "--out", "{root}/existing.png"],
+        2,
+        "--out {root}/existing.png already exists",
+    ),
     (
         "plot-folder-without-metrics",
         ["plot", "{root}/notext", *PLOT_OUT],
@@ -385,6 +435,14 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     (root / "rows.jsonl").write_text('{"content": "one"}\n{"content": "two"}\n')
     (root / "notext").mkdir()
     (root / "notext" / "table.csv").write_text("a,b\n1,2\n")
+    os.mkfifo(root / "pipe")  # reading it would block forever
+    (root / "existing.png").write_bytes(b"the user's own picture")
+    (root / "userdata").mkdir()
+    (root / "userdata" / "notes.txt").write_text("my notes")
+    (root / "userdata" / "train.bin").write_bytes(b"my own tokens")
+    (root / "nanodata").mkdir()
+    for name in ("train.bin", "val.bin", "meta.pkl"):  # a nanoGPT-style data folder
+        (root / "nanodata" / name).write_bytes(b"nanoGPT's")
     (root / "badmetrics").mkdir()
     (root / "badmetrics" / "metrics.jsonl").write_text('{"step": 1, "train_loss"\n{"step": 2, "train_loss": 3.0}\n')
 

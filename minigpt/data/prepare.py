@@ -60,10 +60,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
 from ..errors import MinigptError, first_line, read_user_text
 from ..paths import check_output_folder, first_missing
 from ..tokenizers import Tokenizer, build_tokenizer, check_spec
+from .corpora import BUILTIN_CORPORA, pydocs_documents, shakespeare_path
 
 TEXT_SUFFIXES = (".txt", ".md")  # one file = one document, read by us
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # rows, read by `datasets`
@@ -192,7 +192,11 @@ def write_staged(out: Path, tok: Tokenizer, write: Callable[[Path], tuple[dict, 
         meta, data_files = write(staging)
         meta["tokenizer_files"] = tok.save(staging)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for name in [*data_files, *meta["tokenizer_files"], "meta.json"]:
+        names = [*data_files, *meta["tokenizer_files"], "meta.json"]
+        taken = [name for name in names if (out / name).exists()]
+        if taken:  # files a user put there (their own train.bin, a nanoGPT meta.pkl beside it): never replaced
+            raise MinigptError(f"{out} already holds {', '.join(taken)}; choose another --out (nothing was written)")
+        for name in names:
             os.replace(staging / name, out / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -204,10 +208,14 @@ def write_staged(out: Path, tok: Tokenizer, write: Callable[[Path], tuple[dict, 
 
 
 def check_out_folder(out: str | os.PathLike) -> Path:
-    """The --out folder, unless it cannot be one or already holds prepared data."""
+    """The --out folder, unless it cannot be one or already holds prepared data (or token files of its own:
+    what every prepare writes is checked here, before any work; the tokenizer's files just before moving in)."""
     out = check_output_folder(out, "--out")
     if (out / "meta.json").exists():
         raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
+    taken = [name for name in ("train.bin", "val.bin") if (out / name).exists()]
+    if taken:
+        raise MinigptError(f"{out} already holds {', '.join(taken)}, which minigpt did not write; choose another --out")
     return out
 
 
@@ -469,6 +477,8 @@ def _local_files(source: str) -> list[Path] | None:
         return [path]
     if path.is_dir():
         candidates = [p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    elif path.exists():  # reading a named pipe would block, /dev/zero never end
+        raise MinigptError(f"{source} is not a regular file or a folder (a pipe or a device?); give a file")
     elif glob.has_magic(source):
         candidates = [Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True)]
     else:

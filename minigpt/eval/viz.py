@@ -87,14 +87,14 @@ def _heatmap(ax, weights, labels, vmax, fontsize):
     return image
 
 
-def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=None) -> Path:
+def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=None, replace=False) -> Path:
     """Draw attention weights as heatmaps and save them as a PNG; returns the path.
 
     weights: GPT.attention_maps(idx) for one sequence, a list over layers of (1, n_head, T, T) or
     (n_head, T, T) tensors. tokens: the T tokens as strings. By default every head of one layer
     (the last unless `layer` is given) in a grid; with `head`, that one head, large.
     """
-    check_output_file(out_path, "--out")
+    check_output_file(out_path, "--out", replace)
     layer, maps = _layer_maps(weights, layer)
     n_head, T, _ = maps.shape
     if len(tokens) != T:
@@ -130,9 +130,17 @@ def plot_attention(weights, tokens, out_path, *, layer=None, head=None, title=No
 
 
 def run_attention(
-    path: str, prompt: str, out: str, *, layer: int | None = None, head: int | None = None, latest: bool = False
+    path: str,
+    prompt: str,
+    out: str,
+    *,
+    layer: int | None = None,
+    head: int | None = None,
+    latest: bool = False,
+    replace: bool = False,
 ) -> None:
-    """`minigpt attention PATH --prompt TEXT --out FILE [--layer L] [--head H] [--latest]`."""
+    """`minigpt attention PATH --prompt TEXT --out FILE [--layer L] [--head H] [--latest] [--force]`."""
+    check_output_file(out, "--out", replace)  # before loading: a refused --out costs no time
     from ..infer.sample import encode_prompt
     from ..loader import load_model
 
@@ -140,7 +148,8 @@ def run_attention(
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)
     weights = model.attention_maps(torch.tensor([ids]))  # n_layer x (1, n_head, T, T)
     tokens = [tokenizer.decode([i]) for i in ids]
-    written = plot_attention(weights, tokens, out, layer=layer, head=head, title=f"{Path(path).name}: {prompt!r}")
+    title = f"{Path(path).name}: {prompt!r}"
+    written = plot_attention(weights, tokens, out, layer=layer, head=head, title=title, replace=replace)
     print(f"wrote {written}")
 
 
@@ -153,7 +162,7 @@ def _curve(records, x, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step") -> Path:
+def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step", replace=False) -> Path:
     """Draw training and validation loss of one or more runs against steps or seconds; returns the path.
 
     metrics_path_or_run_dirs: a run directory (holding metrics.jsonl) or a metrics.jsonl file, or a
@@ -162,7 +171,7 @@ def plot_losses(metrics_path_or_run_dirs, out_path, *, labels=None, x="step") ->
     """
     if x not in ("step", "time"):
         raise MinigptError(f"x must be 'step' or 'time', got {x!r}")
-    check_output_file(out_path, "--out")
+    check_output_file(out_path, "--out", replace)
     runs = metrics_path_or_run_dirs
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if not runs:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import TextIO
 
 import torch
@@ -28,7 +27,7 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import MinigptError
 from ..loader import load_model
 from .engine import Engine, Event, check_max_context
-from .sampling import CLI_NAMES, SEED_LIMIT, SamplingParams, check_sampling
+from .sampling import CLI_NAMES, SamplingParams, check_sampling
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
 
@@ -70,8 +69,7 @@ class ChatSession:
         except MinigptError:
             self.turns.pop()
             raise
-        p = self.params
-        params = replace(p, seed=None if p.seed is None else (p.seed + self.answers) % SEED_LIMIT)
+        params = self.params.for_choice(self.answers)  # each answer its own, reproducible, randomness
         self.answers += 1
         events: list[Event] = []
         answer = self.engine.submit(ids, params, events.append, cache=self.held, keep_cache=True)

@@ -11,7 +11,6 @@ batch, streaming, and readable errors.
 
 import re
 import sys
-from dataclasses import replace
 from typing import TextIO
 
 import torch
@@ -20,7 +19,7 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import MinigptError, read_user_text
 from ..loader import load_model
 from .engine import Engine
-from .sampling import CLI_NAMES, PYTHON_NAMES, SEED_LIMIT, SamplingParams, check_sampling
+from .sampling import CLI_NAMES, PYTHON_NAMES, SamplingParams, check_sampling
 
 
 def read_prompt(prompt: str, prompt_file: str | None) -> str:
@@ -89,10 +88,7 @@ def generate_text(
         raise MinigptError(f"num_samples must be at least 1, got {num_samples}")
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
     engine = Engine(model, tokenizer, max_batch=num_samples, device=device, dtype=dtype)
-    samples = [
-        engine.submit(ids, replace(params, seed=None if params.seed is None else (params.seed + i) % SEED_LIMIT))
-        for i in range(num_samples)
-    ]
+    samples = [engine.submit(ids, params.for_choice(i)) for i in range(num_samples)]
     shown = 0
     try:
         for _ in engine.drive(samples):

@@ -3,6 +3,7 @@
     params = SamplingParams(max_tokens=50, temperature=0.8, top_p=0.95, seed=1337, stop=["\\n\\n"])
     check_sampling(params, CLI_NAMES)    # what `minigpt sample` and `chat` do, in their flags' words
     token = choose_next_token(logits, params.temperature, params.top_k, params.top_p, generator)
+    tokens = accept_drafts(logits, drafted, params, generator)   # speculative decoding: which drafts stand
 
 Every way in (the command line, chat, the HTTP API, Python) builds a SamplingParams and has it
 checked here, so the same value is accepted or refused everywhere with the same message; only the
@@ -17,15 +18,14 @@ finite too.
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..errors import MinigptError
+from ..errors import SEED_LIMIT, MinigptError
 
 GREEDY_BELOW = 1e-5  # temperatures under this choose the likeliest token, as 0 does
 MAX_STOPS = 16  # stop strings per sequence: each new piece of text is searched for every one
-SEED_LIMIT = 2**64  # torch.Generator seeds are 64-bit unsigned
 FULL_CONTEXT = ("slide", "stop")
 
 CLI_NAMES = {
@@ -65,6 +65,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    def for_choice(self, i: int) -> "SamplingParams":
+        """The settings of the i-th of several sequences (samples, the API's n): seeded seed + i."""
+        return replace(self, seed=None if self.seed is None else (self.seed + i) % SEED_LIMIT)
 
 
 class SettingError(MinigptError):
@@ -116,12 +120,20 @@ def choose_next_token(
 ) -> torch.Tensor:
     """Pick one token per row from logits (B, vocab); returns (B, 1).
 
-    temperature below GREEDY_BELOW is greedy (argmax). Otherwise logits are divided by temperature,
-    then top_k keeps the k likeliest tokens and top_p the smallest set whose probabilities add up
-    to at least p (nucleus sampling); the two combine, and the most likely token always survives both.
+    temperature below GREEDY_BELOW is greedy (argmax); otherwise a draw from next_token_probs.
     """
     if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(next_token_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
+
+
+def next_token_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """The distribution a token is drawn from, per row of logits (B, vocab): logits divided by temperature,
+    then top_k keeps the k likeliest tokens and top_p the smallest set whose probabilities add up to at
+    least p (nucleus sampling); the two combine, and the most likely token always survives both.
+    Speculative decoding accepts drafted tokens by these probabilities (speculative.py)."""
     logits = logits.float()
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # <= 0: exp cannot overflow
     if top_k is not None and top_k < logits.size(-1):
@@ -132,4 +144,31 @@ def choose_next_token(
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already reaches p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
+    return logits.softmax(dim=-1)
+
+
+def accept_drafts(
+    logits: torch.Tensor, drafts: list[int], params: SamplingParams, generator: torch.Generator | None = None
+) -> list[int]:
+    """Speculative decoding's verification: the tokens to emit, given the model's logits (k + 1, vocab)
+    after the last token and after each of k drafted tokens.
+
+    Greedy: drafts are kept while they are what argmax would choose, then argmax's own token follows,
+    so the text is plain greedy decoding's. Sampling: the drafts are deterministic (a lookup or a
+    draft model's argmax), so draft d is kept with probability p(d), and on rejection the token is drawn
+    from p with d removed; either way each token has the distribution p exactly (Leviathan et al. 2023
+    with a one-point draft distribution). After k kept drafts, one more token is drawn from the last row.
+    """
+    if params.greedy:
+        best = logits.argmax(dim=-1).tolist()
+        kept = next((i for i, (d, b) in enumerate(zip(drafts, best)) if d != b), len(drafts))
+        return best[: kept + 1]
+    probs = next_token_probs(logits, params.temperature, params.top_k, params.top_p)
+    chances = torch.rand(len(drafts), generator=generator, device=probs.device).tolist()
+    for i, draft in enumerate(drafts):
+        if chances[i] < probs[i, draft].item():
+            continue
+        rest = probs[i].clone()
+        rest[draft] = 0.0
+        return [*drafts[:i], int(torch.multinomial(rest, 1, generator=generator))]
+    return [*drafts, int(torch.multinomial(probs[-1], 1, generator=generator))]

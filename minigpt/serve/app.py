@@ -18,7 +18,6 @@ import json
 import sys
 import time
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,7 +28,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from ..infer.engine import Engine, QueueFull
-from ..infer.sampling import SEED_LIMIT
 from .protocol import APIError, Job, chat_job, completion_job, envelope, is_int, new_id, usage
 
 STATIC = Path(__file__).parent / "static"
@@ -167,9 +165,8 @@ def create_app(
         sequences = []
         try:
             for i in range(job.n):  # n choices: n sequences, seeds seed, seed + 1, ...
-                seed = None if job.params.seed is None else (job.params.seed + i) % SEED_LIMIT
                 listener = _listener(loop, events, i)
-                sequences.append(engine.submit(job.prompt_ids, replace(job.params, seed=seed), listener))
+                sequences.append(engine.submit(job.prompt_ids, job.params.for_choice(i), listener))
         except BaseException as error:  # whatever refused one choice frees the ones admitted before it
             for sequence in sequences:
                 sequence.cancel()

@@ -191,7 +191,7 @@ def kept_checkpoints(out_dir: Path) -> str:
 def seed_everything(seed: int) -> None:
     """Seed every RNG a step may draw from: Python's, NumPy's and torch's."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy's global seed is 32-bit; minigpt's seeds are 64-bit
     torch.manual_seed(seed)
 
 

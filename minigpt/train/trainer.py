@@ -8,6 +8,9 @@
                     log (report.py), evaluate on fixed val batches, checkpoint (checkpointing.py)
     until train.max_steps, the time budget train.max_seconds (clock.py), or SIGINT / SIGTERM
 
+The loss is train.objective's: next-token cross-entropy (lm), or DPO on preference pairs (dpo.py), whose
+batches come from data/pairs.py and whose reward statistics are logged beside the loss.
+
 A run is a folder (out_dir): config.yaml, metrics.jsonl, checkpoints/. Checkpoints carry the
 optimizer, the data loader's position and every RNG state, so `--resume` continues exactly where
 the run stopped: on CPU the resumed run's losses are bitwise those of an uninterrupted run.
@@ -26,20 +29,22 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..data.batches import BatchLoader, chat_files, check_fits, fixed_batches, load_meta
+from ..data.pairs import PairLoader, fixed_pairs
 from ..device import autocast, resolve_device, resolve_dtype
-from ..errors import MinigptError
+from ..errors import SEED_LIMIT, MinigptError
 from ..lora import store_frozen_weights_in
 from ..metrics import MetricsLog
 from ..tokenizers import load_tokenizer
 from .checkpointing import check_out_dir, kept_checkpoints, restore, save, seed_everything, start_run_folder
 from .clock import RunClock
+from .dpo import DPOObjective, check_data
 from .finetune import build_model
 from .lock import out_dir_lock
 from .optim import Optimizers
 from .parallel import any_rank, init_distributed, mean_over_ranks, uses_cuda
 from .precision import faster_cpu_dtype
 from .report import RunReport, end_line, peak_flops, say, start_line
-from .step import NonFiniteStop, TrainStep
+from .step import NonFiniteStop, TrainStep, lm_loss
 
 
 def train(config: RunConfig, resume: bool = False) -> dict:
@@ -75,14 +80,20 @@ class Trainer:
         data_config = dataclasses.replace(config.data, dir=str(data_dir))
         self.config = config = dataclasses.replace(config, model=model_config, data=data_config)
         t = self.train_cfg = config.train
+        check_data(self.data_meta, t.objective, data_dir)
+        self.dpo = t.objective == "dpo"
         check_out_dir(self.out_dir, resume)
 
-        seed_everything(config.seed + rank)  # ranks differ in dropout, agree in initial weights (set below)
+        seed_everything(
+            (config.seed + rank) % SEED_LIMIT
+        )  # ranks differ in dropout, agree in initial weights (set below)
         torch.manual_seed(config.seed)
         # train.init_from: the source's weights and model section (its vocabulary grown for chat tokens)
         model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
         self.config = config = dataclasses.replace(config, model=model.config)
         self.model = model.to(self.device)
+        # DPO's reference is the starting point: taken now, before a resume loads newer weights
+        self.objective = DPOObjective(self.model, t.dpo, t.lora.enabled) if self.dpo else lm_loss
         block = config.model.block_size
         check_fits(self.data_meta, block, data_dir)
         if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
@@ -92,10 +103,10 @@ class Trainer:
             from . import fsdp  # imported only by FSDP runs: FSDP's modules take seconds to import
 
             fsdp.shard_model(self.model, self.device, self.dtype)  # before the optimizer: it takes the shards
-        torch.manual_seed(config.seed + rank)
+        torch.manual_seed((config.seed + rank) % SEED_LIMIT)
         self.optimizer = Optimizers(self.model, t)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
-        self.loader = BatchLoader(
+        self.loader = (PairLoader if self.dpo else BatchLoader)(
             data_dir / "train.bin",
             self.data_meta["dtype"],
             block,
@@ -104,13 +115,13 @@ class Trainer:
             rank=rank,
             world_size=world_size,
             device=self.device,
-            **chat_files(data_dir, "train"),  # chat data: masked targets, windows from conversation starts
+            **chat_files(data_dir, "train"),  # chat data and pairs: masked targets, from sequence starts
         )
         self.val_batches = self._val_batches(data_dir)
         self.step, self.best_val = 0, math.inf
         self.last_val: tuple[int, float] | None = None  # (step, val loss) of the latest evaluation
         self.clock = RunClock(t.max_seconds, self.device, world_size)
-        self.tokens_per_step = t.batch_size * block * t.grad_accum * world_size
+        self.tokens_per_step = self.loader.tokens_per_batch * t.grad_accum * world_size
         self.flops_per_token = self.model.flops_per_token(block)
         peak = peak_flops(self.device)
         self.peak_flops = peak * world_size if peak else None  # no MFU for GPUs missing from PEAK_FLOPS
@@ -154,6 +165,7 @@ class Trainer:
             self.dtype,
             forward_model=self.forward_model,
             world_size=world_size,
+            objective=self.objective,
         )
         self.stop_signal = None
 
@@ -161,7 +173,7 @@ class Trainer:
         """The fixed val batches every evaluation uses (none, said once, for data without a val split)."""
         t = self.train_cfg
         if self.data_meta.get("val_tokens", 0) > 0:  # a val split shorter than the block is refused here
-            return fixed_batches(
+            return (fixed_pairs if self.dpo else fixed_batches)(
                 data_dir / "val.bin",
                 self.data_meta["dtype"],
                 self.config.model.block_size,
@@ -217,8 +229,9 @@ class Trainer:
             self.report.step_done(self.step, done, t.max_steps - self.step if t.max_seconds is None else None)
             if log_now:
                 loss_value = mean_over_ranks(loss, self.world_size)
+                stats = {k: mean_over_ranks(v, self.world_size) for k, v in self.take_step.stats.items()}
                 lr = self.take_step.lr_multiplier * t.lr
-                self.report.train_record(self.step, self.clock.seconds(), loss_value, lr)
+                self.report.train_record(self.step, self.clock.seconds(), loss_value, lr, stats)
                 summary = {"step": self.step, "train_loss": loss_value}
 
             paused = time.perf_counter()
@@ -261,27 +274,25 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> float | None:
-        """Mean loss over the fixed val batches (the same windows every time, on every rank)."""
+        """Mean loss (and DPO's statistics) over the fixed val batches (the same every time, on every rank)."""
         if not self.val_batches:
             return None
         self.model.eval()
-        losses = []
+        values = []
         for x, y in self.val_batches:
             with autocast(self.device, self.dtype):
-                losses.append(self.model(x, y)[1].float())
+                loss, stats = self.objective(self.model, x, y)
+            values.append({"loss": loss.float(), **stats})
         self.model.train()
-        val_loss = torch.stack(losses).mean().item()
+        means = {f"val_{k}": torch.stack([v[k] for v in values]).mean().item() for k in values[0]}
+        val_loss = means["val_loss"]
         self.last_val = (self.step, val_loss)
-        self.report.log(
-            {
-                "step": self.step,
-                "time": self.clock.seconds(),
-                "val_loss": val_loss,
-                "val_perplexity": math.exp(min(val_loss, 50)),
-            }
-        )
+        if not self.dpo:
+            means["val_perplexity"] = math.exp(min(val_loss, 50))
+        self.report.log({"step": self.step, "time": self.clock.seconds(), **means})
         if self.main:
-            say(f"step {self.step}: val loss {val_loss:.4f}")
+            rewards = f", reward accuracy {means['val_reward_accuracy']:.3f}" if self.dpo else ""
+            say(f"step {self.step}: val loss {val_loss:.4f}{rewards}")
         return val_loss
 
     def _save(self) -> None:

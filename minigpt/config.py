@@ -82,6 +82,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: str = "auto"  # auto | true | false
+    threads: int | None = None  # CPU threads for torch; None: $MINIGPT_THREADS if set, 0: torch's default (per core)
     seed: int = 1337
 
     def to_dict(self) -> dict:

@@ -1,6 +1,11 @@
-"""Choosing the device and the precision, and the autocast context that applies the precision."""
+"""Choosing the device, the precision and the CPU threads, and the autocast context that applies the precision.
+
+device = resolve_device("auto"); dtype = resolve_dtype("auto", device, phase="generate")
+threads = set_threads(config.threads)   # or $MINIGPT_THREADS; 0 / None: torch's default
+"""
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +41,53 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), which makes autocast pay off."""
+THREADS_VARIABLE = "MINIGPT_THREADS"
+CPU_FEATURES = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX-512 BF16": "avx512_bf16", "AMX": "amx_bf16"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is no such file."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of the vector units that decide CPU speed this CPU has (what `minigpt bench` prints)."""
+    flags = cpu_flags()
+    return {name: flag in flags for name, flag in CPU_FEATURES.items()}
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), which makes autocast pay off.
+    Elsewhere (AVX2-only CPUs, most laptops) torch emulates bf16, several times slower than float32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Let torch use `threads` CPU threads (else $MINIGPT_THREADS; 0 or None: torch's default, one per
+    core); returns the number in use. Set once at start-up, before any work."""
+    if threads is None:
+        raw = os.environ.get(THREADS_VARIABLE, "").strip()
+        try:
+            threads = int(raw) if raw else 0
+        except ValueError:
+            raise MinigptError(
+                f"{THREADS_VARIABLE} is {raw!r}; expected a whole number, 0 for torch's default"
+            ) from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise MinigptError(f"threads is {threads!r}; expected a whole number, 0 (or none) for torch's default")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def running_on(device: torch.device, dtype: torch.dtype) -> str:
+    """Where work runs, for start-up lines: 'cpu, float32, 2 threads' (threads only on the CPU)."""
+    where = f"{device.type}, {str(dtype).removeprefix('torch.')}"
+    return f"{where}, {torch.get_num_threads()} threads" if device.type == "cpu" else where
 
 
 def resolve_dtype(name: str, device: torch.device, phase: str = "train") -> torch.dtype:

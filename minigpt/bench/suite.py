@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from ..device import resolve_device
+from ..device import cpu_features, resolve_device
 from .process import MINIGPT, NANOGPT_CPU, peak_rss_mb, progress, require_text, timed
 
 
@@ -124,7 +124,11 @@ def machine() -> str:
     device = resolve_device("auto")
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu_features().items())
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"CPU features: {features}"
+    )
 
 
 BASELINE = ["dtype=float32", "compile=false"]  # a straightforward float32 eager loop
@@ -140,6 +144,7 @@ def run_bench(
     serve: bool = False,
     nanogpt: str | None = None,
     budgets: bool = False,
+    llama_cpp: bool = False,
 ) -> dict:
     """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
     peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
@@ -193,6 +198,12 @@ def run_bench(
 
         results["serving"] = bench_serving()
         print(serving_table(results["serving"]))
+    if llama_cpp:
+        from .llama_cpp import bench_llama_cpp, llama_cpp_table
+
+        results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64)
+        if results["llama_cpp"] is not None:
+            print(llama_cpp_table(results["llama_cpp"]))
     if nanogpt is not None:
         from .nanogpt import RECIPES, bench_nanogpt, format_nanogpt_table
 

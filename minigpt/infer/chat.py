@@ -23,11 +23,12 @@ from typing import TextIO
 
 import torch
 
-from ..device import resolve_device, resolve_dtype
+from ..device import resolve_device, resolve_dtype, running_on
 from ..errors import MinigptError
 from ..loader import load_model
 from .engine import Engine, Event, check_max_context
 from .sampling import CLI_NAMES, SamplingParams, check_sampling
+from .speculative import load_drafter
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
 
@@ -114,6 +115,7 @@ def chat_with(
     device: str = "auto",
     dtype: str = "auto",
     quantize: str | None = None,
+    speculative: str | None = None,
 ):
     """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
     check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
@@ -121,7 +123,17 @@ def chat_with(
     torch_device = resolve_device(device)
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
-    run_chat(model, tokenizer, params, system=system, max_context=max_context, device=torch_device, dtype=torch_dtype)
+    drafter = load_drafter(speculative, model, tokenizer, torch_device)
+    run_chat(
+        model,
+        tokenizer,
+        params,
+        system=system,
+        max_context=max_context,
+        device=torch_device,
+        dtype=torch_dtype,
+        drafter=drafter,
+    )
 
 
 def run_chat(
@@ -137,17 +149,19 @@ def run_chat(
     interactive: bool | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    drafter=None,
 ) -> None:
     """The chat loop (see the module docstring); interactive defaults to whether stdin is a terminal.
     The streams default to sys.stdin / stdout / stderr as they are when called."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
-    engine = Engine(model, tokenizer, max_batch=1, max_context=max_context, device=device, dtype=dtype)
+    engine = Engine(model, tokenizer, max_batch=1, max_context=max_context, device=device, dtype=dtype, drafter=drafter)
     session = ChatSession(engine, params, system)
     told_of_dropping = False
     if interactive:
-        print(HELP, file=stderr)
+        how = ", speculative decoding" if drafter is not None else ""
+        print(f"chatting on {running_on(torch.device(device), dtype)}{how}; {HELP}", file=stderr)
     for line in _lines(stdin, interactive):
         line = line.rstrip("\r\n")
         command, _, argument = line.partition(" ")

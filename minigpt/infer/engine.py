@@ -23,6 +23,13 @@ sample, chat, lm-eval and GPT.generate do; `start()` runs them in a background t
 `submit()` feeds, as the server does, and a sequence's listener hears each event from that thread.
 A sequence submitted with keep_cache=True leaves its KV cache behind (`sequence.cache`, a HeldCache);
 handing that to the next submit prefills only the tokens after the longest common start (a chat's turns).
+
+With a drafter (speculative.py), a step that has one active sequence decodes it speculatively: the
+drafter guesses the next few tokens, one forward pass runs the last token and the guesses on the
+sequence's row (with one sequence, its row is the whole batch), sampling.accept_drafts keeps the
+guesses the model agrees with and adds one token of the model's own, and the cache is cut back to
+what was kept. Greedy text is then exactly plain greedy decoding's; sampled text has its distribution.
+With more sequences active the step decodes as usual: a batch already reads the weights for many.
 """
 
 import threading
@@ -36,7 +43,7 @@ import torch
 
 from ..device import autocast, inference
 from ..errors import MinigptError
-from .sampling import SamplingParams, check_sampling, choose_next_token
+from .sampling import SamplingParams, accept_drafts, check_sampling, choose_next_token
 from .text import GeneratedText
 
 
@@ -88,6 +95,7 @@ class Sequence:
         self.start = 0  # where the ids its cache holds begin (moves when the context slides)
         self.cache: HeldCache | None = cache  # what to start from; with keep_cache, its own when finished
         self.keep_cache = keep_cache
+        self.drafted = self.kept = 0  # speculative decoding: tokens guessed, and guesses kept
 
     @property
     def ids(self) -> list[int]:
@@ -103,6 +111,7 @@ class Engine:
 
     tokenizer None: token ids only (no text, no stop tokens), as GPT.generate uses it.
     max_context: the most tokens a sequence may see (default and ceiling: the model's block_size).
+    drafter: guesses tokens for speculative decoding at batch 1 (speculative.py); None decodes plainly.
     """
 
     def __init__(
@@ -115,6 +124,7 @@ class Engine:
         max_context: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        drafter=None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -123,6 +133,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.device = torch.device(device) if device is not None else model.lm_head.weight.device
         self.dtype = dtype
+        self.drafter = drafter
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.max_context = min(max_context or block_size, block_size)
         self.stop_token_ids = set(tokenizer.stop_token_ids) if tokenizer is not None else set()
@@ -314,6 +325,8 @@ class Engine:
 
     def _decode(self) -> None:
         n = len(self.active)
+        if n == 1 and self.drafter is not None and self._speculate():
+            return
         longest = max(self.caches[0].row_lengths[:n]) + 1
         for cache in self.caches:
             cache.reserve(longest)  # views below share the storage: they cannot grow it themselves
@@ -331,6 +344,40 @@ class Engine:
                 self._fail(self.active[i], ValueError("the model's logits are not finite"))
             else:
                 self._choose(i, logits[i : i + 1])
+
+    def _speculate(self) -> bool:
+        """Decode the one active sequence speculatively (see the module docstring); False when the drafter
+        has no guess or there is no room for one, and the step decodes as usual."""
+        sequence = self.active[0]
+        held = self.caches[0].row_lengths[0]  # the cache holds the window but its last token
+        # room: the kept tokens must not fill the context before the last of them (a slide rebuilds the row)
+        room = min(self.max_context - held - 2, sequence.params.max_tokens - len(sequence.tokens) - 1)
+        if room < 1:
+            return False
+        drafts = self.drafter.draft(sequence.ids[sequence.start :], min(self.drafter.k, room))[:room]
+        if not drafts:
+            return False
+        for cache in self.caches:
+            cache.reserve(held + 1 + len(drafts))
+        views = [cache.rows(1) for cache in self.caches]
+        idx = torch.tensor([[self.next_tokens[0], *drafts]], dtype=torch.long, device=self.device)
+        logits = self.model(idx, cache=views)[0][0]  # (1 + len(drafts), vocab)
+        try:
+            if not torch.isfinite(logits).all():
+                raise ValueError("the model's logits are not finite")
+            tokens = accept_drafts(logits, drafts, sequence.params, sequence.generator)
+        except Exception as error:  # this sequence alone ends
+            self._fail(sequence, error)
+            return True
+        for view in views:  # keep the last token and the kept drafts; the final token is fed next step
+            view.truncate(held + len(tokens))
+        sequence.drafted += len(drafts)
+        sequence.kept += len(tokens) - 1
+        for token in tokens:
+            self._emit(0, token)
+            if sequence.finish_reason is not None:
+                break
+        return True
 
     def _choose(self, row: int, logits: torch.Tensor) -> None:
         """Pick the next token of the sequence in row from its (1, vocab) logits."""

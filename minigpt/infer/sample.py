@@ -15,11 +15,12 @@ from typing import TextIO
 
 import torch
 
-from ..device import resolve_device, resolve_dtype
+from ..device import resolve_device, resolve_dtype, running_on
 from ..errors import MinigptError, read_user_text
 from ..loader import load_model
 from .engine import Engine
 from .sampling import CLI_NAMES, PYTHON_NAMES, SamplingParams, check_sampling
+from .speculative import load_drafter
 
 
 def read_prompt(prompt: str, prompt_file: str | None) -> str:
@@ -71,6 +72,7 @@ def generate_text(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     names=PYTHON_NAMES,
+    drafter=None,
 ) -> list[str]:
     """Continue `prompt` num_samples times; return the continuations (without the prompt).
 
@@ -82,12 +84,13 @@ def generate_text(
     With stream_to, the first sample's text is written there as soon as it is final (held back
     while it could still be the start of a stop string or of a multi-byte character).
     names: what messages call each setting (the command line passes its flags).
+    drafter: speculative decoding's guesser (speculative.py), used while one sample is in flight.
     """
     check_sampling(params, names)
     if num_samples < 1:
         raise MinigptError(f"num_samples must be at least 1, got {num_samples}")
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
-    engine = Engine(model, tokenizer, max_batch=num_samples, device=device, dtype=dtype)
+    engine = Engine(model, tokenizer, max_batch=num_samples, device=device, dtype=dtype, drafter=drafter)
     samples = [engine.submit(ids, params.for_choice(i)) for i in range(num_samples)]
     shown = 0
     try:
@@ -138,6 +141,7 @@ def run_sample(
     device: str = "auto",
     dtype: str = "auto",
     quantize: str | None = None,
+    speculative: str | None = None,
 ) -> None:
     """`minigpt sample`: prompt and samples on stdout, notes on stderr.
 
@@ -154,6 +158,9 @@ def run_sample(
     torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
+    drafter = load_drafter(speculative, model, tokenizer, torch_device)
+    how = f", speculative decoding with {speculative}" if speculative else ""
+    print(f"sampling on {running_on(torch_device, torch_dtype)}{how}", file=sys.stderr)
 
     def header(i: int) -> None:
         if num_samples > 1:
@@ -173,6 +180,7 @@ def run_sample(
             device=torch_device,
             dtype=torch_dtype,
             names=CLI_NAMES,
+            drafter=drafter,
         )
     except GenerationInterrupted as interrupted:
         _print_samples(prompt, interrupted.texts, stream, header)

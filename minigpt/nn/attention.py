@@ -180,8 +180,12 @@ class KVCache:
         self._set_row_lengths(self.row_lengths[:row] + [length] + self.row_lengths[row + 1 :])
 
     def truncate(self, length: int) -> None:
-        """Forget every position from `length` on (a plain cache): its text continues differently."""
+        """Forget every position from `length` on: its text continues differently (a plain cache, or every
+        row of a ragged one; speculative decoding cuts back the guesses the model did not keep)."""
         self.length = min(self.length, length)
+        if self.row_lengths is not None:
+            self.lengths.clamp_(max=length)
+            self._set_row_lengths([min(n, length) for n in self.row_lengths])
 
     def clear_row(self, row: int) -> None:
         """Row `row` of this ragged cache holds nothing now (its sequence left)."""

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..checkpoint import read_best
 from ..config import TrainConfig
+from ..device import running_on
 from ..metrics import MetricsLog
 from .clock import TIMED_STEPS, RunClock, StepTimer, duration
 
@@ -53,7 +54,7 @@ def start_line(
     """What this run is: size, device, precision, tokens per step, data (the step time follows, measured)."""
     until = f"to step {t.max_steps:,}" if t.max_seconds is None else f"for {duration(t.max_seconds)}"
     return (
-        f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}, {str(dtype).removeprefix('torch.')}: "
+        f"training {model.num_params() / 1e6:.2f}M parameters on {running_on(device, dtype)}: "
         f"{tokens_per_step:,} tokens per step, {data_meta['train_tokens']:,} train tokens, "
         f"{data_meta['val_tokens']:,} val tokens; from step {step:,} {until}"
     )

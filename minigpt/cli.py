@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples to generate, as one batch")
     _add_sampling_arguments(p, max_new_tokens=200, what="sample")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    _add_speculative(p)
     p.set_defaults(run=_sample)
 
     p = commands.add_parser("chat", help="talk with a chat-tuned model (one message per line when piped)")
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="the system message")
     _add_sampling_arguments(p, max_new_tokens=256, what="answer")
     _add_max_context(p)
+    _add_speculative(p)
     p.set_defaults(run=_chat)
 
     p = commands.add_parser("serve", help="serve a model over the OpenAI API, with the attention playground at /")
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key (default: $MINIGPT_API_KEY, else none)")
     _add_max_context(p)
     p.add_argument("--quiet", action="store_true", help="no access line per request on stderr")
+    _add_speculative(p)
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
@@ -158,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--serve", action="store_true", help="also time the server with 1, 4 and 8 concurrent clients")
     p.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="also time llama.cpp's decode beside minigpt's on the same GGUF-exported models, 1 and 2 threads "
+        "(needs llama-cpp-python; about 3 minutes)",
+    )
+    p.add_argument(
         "--nanogpt",
         default=None,
         metavar="DIR",
@@ -203,6 +212,16 @@ def _add_max_context(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_speculative(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--speculative",
+        default=None,
+        metavar="prompt-lookup|PATH",
+        help="speculative decoding at batch 1, same text or distribution: drafts copied from the context "
+        "(prompt-lookup) or from a smaller model of the same tokenizer (its PATH)",
+    )
+
+
 def _sampling_params(args, on_full: str):
     """The SamplingParams the sampling flags ask for (checked by the command, in the flags' names)."""
     from .infer.sample import unescape
@@ -232,6 +251,7 @@ def _add_model_arguments(p: argparse.ArgumentParser, dtype: str) -> None:
         choices=["int8"],
         help="int8: store the weights in int8, for faster generation on a CPU (a little less exact)",
     )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: $MINIGPT_THREADS, else per core)")
 
 
 def _prepare(args):
@@ -288,10 +308,13 @@ def _prepare(args):
 
 def _train(args):
     from .config import load_config, parse_duration
+    from .device import set_threads
     from .train.trainer import train
 
     budget = [f"train.max_seconds={parse_duration(args.time)}"] if args.time is not None else []
-    result = train(load_config(args.config, [*args.overrides, *budget]), resume=args.resume)
+    config = load_config(args.config, [*args.overrides, *budget])
+    set_threads(config.threads)
+    result = train(config, resume=args.resume)
     if "stopped_by" in result:  # saved, not finished: exit as a shell reports the signal, so `&&` stops
         sys.exit(128 + signal.Signals[result["stopped_by"]])
 
@@ -310,6 +333,7 @@ def _sample(args):
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        speculative=args.speculative,
     )
 
 
@@ -325,6 +349,7 @@ def _chat(args):
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        speculative=args.speculative,
     )
 
 
@@ -344,6 +369,7 @@ def _serve(args):
         dtype=args.dtype,
         quantize=args.quantize,
         quiet=args.quiet,
+        speculative=args.speculative,
     )
 
 
@@ -420,6 +446,7 @@ def _bench(args):
         serve=args.serve,
         nanogpt=args.nanogpt,
         budgets=args.budgets,
+        llama_cpp=args.llama_cpp,
     )
 
 
@@ -448,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         _import_whole("numpy", *(() if args.command == "prepare" else ("torch",)))  # prepare needs no torch
+        if "threads" in args:  # sample, chat, serve, eval: before any work (train reads its config's)
+            from .device import set_threads
+
+            set_threads(args.threads)
         args.run(args)
     except MinigptError as e:
         if args.debug:

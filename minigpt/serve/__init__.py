@@ -34,6 +34,7 @@ def serve(
     dtype: str = "auto",
     quantize: str | None = None,
     quiet: bool = False,
+    speculative: str | None = None,
 ) -> None:
     """Load the model at PATH and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
 
@@ -48,8 +49,9 @@ def serve(
         raise MinigptError(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
-    from ..device import resolve_device, resolve_dtype
+    from ..device import resolve_device, resolve_dtype, running_on
     from ..infer.engine import Engine, check_max_context
+    from ..infer.speculative import load_drafter
     from ..loader import load_model
 
     if max_batch < 1 or max_waiting < 0:
@@ -71,11 +73,17 @@ def serve(
         max_context=max_context,
         device=device_,
         dtype=resolve_dtype(dtype, device_, phase="generate"),
+        drafter=load_drafter(speculative, model, tokenizer, device_),
     )
     app = create_app(engine, model_name(path), api_key=api_key, access_log=not quiet)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host
     port = sock.getsockname()[1]
-    print(f"serving {path} on http://{host}:{port} ({where}); API key {'on' if api_key else 'off'}", file=sys.stderr)
+    how = f", speculative decoding with {speculative} at batch 1" if speculative else ""
+    print(
+        f"serving {path} on http://{host}:{port} ({where}) on {running_on(device_, engine.dtype)}{how}; "
+        f"API key {'on' if api_key else 'off'}",
+        file=sys.stderr,
+    )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None))
     server.run(sockets=[sock])
 

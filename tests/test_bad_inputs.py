@@ -230,6 +230,12 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ("train-resume-without-checkpoint", [*TRAIN, "--resume"], 2, "{root}/fresh holds no checkpoint to resume from"),
     ("train-fresh-run-over-a-run", [*RESUME, "out_dir={run}"], 2, "{run} already holds checkpoints; add --resume"),
     (
+        "train-into-a-users-folder",
+        [*RESUME, "out_dir={root}/userrun"],
+        2,
+        "out_dir {root}/userrun already holds config.yaml, metrics.jsonl and no minigpt checkpoint",
+    ),
+    (
         "train-resume-other-architecture",
         [*RESUME, "out_dir={run}", "model.n_layer=3", "--resume"],
         2,
@@ -440,6 +446,9 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     (root / "userdata").mkdir()
     (root / "userdata" / "notes.txt").write_text("my notes")
     (root / "userdata" / "train.bin").write_bytes(b"my own tokens")
+    (root / "userrun").mkdir()  # the user's own config and metrics, in the folder they name as out_dir
+    (root / "userrun" / "config.yaml").write_text("my: settings\n")
+    (root / "userrun" / "metrics.jsonl").write_text('{"my": "numbers"}\n')
     (root / "nanodata").mkdir()
     for name in ("train.bin", "val.bin", "meta.pkl"):  # a nanoGPT-style data folder
         (root / "nanodata" / name).write_bytes(b"nanoGPT's")

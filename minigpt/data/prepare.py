@@ -186,7 +186,8 @@ def write_staged(out: Path, tok: Tokenizer, write: Callable[[Path], tuple[dict, 
     files and meta.json; move them all into `out`, meta.json last. On any failure nothing is left behind."""
     new_root = first_missing(out)  # removed again if anything fails
     staging = out / STAGING
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    interrupted = staging.is_dir()  # a prepare killed while moving its files in: those files are its own
+    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         meta, data_files = write(staging)
@@ -194,7 +195,7 @@ def write_staged(out: Path, tok: Tokenizer, write: Callable[[Path], tuple[dict, 
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         names = [*data_files, *meta["tokenizer_files"], "meta.json"]
         taken = [name for name in names if (out / name).exists()]
-        if taken:  # files a user put there (their own train.bin, a nanoGPT meta.pkl beside it): never replaced
+        if taken and not interrupted:  # files a user put there (their own train.bin): never replaced
             raise MinigptError(f"{out} already holds {', '.join(taken)}; choose another --out (nothing was written)")
         for name in names:
             os.replace(staging / name, out / name)
@@ -214,7 +215,7 @@ def check_out_folder(out: str | os.PathLike) -> Path:
     if (out / "meta.json").exists():
         raise MinigptError(f"{out} already holds prepared data (meta.json); choose another --out or delete it")
     taken = [name for name in ("train.bin", "val.bin") if (out / name).exists()]
-    if taken:
+    if taken and not (out / STAGING).is_dir():  # no staging folder: no prepare of ours was cut short here
         raise MinigptError(f"{out} already holds {', '.join(taken)}, which minigpt did not write; choose another --out")
     return out
 

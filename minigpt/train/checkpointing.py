@@ -31,9 +31,11 @@ from ..checkpoint import (
 from ..config import RunConfig, save_config
 from ..errors import MinigptError
 from ..metrics import MetricsLog
+from ..paths import check_output_folder
 from ..run import RunRecord
 from ..tokenizers import check_same_vocabulary, load_tokenizer
 from .finetune import checkpoint_weights, load_run_weights
+from .lock import LOCK_FILE
 from .parallel import gather_from_ranks
 from .report import say
 
@@ -48,6 +50,21 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
         )
     if resume and not has_checkpoints:
         raise MinigptError(f"--resume: {out_dir} holds no checkpoint to resume from; run without --resume")
+
+
+def check_not_foreign(out_dir: str | Path) -> None:
+    """A folder that holds files but no minigpt checkpoint is the user's (their own config.yaml or
+    metrics.jsonl): a run never writes into it. Checked before the out_dir lock adds its file."""
+    out_dir = check_output_folder(out_dir, "out_dir")  # an empty string is no folder to look into
+    if not out_dir.is_dir() or list_checkpoints(out_dir / "checkpoints"):
+        return
+    others = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise MinigptError(
+            f"out_dir {out_dir} already holds {shown} and no minigpt checkpoint; "
+            "choose a new or empty out_dir (nothing was changed)"
+        )
 
 
 def start_run_folder(out_dir: Path, config: RunConfig, metrics: MetricsLog) -> None:

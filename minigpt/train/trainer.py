@@ -35,7 +35,15 @@ from ..errors import SEED_LIMIT, MinigptError
 from ..lora import store_frozen_weights_in
 from ..metrics import MetricsLog
 from ..tokenizers import load_tokenizer
-from .checkpointing import check_out_dir, kept_checkpoints, restore, save, seed_everything, start_run_folder
+from .checkpointing import (
+    check_not_foreign,
+    check_out_dir,
+    kept_checkpoints,
+    restore,
+    save,
+    seed_everything,
+    start_run_folder,
+)
 from .clock import RunClock
 from .dpo import DPOObjective, check_data
 from .finetune import build_model
@@ -52,6 +60,8 @@ def train(config: RunConfig, resume: bool = False) -> dict:
     stopped_by: the name of the signal that stopped the run early, if one did)."""
     rank, world_size, local_rank = init_distributed(config.device)
     try:
+        if rank == 0:
+            check_not_foreign(config.out_dir)
         with out_dir_lock(config.out_dir) if rank == 0 else nullcontext():  # one run per out_dir at a time
             return Trainer(config, resume, rank, world_size, local_rank).run()
     finally:

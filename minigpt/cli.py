@@ -472,7 +472,12 @@ def _import_whole(*modules: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value after a flag (`train CONFIG --resume train.max_steps=250`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         _import_whole("numpy", *(() if args.command == "prepare" else ("torch",)))  # prepare needs no torch
         if "threads" in args:  # sample, chat, serve, eval: before any work (train reads its config's)

@@ -228,6 +228,12 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ),
     ("train-out-dir-empty", [*RESUME, "out_dir=", "train.max_steps=2"], 2, "out_dir is empty (an unset variable?)"),
     ("train-resume-without-checkpoint", [*TRAIN, "--resume"], 2, "{root}/fresh holds no checkpoint to resume from"),
+    (  # key=value overrides after a flag are taken as overrides (here: where to resume), not refused
+        "train-overrides-after-a-flag",
+        ["train", "-", "--resume", "data.dir={char}", "out_dir={root}/later", *TINY],
+        2,
+        "{root}/later holds no checkpoint to resume from",
+    ),
     ("train-fresh-run-over-a-run", [*RESUME, "out_dir={run}"], 2, "{run} already holds checkpoints; add --resume"),
     (
         "train-into-a-users-folder",

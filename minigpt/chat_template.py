@@ -26,6 +26,14 @@ from .errors import MinigptError
 
 TEMPLATE_FILE = "chat_template.json"
 ROLES = ("system", "user", "assistant")
+TRANSCRIPT_STOP = "\nuser:"  # where a base model's plain-transcript answer ends: the next user line
+
+
+def plain_transcript(messages: list[dict]) -> str:
+    """A conversation as text a base model without a chat template can continue: one "role: content"
+    line per message, then "assistant:" as the cue for the answer (which ends at TRANSCRIPT_STOP).
+    `chat` and `serve` both fall back to it."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
 @dataclass(frozen=True)

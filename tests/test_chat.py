@@ -89,11 +89,40 @@ def test_seeded_sampling_is_reproducible():
     assert first == second
 
 
-def test_a_model_without_chat_template_is_refused():
-    tokenizer = build_tokenizer("char", [ALPHABET])
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
-    with pytest.raises(MinigptError, match="no chat template: fine-tune it on chat data first"):
-        ChatSession(Engine(model, tokenizer), SamplingParams())
+def test_a_model_without_chat_template_talks_in_the_servers_plain_transcript():
+    from minigpt.chat_template import TRANSCRIPT_STOP, plain_transcript
+
+    tokenizer = build_tokenizer("char", [ALPHABET + ":"])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=1, n_embd=8)).eval()
+    session = ChatSession(Engine(model, tokenizer), SamplingParams(max_tokens=8, temperature=0))
+    answer = "".join(session.reply("hi there"))
+    transcript = plain_transcript([{"role": "user", "content": "hi there"}])
+    engine = Engine(model, tokenizer)
+    expected = engine.submit(
+        tokenizer.encode(transcript), SamplingParams(max_tokens=8, temperature=0, stop=[TRANSCRIPT_STOP])
+    )
+    for _ in engine.drive([expected]):
+        pass
+    assert answer == expected.text.text and session.messages[-1] == {"role": "assistant", "content": answer}
+    err = io.StringIO()
+    run_chat(
+        model, tokenizer, SamplingParams(max_tokens=4), stdin=io.StringIO("hello\n"), stdout=io.StringIO(), stderr=err
+    )
+    assert err.getvalue().count("no chat template; the conversation is a plain transcript") == 1
+
+
+def test_standard_input_that_is_not_utf8_is_one_error():
+    model, tokenizer = _chat_model()
+    stdin = io.TextIOWrapper(io.BytesIO(b"hello\n\xff\xfe nonsense\n"), encoding="utf-8")
+    out = io.StringIO()
+    with pytest.raises(MinigptError, match="standard input is not UTF-8 text"):
+        run_chat(
+            model, tokenizer, SamplingParams(max_tokens=2, temperature=0), stdin=stdin, stdout=out, stderr=io.StringIO()
+        )
+
+
+def test_bad_settings_are_refused():
     with pytest.raises(MinigptError, match="top_p must be a number in"):
         ChatSession(Engine(*_chat_model()), SamplingParams(top_p=2.0))
 

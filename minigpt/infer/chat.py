@@ -3,7 +3,8 @@
     session = ChatSession(Engine(model, tokenizer, max_batch=1), SamplingParams(max_tokens=64, temperature=0))
     answer = "".join(session.reply("What is 2 + 3?"))
 
-The history is kept as messages and rendered with the tokenizer's chat template. Each answer runs
+The history is kept as messages and rendered with the tokenizer's chat template (a base model
+without one talks in a plain transcript, "role: content" lines, as `minigpt serve` does). Each answer runs
 on the engine, which hands back the answer's KV cache; the next turn starts from it and prefills
 only the tokens that differ (after /system, or when a stop string cut an answer short, that is
 more). When the history no longer fits in the context, the oldest turns (a user message and its
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TextIO
 
 import torch
 
+from ..chat_template import TRANSCRIPT_STOP, plain_transcript
 from ..device import resolve_device, resolve_dtype, running_on
 from ..errors import MinigptError
 from ..loader import load_model
@@ -38,13 +41,11 @@ class ChatSession:
 
     def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None):
         check_sampling(params)
-        if not engine.tokenizer.has_chat_template:
-            raise MinigptError(
-                "this model's tokenizer has no chat template: fine-tune it on chat data first "
-                "(`minigpt prepare FILE --format chat --tokenizer-from PATH`, then train with train.init_from)"
-            )
-        self.engine, self.params = engine, params
         self.tokenizer = engine.tokenizer
+        self.templated = self.tokenizer.has_chat_template
+        if not self.templated:  # a base model: a plain transcript, as the server falls back to
+            params = replace(params, stop=[*params.stop, TRANSCRIPT_STOP])
+        self.engine, self.params = engine, params
         self.system = system
         self.turns: list[dict] = []
         self.held = None  # the last answer's KV cache (engine.HeldCache)
@@ -85,19 +86,24 @@ class ChatSession:
             raise MinigptError(f"generation failed: {answer.error}")
         self.turns.append({"role": "assistant", "content": answer.text.text})
 
+    def _encode(self, messages: list[dict]) -> list[int]:
+        if self.templated:
+            return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+        return self.tokenizer.encode(plain_transcript(messages))
+
     def _prompt(self) -> list[int]:
         """The whole conversation's ids, oldest turns dropped until it leaves room for an answer."""
         context = self.engine.max_context
         room = context - min(self.params.max_tokens, context // 2)  # kept free for the answer
         system = self.messages[: len(self.messages) - len(self.turns)]
-        alone = len(self.tokenizer.encode_chat([*system, self.turns[-1]], add_generation_prompt=True))
+        alone = len(self._encode([*system, self.turns[-1]]))
         if alone > room:
             raise MinigptError(
                 f"this message needs {alone} tokens with the system message, but the context "
                 f"({context} tokens, {context - room} kept for the answer) leaves room for {room}"
             )
         while True:
-            ids = self.tokenizer.encode_chat(self.messages, add_generation_prompt=True)
+            ids = self._encode(self.messages)
             if len(ids) <= room:
                 return ids
             dropped = 2 if self.turns[1]["role"] == "assistant" else 1
@@ -159,6 +165,12 @@ def run_chat(
     engine = Engine(model, tokenizer, max_batch=1, max_context=max_context, device=device, dtype=dtype, drafter=drafter)
     session = ChatSession(engine, params, system)
     told_of_dropping = False
+    if not session.templated:
+        print(
+            "note: this model has no chat template; the conversation is a plain transcript "
+            "(role: content lines), as `minigpt serve` uses",
+            file=stderr,
+        )
     if interactive:
         how = ", speculative decoding" if drafter is not None else ""
         print(f"chatting on {running_on(torch.device(device), dtype)}{how}; {HELP}", file=stderr)
@@ -196,7 +208,10 @@ def run_chat(
 
 def _lines(stdin: TextIO, interactive: bool) -> Iterator[str]:
     if not interactive:
-        yield from stdin
+        try:
+            yield from stdin
+        except UnicodeDecodeError as e:
+            raise MinigptError(f"standard input is not UTF-8 text (byte {e.start} of a line); give UTF-8") from None
         return
     while True:
         try:

@@ -12,11 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from ..chat_template import TRANSCRIPT_STOP, plain_transcript
 from ..errors import MinigptError
 from ..infer.sampling import SamplingParams, SettingError, check_sampling
 
 MAX_N = 8
-FALLBACK_STOP = "\nuser:"
 
 
 class APIError(Exception):
@@ -74,9 +74,8 @@ def chat_job(body: dict, tokenizer, block_size: int) -> Job:
             raise APIError(400, str(e), "messages") from None
         extra_stops = []
     else:
-        transcript = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        ids = _encode(tokenizer, transcript, "messages")
-        extra_stops = [FALLBACK_STOP]
+        ids = _encode(tokenizer, plain_transcript(messages), "messages")
+        extra_stops = [TRANSCRIPT_STOP]
     return _job(body, ids, extra_stops, block_size, default_max_tokens=None, max_key="max_completion_tokens")
 
 

@@ -105,7 +105,7 @@ def check_messages(messages, where: str = "conversation") -> None:
     """One-line MinigptError unless messages is a list of {role, content} with known roles and string content."""
     if not isinstance(messages, list):
         raise MinigptError(f"{where}: 'messages' must be a list of {{role, content}} objects, got {_kind(messages)}")
-    for i, message in enumerate(messages):
+    for i, message in enumerate(messages, start=1):  # counted from 1, as rows are
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise MinigptError(f"{where}: message {i} must be an object with 'role' and 'content'")
         if message["role"] not in ROLES:

@@ -542,10 +542,15 @@ def check_spec(spec: str) -> None:
     raise MinigptError(f"unknown tokenizer {spec!r}; accepted: {ACCEPTED}")
 
 
+MAX_BPE_SIZE = 1 << 20  # a million tokens: far past any useful vocabulary, and the trainer's memory stays sane
+
+
 def _bpe_size(spec: str) -> int:
     size = spec.removeprefix("bpe:")
-    if not size.isdigit() or int(size) < 257:
-        raise MinigptError(f"bad tokenizer {spec!r}: bpe:N needs an integer N >= 257 (256 bytes + end-of-text)")
+    if not size.isdigit() or not 257 <= int(size) <= MAX_BPE_SIZE:
+        raise MinigptError(
+            f"bad tokenizer {spec!r}: bpe:N needs a whole N from 257 (256 bytes + end-of-text) to {MAX_BPE_SIZE:,}"
+        )
     return int(size)
 
 

@@ -67,7 +67,7 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "prepare-bpe-too-small",
         ["prepare", "{root}/small.txt", "--tokenizer", "bpe:10", "--out", "{root}/p"],
         2,
-        "'bpe:10': bpe:N needs an integer N >= 257",
+        "'bpe:10': bpe:N needs a whole N from 257",
     ),
     (
         "prepare-val-fraction",
@@ -117,6 +117,24 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         ["prepare", "{root}/small.txt", "--tokenizer", "char", "--out", "{root}/nanodata"],
         2,
         "{root}/nanodata already holds train.bin, val.bin, which minigpt did not write",
+    ),
+    (
+        "prepare-empty-jsonl",
+        ["prepare", "{root}/empty.jsonl", *PREPARE],
+        2,
+        "{root}/empty.jsonl is empty: it holds no rows",
+    ),
+    (
+        "prepare-row-not-an-object",
+        ["prepare", "{root}/list.jsonl", *PREPARE],
+        2,
+        "list.jsonl row 1 is list, not a JSON",
+    ),
+    (
+        "prepare-bpe-size-absurd",
+        ["prepare", "{root}/small.txt", "--tokenizer", "bpe:99999999999", "--out", "{root}/prepared"],
+        2,
+        "bpe:N needs a whole N from 257 (256 bytes + end-of-text) to 1,048,576",
     ),
     ("prepare-named-pipe", ["prepare", "{root}/pipe", *PREPARE], 2, "{root}/pipe is not a regular file or a folder"),
     ("prepare-dev-zero", ["prepare", "/dev/zero", *PREPARE], 2, "/dev/zero is not a regular file or a folder"),
@@ -458,6 +476,8 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
     (root / "nanodata").mkdir()
     for name in ("train.bin", "val.bin", "meta.pkl"):  # a nanoGPT-style data folder
         (root / "nanodata" / name).write_bytes(b"nanoGPT's")
+    (root / "empty.jsonl").write_text("")
+    (root / "list.jsonl").write_text("[1, 2, 3]\n")
     (root / "badmetrics").mkdir()
     (root / "badmetrics" / "metrics.jsonl").write_text('{"step": 1, "train_loss"\n{"step": 2, "train_loss": 3.0}\n')
 

@@ -87,10 +87,10 @@ def test_too_long_conversations_are_dropped_and_counted(tmp_path):
 @pytest.mark.parametrize(
     "row, error",
     [
-        ({"messages": "hello"}, "row 1: 'messages' must be a list"),
-        ({"messages": [{"role": "wizard", "content": "x"}]}, "row 1: message 0 has unknown role 'wizard'"),
-        ({"messages": [{"role": "user", "content": "x"}]}, "row 1: the conversation has no assistant turn"),
-        ({"text": "plain"}, "row 1 has columns \\['text'\\]; expected 'messages'"),
+        ({"messages": "hello"}, "row 2: 'messages' must be a list"),  # rows and messages count from 1
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "row 2: message 1 has unknown role 'wizard'"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "row 2: the conversation has no assistant turn"),
+        ({"text": "plain"}, "row 2 has columns \\['text'\\]; expected 'messages'"),
     ],
 )
 def test_bad_conversations_are_one_line_errors_and_nothing_is_written(tmp_path, row, error):

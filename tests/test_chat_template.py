@@ -72,7 +72,7 @@ def test_jinja_form_renders_the_same_text():
     [
         ({"role": "user"}, "'messages' must be a list"),
         ([{"role": "robot", "content": "x"}], "unknown role 'robot'; accepted: system, user, assistant"),
-        ([{"role": "user"}], "message 0 must be an object with 'role' and 'content'"),
+        ([{"role": "user"}], "message 1 must be an object with 'role' and 'content'"),  # counted from 1
         ([{"role": "user", "content": 3}], "content must be text, got int"),
     ],
 )

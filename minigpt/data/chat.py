@@ -58,7 +58,8 @@ def prepare_chat(
     if max_tokens < 2:
         raise MinigptError(f"--max-tokens must be at least 2 (use the model's block_size + 1), got {max_tokens}")
     out = check_out_folder(out)
-    conversations = [to_messages(row, i) for i, row in enumerate(open_rows(source, split=split, config=config))]
+    rows = open_rows(source, split=split, config=config)
+    conversations = [to_messages(row, i) for i, row in enumerate(rows, start=1)]  # rows count from 1
     if not conversations:
         raise MinigptError(f"no conversations found in {source!r}")
     if isinstance(tokenizer, str):
@@ -99,7 +100,8 @@ def prepare_chat(
 
 
 def to_messages(row: dict, index: int) -> list[dict]:
-    """One row as a checked list of messages (OpenAI-style `messages`, or Alpaca instruction/input/output)."""
+    """One row (numbered from 1) as a checked list of messages (OpenAI-style `messages`, or Alpaca
+    instruction/input/output)."""
     where = f"row {index}"
     row = {column: value for column, value in row.items() if value is not None}  # tables fill absent columns with null
     if "messages" in row:

@@ -551,6 +551,8 @@ def _table_rows(kind: str, path: Path, read: Callable[[Iterable[dict]], Iterator
 
     verbosity = datasets_logging.get_verbosity()
     datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its error log line would repeat ours
+    if kind == "json":
+        _check_json_rows(path)
     try:
         rows = load_dataset(kind, data_files=[str(path)], split="train", streaming=True)
         yield from read(rows)
@@ -560,6 +562,23 @@ def _table_rows(kind: str, path: Path, read: Callable[[Iterable[dict]], Iterator
         raise MinigptError(f"could not read {path} as {kind}: {first_line(e)}") from None
     finally:
         datasets_logging.set_verbosity(verbosity)
+
+
+def _check_json_rows(path: Path) -> None:
+    """What `datasets` reports obscurely, said plainly: a file with no rows, or rows that are not objects.
+    Only the first row is read: a .jsonl line, or the start of a .json file's array."""
+    with path.open("rb") as file:
+        head = file.read(1 << 16).lstrip()
+    if not head:
+        raise MinigptError(f"{path} is empty: it holds no rows (one JSON object per line, or an array of them)")
+    first = head.split(b"\n", 1)[0].strip()
+    if path.suffix.lower() == ".jsonl" or not first.startswith(b"["):
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return  # a malformed line: datasets names the problem
+        if not isinstance(row, dict):
+            raise MinigptError(f"{path} row 1 is {type(row).__name__}, not a JSON object such as {{\"text\": \"...\"}}")
 
 
 def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:

@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs llama-cpp-python; about 3 minutes)",
     )
     p.add_argument(
+        "--speculative",
+        default=None,
+        metavar="RUN",
+        help="also time speculative decoding at batch 1 with this char run on --text (tiny Shakespeare): "
+        "a passage continued and one quoted, plain against prompt lookup (and --draft)",
+    )
+    p.add_argument("--draft", default=None, metavar="RUN", help="--speculative: a smaller draft model to time too")
+    p.add_argument(
         "--nanogpt",
         default=None,
         metavar="DIR",
@@ -447,6 +455,8 @@ def _bench(args):
         nanogpt=args.nanogpt,
         budgets=args.budgets,
         llama_cpp=args.llama_cpp,
+        speculative=args.speculative,
+        draft=args.draft,
     )
 
 

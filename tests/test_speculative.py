@@ -137,3 +137,22 @@ def test_a_draft_model_of_another_vocabulary_is_refused(char_run, capsys):
     assert load_drafter(None, tiny(0), other) is None
     code, _, err = run_main(capsys, "sample", char_run, "--speculative", char_run / "missing")
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_the_benchmark_prompts_come_from_held_out_text(shakespeare_text):
+    from minigpt.bench.speculative import workloads
+
+    prompts = workloads(shakespeare_text)
+    passage = prompts["continue"]
+    assert passage in shakespeare_text[int(len(shakespeare_text) * 0.9) :] and passage.endswith("\n")
+    assert prompts["quote"].startswith(passage) and prompts["quote"].endswith(passage[:40])
+
+
+def test_a_draft_model_guesses_further_while_its_guesses_stand():
+    drafter = DraftModel(tiny(0), k=8)
+    ids = list(PROMPT)
+    first = drafter.draft(ids, 8)
+    assert len(first) == 4  # it starts at 4
+    second = drafter.draft(ids + first + [0], 8)  # every guess stood
+    assert len(second) == 6
+    assert len(drafter.draft(ids + [23, 23], 8)) == 5  # a miss: one fewer

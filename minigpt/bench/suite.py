@@ -145,6 +145,8 @@ def run_bench(
     nanogpt: str | None = None,
     budgets: bool = False,
     llama_cpp: bool = False,
+    speculative: str | None = None,
+    draft: str | None = None,
 ) -> dict:
     """Training (with the model of `config`), generation and prepare speed (on the file `text`), and
     peak memory; prints a table and JSON, and writes the JSON to json_path if given."""
@@ -154,6 +156,8 @@ def run_bench(
         check_inputs(nanogpt, text)  # before minutes of timing
     if budgets:
         require_text("--budgets", text)
+    if speculative is not None:
+        require_text("--speculative", text)
     device = resolve_device("auto")
     windows = dict(warmup_steps=1, windows=3, window_seconds=1.0) if quick else {}
     results = {"machine": machine(), "training": [], "generation": None, "prepare": None}
@@ -198,6 +202,11 @@ def run_bench(
 
         results["serving"] = bench_serving()
         print(serving_table(results["serving"]))
+    if speculative is not None:
+        from .speculative import bench_speculative, speculative_table
+
+        results["speculative"] = bench_speculative(speculative, text, draft=draft)
+        print(speculative_table(results["speculative"]))
     if llama_cpp:
         from .llama_cpp import bench_llama_cpp, llama_cpp_table
 

@@ -41,16 +41,27 @@ class PromptLookup:
 
 
 class DraftModel:
-    """Drafts from a smaller model of the same tokenizer: its greedy next k tokens. Its KV cache is kept
-    between calls and cut back to what the new context shares with the last one."""
+    """Drafts from a smaller model of the same tokenizer: its greedy next tokens. Its KV cache is kept
+    between calls and cut back to what the new context shares with the last one.
 
-    def __init__(self, model, k: int = 4):
+    Each guess costs a forward pass of the draft model, so the number guessed adapts (as transformers'
+    assisted generation does): two more after a call whose guesses all stood, one fewer after a miss."""
+
+    def __init__(self, model, k: int = 8):
         self.model, self.k = model.eval(), k
         self.cache = None
         self.held: list[int] = []  # the ids its cache holds
+        self.length = 4  # tokens to guess next
+        self.guessed: tuple[int, list[int]] | None = None  # the last call's context length and guesses
 
     def draft(self, ids: list[int], k: int) -> list[int]:
+        if self.guessed is not None:  # were the last guesses kept? the new context says
+            start, drafts = self.guessed
+            kept_all = ids[start : start + len(drafts)] == drafts
+            self.length = min(self.k, self.length + 2) if kept_all else max(1, self.length - 1)
+        k = min(k, self.length)
         if len(ids) + k - 1 > self.model.config.block_size:
+            self.guessed = None
             return []  # past the draft model's context: the engine decodes as usual
         common, limit = 0, min(len(self.held), len(ids) - 1)  # always feed at least the last token
         while common < limit and self.held[common] == ids[common]:
@@ -66,6 +77,7 @@ class DraftModel:
             feed = [int(logits[0, -1].argmax())]
             drafts.append(feed[0])
         self.held = ids + drafts[:-1]
+        self.guessed = len(ids), drafts
         return drafts
 
 

@@ -342,6 +342,7 @@ def _sample(args):
         dtype=args.dtype,
         quantize=args.quantize,
         speculative=args.speculative,
+        measure_threads=args.threads is None,
     )
 
 
@@ -358,6 +359,7 @@ def _chat(args):
         dtype=args.dtype,
         quantize=args.quantize,
         speculative=args.speculative,
+        measure_threads=args.threads is None,
     )
 
 
@@ -378,6 +380,7 @@ def _serve(args):
         quantize=args.quantize,
         quiet=args.quiet,
         speculative=args.speculative,
+        measure_threads=args.threads is None,
     )
 
 
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         if "threads" in args:  # sample, chat, serve, eval: before any work (train reads its config's)
             from .device import set_threads
 
-            set_threads(args.threads)
+            args.threads = set_threads(args.threads)  # None: none asked for (generation measures)
         args.run(args)
     except MinigptError as e:
         if args.debug:

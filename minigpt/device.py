@@ -66,13 +66,16 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def set_threads(threads: int | None = None) -> int:
-    """Let torch use `threads` CPU threads (else $MINIGPT_THREADS; 0 or None: torch's default, one per
-    core); returns the number in use. Set once at start-up, before any work."""
+def set_threads(threads: int | None = None) -> int | None:
+    """Let torch use `threads` CPU threads, else $MINIGPT_THREADS (0: torch's default, one per core); returns
+    the number asked for, None when neither asks (generation then measures: engine.fastest_threads).
+    Set once at start-up, before any work."""
     if threads is None:
         raw = os.environ.get(THREADS_VARIABLE, "").strip()
+        if not raw:
+            return None
         try:
-            threads = int(raw) if raw else 0
+            threads = int(raw)
         except ValueError:
             raise MinigptError(
                 f"{THREADS_VARIABLE} is {raw!r}; expected a whole number, 0 for torch's default"
@@ -81,7 +84,7 @@ def set_threads(threads: int | None = None) -> int:
         raise MinigptError(f"threads is {threads!r}; expected a whole number, 0 (or none) for torch's default")
     if threads:
         torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    return threads
 
 
 def running_on(device: torch.device, dtype: torch.dtype) -> str:

@@ -156,3 +156,17 @@ def test_a_draft_model_guesses_further_while_its_guesses_stand():
     second = drafter.draft(ids + first + [0], 8)  # every guess stood
     assert len(second) == 6
     assert len(drafter.draft(ids + [23, 23], 8)) == 5  # a miss: one fewer
+
+
+def test_generation_without_a_thread_count_takes_the_faster_one(monkeypatch):
+    from minigpt.device import set_threads
+    from minigpt.infer.engine import fastest_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("MINIGPT_THREADS", raising=False)
+    try:
+        assert set_threads(None) is None  # nothing asked
+        chosen = fastest_threads(tiny(0), torch.device("cpu"))
+        assert chosen in (1, before) and torch.get_num_threads() == chosen
+    finally:
+        torch.set_num_threads(before)

@@ -29,7 +29,7 @@ from ..chat_template import TRANSCRIPT_STOP, plain_transcript
 from ..device import resolve_device, resolve_dtype, running_on
 from ..errors import MinigptError
 from ..loader import load_model
-from .engine import Engine, Event, check_max_context
+from .engine import Engine, Event, check_max_context, fastest_threads
 from .sampling import CLI_NAMES, SamplingParams, check_sampling
 from .speculative import load_drafter
 
@@ -122,6 +122,7 @@ def chat_with(
     dtype: str = "auto",
     quantize: str | None = None,
     speculative: str | None = None,
+    measure_threads: bool = False,
 ):
     """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
     check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
@@ -130,6 +131,8 @@ def chat_with(
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
     drafter = load_drafter(speculative, model, tokenizer, torch_device)
+    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
+        fastest_threads(model, torch_device, torch_dtype)
     run_chat(
         model,
         tokenizer,

@@ -33,6 +33,7 @@ With more sequences active the step decodes as usual: a batch already reads the 
 """
 
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -45,6 +46,33 @@ from ..device import autocast, inference
 from ..errors import MinigptError
 from .sampling import SamplingParams, accept_drafts, check_sampling, choose_next_token
 from .text import GeneratedText
+
+
+def fastest_threads(model, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+    """On a CPU, time a few batch-1 decode steps of model with one thread and with torch's default (one per
+    core), leave torch set to the faster and return it. More threads than free cores make every step wait
+    for the slowest of them: on a busy 2-core machine 2 threads decoded 5x slower than 1 (README).
+    sample, chat and serve do this when no thread count is asked for."""
+    default = torch.get_num_threads()
+    if device.type != "cpu" or default == 1:
+        return default
+    cache = model.make_cache(1, max_len=min(64, model.config.block_size), device=device)
+    idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+    best = {}
+    with inference(model, device, dtype):
+        for _ in range(3):  # interleaved, best of each: a burst of other work hits both alike
+            for threads in (1, default):
+                torch.set_num_threads(threads)
+                for cache_layer in cache:
+                    cache_layer.truncate(0)
+                model(idx, cache=cache)  # a warm-up step in this thread count
+                start = time.perf_counter()
+                for _ in range(3):
+                    model(idx, cache=cache, only_last=True)
+                best[threads] = min(best.get(threads, float("inf")), time.perf_counter() - start)
+    fastest = min(best, key=best.get)
+    torch.set_num_threads(fastest)
+    return fastest
 
 
 def check_max_context(max_context: int | None, name: str = "max_context") -> None:

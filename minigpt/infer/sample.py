@@ -18,7 +18,7 @@ import torch
 from ..device import resolve_device, resolve_dtype, running_on
 from ..errors import MinigptError, read_user_text
 from ..loader import load_model
-from .engine import Engine
+from .engine import Engine, fastest_threads
 from .sampling import CLI_NAMES, PYTHON_NAMES, SamplingParams, check_sampling
 from .speculative import load_drafter
 
@@ -142,6 +142,7 @@ def run_sample(
     dtype: str = "auto",
     quantize: str | None = None,
     speculative: str | None = None,
+    measure_threads: bool = False,
 ) -> None:
     """`minigpt sample`: prompt and samples on stdout, notes on stderr.
 
@@ -159,6 +160,8 @@ def run_sample(
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
     drafter = load_drafter(speculative, model, tokenizer, torch_device)
+    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
+        fastest_threads(model, torch_device, torch_dtype)
     how = f", speculative decoding with {speculative}" if speculative else ""
     print(f"sampling on {running_on(torch_device, torch_dtype)}{how}", file=sys.stderr)
 

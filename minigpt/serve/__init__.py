@@ -35,6 +35,7 @@ def serve(
     quantize: str | None = None,
     quiet: bool = False,
     speculative: str | None = None,
+    measure_threads: bool = False,
 ) -> None:
     """Load the model at PATH and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
 
@@ -50,7 +51,7 @@ def serve(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
     from ..device import resolve_device, resolve_dtype, running_on
-    from ..infer.engine import Engine, check_max_context
+    from ..infer.engine import Engine, check_max_context, fastest_threads
     from ..infer.speculative import load_drafter
     from ..loader import load_model
 
@@ -75,6 +76,8 @@ def serve(
         dtype=resolve_dtype(dtype, device_, phase="generate"),
         drafter=load_drafter(speculative, model, tokenizer, device_),
     )
+    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
+        fastest_threads(model, device_, engine.dtype)
     app = create_app(engine, model_name(path), api_key=api_key, access_log=not quiet)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host
     port = sock.getsockname()[1]

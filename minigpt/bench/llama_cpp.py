@@ -58,7 +58,14 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2)) -> 
                 path = save_gguf(model, tokenizer, Path(tmp) / f"{len(rows)}.gguf", outtype=gguf_type)
                 mine = quantize_int8(copy.deepcopy(model)) if ours == "int8" else model
                 for n in threads:
-                    llm = Llama(str(path), n_ctx=model.config.block_size, n_threads=n, n_threads_batch=n, verbose=False)
+                    llm = Llama(
+                        str(path),
+                        n_ctx=model.config.block_size,
+                        n_threads=n,
+                        n_threads_batch=n,
+                        logits_all=True,  # llama-cpp-python keeps the logits (for the argmax) only so
+                        verbose=False,
+                    )
                     theirs = llama_cpp_decode(llm, ids, new_tokens, model.config.vocab_size)
                     llm.close()
                     torch.set_num_threads(n)

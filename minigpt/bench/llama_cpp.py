@@ -126,7 +126,7 @@ def llama_cpp_decode(llm, ids: list[int], new_tokens: int, vocab_size: int) -> f
 
 def minigpt_decode(model, ids: list[int], new_tokens: int) -> float:
     """minigpt's ms per generated token on its engine, greedy, batch 1, after the prompt."""
-    engine = Engine(model, max_batch=1)
+    engine = Engine(model, max_batch=1, device="cpu")  # an int8 model has no lm_head.weight to say where
     params = SamplingParams(max_tokens=new_tokens + 1, temperature=0, ignore_eos=True)
     times, start = [], None
     for _ in engine.generate(ids, params):  # the first token comes with the prefill: not timed

@@ -17,6 +17,28 @@ from .errors import MinigptError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give a process (MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: float, what: str, advice: str) -> None:
+    """Refuse, in one line, work whose estimated memory the machine does not have (before it starts
+    growing until the kernel kills it)."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise MinigptError(
+            f"{what} would need at least {needed / 2**30:,.1f} GB of memory; this machine has "
+            f"{available / 2**30:,.1f} GB available; {advice}"
+        )
+
+
 def check_device_name(name: str) -> None:
     """A device name minigpt accepts, whether or not this machine has that device."""
     if name not in ("auto", "cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):

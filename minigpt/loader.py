@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_weights
+from .device import check_memory
 from .errors import MinigptError
 from .lora import VOCABULARY_MATRICES, restore_lora
 from .model import GPT
@@ -106,6 +107,8 @@ def _load(path: str, latest: bool) -> tuple[GPT, Tokenizer, ModelSource]:
     checkpoint = load_checkpoint(folder, latest)
     config = checkpoint.record.config
     tokenizer = load_tokenizer(checkpoint.record.tokenizer, checkpoint.path)
+    params = config.model.estimated_params()  # a damaged meta.json must not make the allocator fail
+    check_memory(4 * params, f"{checkpoint.path}'s model ({params:,} parameters)", "is its meta.json damaged?")
     model = GPT(config.model)
     if config.train.lora.enabled:  # adapters only: put back on their base and merged
         base, _, _ = _load(config.train.init_from, latest=False)

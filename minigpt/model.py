@@ -61,6 +61,19 @@ class GPTConfig:
     def head_size(self) -> int:
         return self.head_dim or self.n_embd // self.n_head
 
+    def estimated_params(self) -> int:
+        """The parameter count of GPT(self), from the shapes alone (biases and norm gains included, so
+        within a fraction of a percent): what a model costs is known before building it."""
+        c, hd = self.n_embd, self.head_size
+        heads = self.n_head + 2 * (self.n_kv_head or self.n_head)
+        hidden = self.mlp_hidden or (4 * c if self.mlp != "swiglu" else 8 * c // 3)
+        attention = c * heads * hd + self.n_head * hd * c
+        mlp = (3 if self.mlp == "swiglu" else 2) * c * hidden
+        per_layer = attention + mlp + 4 * c + (heads * hd + c + hidden + c if self.bias else 0)
+        tables = self.vocab_size * c * (1 if self.tie_weights else 2)
+        positions = self.block_size * c if self.pos_encoding == "learned" else 0
+        return self.n_layer * per_layer + tables + positions + 2 * c
+
     def validate(self) -> None:
         """Raise MinigptError for a combination that cannot build a model."""
         checks = [

@@ -194,6 +194,15 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ),
     ("train-batch-size-0", [*TRAIN, "train.batch_size=0"], 2, "train.batch_size must be at least 1, got 0"),
     ("train-negative-lr", [*TRAIN, "train.lr=-0.001"], 2, "train.lr must not be negative, got -0.001"),
+    ("train-absurd-depth", [*TRAIN, "model.n_layer=10000000"], 2, "training this model would need at least"),
+    (
+        "train-absurd-batch",
+        [*TRAIN, "train.batch_size=10000000"],
+        2,
+        "GB available; make the model or train.batch_size",
+    ),
+    ("train-absurd-context", [*TRAIN, "model.block_size=100000000"], 2, "training this model would need at least"),
+    ("train-absurd-width", [*TRAIN, "model.n_embd=4000000"], 2, "training this model would need at least"),
     ("train-beta1-1.5", [*TRAIN, "train.beta1=1.5"], 2, "train.beta1 must be in [0, 1), e.g. 0.9; got 1.5"),
     ("train-beta2-negative", [*TRAIN, "train.beta2=-0.5"], 2, "train.beta2 must be in [0, 1), e.g. 0.9; got -0.5"),
     ("train-seed-negative", [*TRAIN, "seed=-1"], 2, "seed must be a whole number from 0 to 2**64 - 1, got -1"),
@@ -298,6 +307,8 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "--max-new-tokens must be a whole number, 1 or more, got -1",
     ),
     ("sample-num-samples-0", [*SAMPLE, "--num-samples", "0"], 2, "--num-samples must be at least 1, got 0"),
+    ("sample-absurd-num-samples", [*SAMPLE, "--num-samples", "100000000"], 2, "100,000,000 samples at once would"),
+    ("sample-absurd-vocabulary", ["sample", "{hugevocab}"], 2, "parameters) would need at least"),
     (
         "sample-prompt-file-a-pipe",
         ["sample", "{run}", "--prompt-file", "{root}/pipe"],
@@ -534,6 +545,13 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
         p.write_text(json.dumps(meta))
 
     broken("archmeta", "meta.json", other_architecture)
+
+    def absurd_vocabulary(p: Path) -> None:
+        meta = json.loads(p.read_text())
+        meta["config"]["model"].update(vocab_size=1_000_000_000, n_embd=64, n_head=1, n_layer=1, block_size=1)
+        p.write_text(json.dumps(meta))
+
+    broken("hugevocab", "meta.json", absurd_vocabulary)
     gpt2bad = root / "gpt2bad"
     gpt2bad.mkdir()
     (gpt2bad / "config.json").write_text(

@@ -50,7 +50,8 @@ def test_auto_trains_in_the_dtype_measured_faster_and_a_resume_keeps_it(char_dat
 
     monkeypatch.setattr(precision, "time_dtypes", timed)
     overrides = [f"data.dir={char_data}", f"out_dir={tmp_path / 'run'}", *TINY, "dtype=auto"]
-    trainer = train_module.Trainer(load_config(None, overrides), resume=False, rank=0, world_size=1, local_rank=0)
+    probe = load_config(None, [*overrides, f"out_dir={tmp_path / 'probe'}"])  # a Trainer alone: no lock, no run
+    trainer = train_module.Trainer(probe, resume=False, rank=0, world_size=1, local_rank=0)
     assert trainer.dtype == faster and measured == [(torch.float32, torch.bfloat16)]
     assert all(p.grad is None for p in trainer.model.parameters())  # the timing leaves no gradients behind
     train_module.train(load_config(None, [*overrides, "train.max_steps=2"]))

@@ -578,7 +578,7 @@ def _check_json_rows(path: Path) -> None:
         except ValueError:
             return  # a malformed line: datasets names the problem
         if not isinstance(row, dict):
-            raise MinigptError(f"{path} row 1 is {type(row).__name__}, not a JSON object such as {{\"text\": \"...\"}}")
+            raise MinigptError(f'{path} row 1 is {type(row).__name__}, not a JSON object such as {{"text": "..."}}')
 
 
 def _hub_rows(name: str, config: str | None, split: str) -> Iterator[dict]:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import torch
 
-from ..device import resolve_device, resolve_dtype, running_on
+from ..device import check_memory, resolve_device, resolve_dtype, running_on
 from ..errors import MinigptError, read_user_text
 from ..loader import load_model
 from .engine import Engine, fastest_threads
@@ -90,6 +90,7 @@ def generate_text(
     if num_samples < 1:
         raise MinigptError(f"num_samples must be at least 1, got {num_samples}")
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
+    check_samples_fit(model.config, len(ids), params.max_tokens, num_samples)
     engine = Engine(model, tokenizer, max_batch=num_samples, device=device, dtype=dtype, drafter=drafter)
     samples = [engine.submit(ids, params.for_choice(i)) for i in range(num_samples)]
     shown = 0
@@ -105,6 +106,14 @@ def generate_text(
     if failed:
         raise MinigptError(f"generation failed: {failed[0]}")
     return _texts(samples, stream_to, shown)
+
+
+def check_samples_fit(config, prompt_tokens: int, max_tokens: int, num_samples: int) -> None:
+    """Refuse a batch of samples whose KV caches and logits surely exceed the machine's memory."""
+    positions = min(config.block_size, prompt_tokens + max_tokens)
+    kv = 2 * config.n_layer * (config.n_kv_head or config.n_head) * config.head_size * positions
+    per_sample = 4 * (kv + 3 * config.vocab_size)
+    check_memory(num_samples * per_sample, f"{num_samples:,} samples at once", "ask for fewer (--num-samples)")
 
 
 class GenerationInterrupted(KeyboardInterrupt):
@@ -159,6 +168,7 @@ def run_sample(
     torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
     model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
     ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
+    check_samples_fit(model.config, len(ids), params.max_tokens, num_samples)
     drafter = load_drafter(speculative, model, tokenizer, torch_device)
     if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
         fastest_threads(model, torch_device, torch_dtype)

@@ -53,12 +53,13 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
 
 
 def check_not_foreign(out_dir: str | Path) -> None:
-    """A folder that holds files but no minigpt checkpoint is the user's (their own config.yaml or
-    metrics.jsonl): a run never writes into it. Checked before the out_dir lock adds its file."""
+    """A folder that holds files but neither a minigpt checkpoint nor the lock file every run leaves
+    (one stopped before its first checkpoint) is the user's: their own config.yaml or metrics.jsonl.
+    A run never writes into it. Checked before the out_dir lock adds its file."""
     out_dir = check_output_folder(out_dir, "out_dir")  # an empty string is no folder to look into
-    if not out_dir.is_dir() or list_checkpoints(out_dir / "checkpoints"):
+    if not out_dir.is_dir() or list_checkpoints(out_dir / "checkpoints") or (out_dir / LOCK_FILE).exists():
         return
-    others = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+    others = sorted(p.name for p in out_dir.iterdir())
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise MinigptError(

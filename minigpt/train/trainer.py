@@ -30,7 +30,7 @@ import torch.distributed as dist
 from ..config import RunConfig
 from ..data.batches import BatchLoader, chat_files, check_fits, fixed_batches, load_meta
 from ..data.pairs import PairLoader, fixed_pairs
-from ..device import autocast, resolve_device, resolve_dtype
+from ..device import autocast, check_memory, resolve_device, resolve_dtype
 from ..errors import SEED_LIMIT, MinigptError
 from ..lora import store_frozen_weights_in
 from ..metrics import MetricsLog
@@ -69,6 +69,16 @@ def train(config: RunConfig, resume: bool = False) -> dict:
             dist.destroy_process_group()
 
 
+def training_bytes(config: RunConfig) -> float:
+    """A low estimate of the memory a training step takes in float32: weights, gradients and AdamW's two
+    moments (16 bytes a parameter), and one micro-batch's activations (8 vectors of n_embd a token and
+    layer; fused attention keeps no T x T weights) and logits (two vocabulary rows a token). Low on
+    purpose: only what surely cannot fit is refused."""
+    m, t = config.model, config.train
+    per_token = 8 * m.n_layer * m.n_embd + 2 * m.vocab_size
+    return 16 * m.estimated_params() + 4 * t.batch_size * m.block_size * per_token
+
+
 class Trainer:
     """One process's part of a run: its model, data, optimizer step, clock and report, and the loop."""
 
@@ -94,10 +104,11 @@ class Trainer:
         self.dpo = t.objective == "dpo"
         check_out_dir(self.out_dir, resume)
 
-        seed_everything(
-            (config.seed + rank) % SEED_LIMIT
-        )  # ranks differ in dropout, agree in initial weights (set below)
+        # ranks differ in dropout, agree in initial weights (set below)
+        seed_everything((config.seed + rank) % SEED_LIMIT)
         torch.manual_seed(config.seed)
+        if self.device.type == "cpu" and t.init_from is None:  # an absurd size is refused before it is built
+            check_memory(training_bytes(config), "training this model", "make the model or train.batch_size smaller")
         # train.init_from: the source's weights and model section (its vocabulary grown for chat tokens)
         model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
         self.config = config = dataclasses.replace(config, model=model.config)

@@ -413,6 +413,12 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
         "--out {root}/existing.png already exists; give a new file name, or add --force",
     ),
     # --- plot
+    (
+        "export-out-under-a-file",
+        ["export", "{run}", "--format", "hf", "--out", "{root}/small.txt/sub"],
+        2,
+        "--out {root}/small.txt/sub lies under {root}/small.txt, which is a file",
+    ),
     ("plot-out-a-folder", ["plot", "{run}", "--out", "{root}/notext"], 2, "--out {root}/notext is a folder"),
     (
         "plot-out-under-a-file",

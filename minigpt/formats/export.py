@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import MinigptError
 from ..loader import load_model
+from ..paths import check_output_folder
 
 FORMATS = ("hf", "gguf", "onnx")
 
@@ -59,6 +60,7 @@ def export(
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    check_output_folder(out_dir, "--out")  # empty, a file, under a file, read-only: one line
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise MinigptError(f"output folder {out_dir} already holds files; name a new or empty folder")
     if out_dir.exists() and not out_dir.is_dir():

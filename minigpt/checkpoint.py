@@ -154,10 +154,17 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def read_best(root: Path) -> dict | None:
+    """checkpoints/best.json (None where there is none); a damaged one is a MinigptError naming it."""
     try:
-        return json.loads((root / "best.json").read_text())
+        best = json.loads((root / "best.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if not isinstance(best, dict) or isinstance(best.get("step"), bool) or not isinstance(best.get("step"), int):
+        raise MinigptError(
+            f"{root / 'best.json'} is damaged: expected an object with the best step, such as "
+            '{"step": 400, "val_loss": 1.8}; delete it to use the newest checkpoint'
+        )
+    return best
 
 
 def resolve(path: str | Path, latest: bool = False) -> Path:

@@ -173,7 +173,10 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def load(cls, data_dir: str | os.PathLike) -> CharTokenizer:
         payload = json.loads(_read_tokenizer_file(data_dir, CHAR_FILE, "char"))
-        return cls(payload["chars"], with_eot=payload["eot"])
+        chars = payload.get("chars") if isinstance(payload, dict) else None
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise MinigptError(f"{Path(data_dir, CHAR_FILE)} is damaged: it has no list of characters (\"chars\")")
+        return cls(chars, with_eot=bool(payload.get("eot")))
 
 
 class TiktokenTokenizer(Tokenizer):

@@ -308,6 +308,8 @@ CASES = [  # (name, argv, exit code, a fragment of the one error line)
     ),
     ("sample-num-samples-0", [*SAMPLE, "--num-samples", "0"], 2, "--num-samples must be at least 1, got 0"),
     ("sample-absurd-num-samples", [*SAMPLE, "--num-samples", "100000000"], 2, "100,000,000 samples at once would"),
+    ("sample-char-vocab-without-chars", ["sample", "{nochars}"], 2, "char_vocab.json is damaged: it has no list"),
+    ("sample-best-json-a-list", ["sample", "{badbest}"], 2, "badbest/checkpoints/best.json is damaged"),
     ("sample-absurd-vocabulary", ["sample", "{hugevocab}"], 2, "parameters) would need at least"),
     (
         "sample-prompt-file-a-pipe",
@@ -558,6 +560,10 @@ def world(tmp_path_factory, char_data, shakespeare_text) -> dict[str, Path]:
         p.write_text(json.dumps(meta))
 
     broken("hugevocab", "meta.json", absurd_vocabulary)
+    broken("nochars", "char_vocab.json", lambda p: p.write_text('{"eot": false}'))
+    damaged_best = _copy_run(run, root / "badbest")
+    (damaged_best / "checkpoints" / "best.json").write_text("[4]")
+    paths["badbest"] = damaged_best
     gpt2bad = root / "gpt2bad"
     gpt2bad.mkdir()
     (gpt2bad / "config.json").write_text(

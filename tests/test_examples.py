@@ -14,6 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "scripts" / "examples"
 
 
+@pytest.fixture(autouse=True)
+def from_an_empty_folder(tmp_path, monkeypatch):
+    """Every example runs from an empty working folder and writes nothing there."""
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    yield
+    assert list(folder.iterdir()) == []
+
+
 def load(name: str):
     """Import scripts/examples/<name>.py as a module (its file name starts with a digit, so no plain import)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
@@ -130,3 +140,9 @@ def test_05_encoder_decoder_learns_to_reverse():
     # Half the script's default steps: still perfect on every seed tried, in a few seconds.
     result = load("05_encoder_decoder_reverse").main(steps=150, seed=0)
     assert result["accuracy"] > 0.95
+
+
+def test_the_example_that_needs_a_run_says_in_one_line_what_to_run_first():
+    done = subprocess.run([sys.executable, str(EXAMPLES / "06_classify_with_a_gpt.py")], capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr  # run from the fixture's empty folder
+    assert done.stderr.count("\n") == 1 and "first run `minigpt train configs/quickstart.yaml`" in done.stderr

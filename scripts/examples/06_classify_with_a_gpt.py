@@ -125,4 +125,9 @@ def main(path: str = "out/quickstart", steps: int = 300) -> dict:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    run = sys.argv[1] if len(sys.argv) > 1 else "out/quickstart"
+    if not Path(run).is_dir():  # the one prerequisite: say what to run, in one line
+        sys.exit(
+            f"error: {run} does not exist; first run `minigpt train configs/quickstart.yaml`, or pass a run's folder"
+        )
+    main(run)

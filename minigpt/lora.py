@@ -5,6 +5,7 @@
     ... train: only the adapters have requires_grad ...
     lora_checkpoint_state(model, base_vocab)   # what a LoRA checkpoint holds (a small fraction of the model)
     merge_lora(model)                # plain nn.Linear layers again, for sampling, eval and export
+    with adapters_off(model): ...    # the base model, for as long as the block runs (DPO's reference)
 
 A LoRA checkpoint names its base (the run's train.init_from) and holds the adapters, plus the
 embedding rows of tokens the base lacks (chat tokens added for fine-tuning: a few rows). Loading it
@@ -16,6 +17,8 @@ ending: `attn.c_attn` matches `transformer.h.3.attn.c_attn`, `h.0.*` every Linea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
@@ -153,6 +156,22 @@ def restore_lora(model: nn.Module, settings: LoRASettings, state: dict[str, torc
     apply_lora(model, settings)
     load_lora_checkpoint_state(model, state, source)
     return merge_lora(model)
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with every (unmerged) adapter switched off: its base, computed with the base's own
+    tensors, no copy made. The adapters are on again when the block ends."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    if any(layer.merged for layer in layers):
+        raise ValueError("adapters_off needs unmerged adapters: a merged one is part of its weight")
+    for layer in layers:
+        layer.adapter_on = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.adapter_on = True
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -109,6 +109,15 @@ def _to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def batch_rng(seed: int, number: int, rank: int, world_size: int) -> np.random.Generator:
+    """The random numbers of training batch `number` of process `rank`.
+
+    Batches are numbered globally (rank-interleaved), so that N processes draw exactly the batches one
+    process with N times the gradient accumulation would: the two runs are then equivalent.
+    """
+    return np.random.default_rng([seed, number * world_size + rank])
+
+
 class BatchLoader:
     """Random (x, y) training batches from one token file, reproducible and resumable."""
 
@@ -138,10 +147,12 @@ class BatchLoader:
         self.device = device
         self.batches_drawn = 0  # the whole state: the next batch's number
 
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * self.block_size
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # Number batches globally (rank-interleaved), so that N processes draw exactly the batches one
-        # process with N times the gradient accumulation would: the two runs are then equivalent.
-        rng = np.random.default_rng([self.seed, self.batches_drawn * self.world_size + self.rank])
+        rng = batch_rng(self.seed, self.batches_drawn, self.rank, self.world_size)
         self.batches_drawn += 1
         if self.starts is None:
             starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)

@@ -5,7 +5,8 @@
 B starts at zero, so a fresh adapter leaves the layer's output exactly as it was, and only
 A and B (rank * (in + out) numbers instead of in * out) need gradients and optimizer state.
 `merge()` folds the product into W for inference at the plain layer's cost; `unmerge()` takes
-it out again.
+it out again. `adapter_on = False` switches an unmerged adapter off: the layer is its base again
+(DPO's reference model, without a second copy of the weights).
 
 LoRALinear is an nn.Linear (same `weight` and `bias`, so state dicts and code that looks for
 nn.Linear keep working); `LoRALinear.from_linear(layer, rank)` adapts an existing layer of any model.
@@ -44,6 +45,7 @@ class LoRALinear(nn.Linear):
         self.lora_b = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=dtype))
         self.lora_dropout = nn.Dropout(dropout)
         self.merged = False
+        self.adapter_on = True
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -75,7 +77,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        if self.merged:
+        if self.merged or not self.adapter_on:
             return out
         return out + F.linear(F.linear(self.lora_dropout(x), self.lora_a), self.lora_b) * self.scaling
 

@@ -3,7 +3,7 @@
     say(start_line(model, device, dtype, tokens_per_step, data_meta, step, config.train))
     report = RunReport(main=True, out_dir=out_dir, metrics=MetricsLog(out_dir), tokens_per_step=6144)
     report.open(step=0, total=2000, show_bar=True, clock=clock)   # progress bar, tokens/s, step time
-    report.train_record(step, clock.seconds(), loss, lr)          # a metrics line every log_interval
+    report.train_record(step, clock.seconds(), loss, lr, stats)   # a metrics line every log_interval
 
 Messages are single lines on stderr, written above the progress bar; only the main process writes.
 """
@@ -118,17 +118,20 @@ class RunReport:
         if seconds is not None and self.main:
             say(step_time_line(seconds, steps_left))
 
-    def train_record(self, step: int, seconds: float, loss: float, lr: float) -> None:
-        """A training metrics line: loss, rate, tokens/s since the previous one (and MFU on known GPUs)."""
+    def train_record(self, step: int, seconds: float, loss: float, lr: float, stats: dict[str, float]) -> None:
+        """A training metrics line: loss, the objective's statistics (DPO's rewards), rate, tokens/s since the
+        previous one (and MFU on known GPUs)."""
         now = time.perf_counter()
         tokens_per_s = self.tokens_per_step * (step - self.window_step) / max(now - self.window_start, 1e-9)
         self.window_start, self.window_step = now, step
-        record = {"step": step, "time": seconds, "train_loss": loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
+        record = {"step": step, "time": seconds, "train_loss": loss, **stats, "lr": lr}
+        record["tokens_per_s"] = round(tokens_per_s, 1)
         if self.peak_flops:
             record["mfu"] = round(self.flops_per_token * tokens_per_s / self.peak_flops, 4)
         self.log(record)
         self.bar.set_postfix(
             loss=f"{loss:.4f}",
+            **{name: f"{value:.3g}" for name, value in stats.items()},
             lr=f"{lr:.2e}",
             tok_s=f"{tokens_per_s:,.0f}",
             **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),

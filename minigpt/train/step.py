@@ -2,11 +2,12 @@
 
     step = TrainStep(model, optimizer, scaler, loader.next_batch, config.train, device, dtype)
     loss = step(0)      # optimizer step 0; call with 1, 2, ... for the next ones
+    step.stats          # the objective's other numbers for that step (DPO's rewards; none for lm)
 
 A step, top to bottom:
 
     learning rate from the schedule
-    grad_accum x (next batch -> forward under autocast -> backward)   [DDP syncs on the last]
+    grad_accum x (next batch -> objective's loss under autocast -> backward)   [DDP syncs on the last]
     clip gradients -> check they are finite -> optimizer step (or skip it)
 """
 
@@ -27,6 +28,13 @@ from .report import say
 MAX_SKIPPED_STEPS = 25
 
 
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """train.objective=lm: the mean cross-entropy of y's targets, and no other statistics.
+
+    An objective takes the model the forward pass runs and a batch; it returns (loss, statistics)."""
+    return model(x, y)[1], {}
+
+
 class NonFiniteStop(MinigptError):
     """Non-finite gradients that may not be skipped: the run stops (the caller says what it keeps)."""
 
@@ -39,7 +47,8 @@ class TrainStep:
     """The step's parts (model, optimizer, gradient scaler, batches, settings); call it to take a step.
 
     forward_model is what the forward pass runs: the model compiled and/or wrapped in DDP (the model
-    itself by default); the model is what gradients are clipped on. next_batch() returns (x, y).
+    itself by default); the model is what gradients are clipped on. next_batch() returns (x, y), and
+    objective(forward_model, x, y) the loss and its statistics (lm_loss by default; DPO's is in dpo.py).
     """
 
     def __init__(
@@ -54,10 +63,13 @@ class TrainStep:
         *,
         forward_model: torch.nn.Module | None = None,
         world_size: int = 1,
+        objective: Callable = lm_loss,
     ):
         self.model, self.forward_model = model, forward_model or model
         self.optimizer, self.scaler, self.next_batch = optimizer, scaler, next_batch
         self.train, self.device, self.dtype, self.world_size = train, device, dtype, world_size
+        self.objective = objective
+        self.stats: dict[str, torch.Tensor] = {}  # the objective's statistics of the latest step, as tensors
         self.lr_multiplier = 1.0  # the rate of the latest step, as a fraction of the peak rate
         self.skipped_in_a_row = 0
 
@@ -80,15 +92,18 @@ class TrainStep:
         """grad_accum forward/backward passes, then clipping; returns (mean loss, gradient norm) as tensors."""
         accum = self.train.grad_accum
         loss_sum = torch.zeros((), device=self.device)
+        stats_sum = {}
         for micro in range(accum):
             x, y = self.next_batch()
             last = micro == accum - 1
             sync = nullcontext() if last or self.world_size == 1 else no_gradient_sync(self.forward_model)
             with sync:
                 with autocast(self.device, self.dtype):
-                    _, loss = self.forward_model(x, y)
+                    loss, stats = self.objective(self.forward_model, x, y)
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
+            stats_sum = {name: stats_sum.get(name, 0) + value for name, value in stats.items()}
+        self.stats = {name: value / accum for name, value in stats_sum.items()}
         self.optimizer.unscale_(self.scaler)
         grad_norm = clip_gradients(self.model, self.train.grad_clip or math.inf)
         return loss_sum / accum, grad_norm

@@ -175,7 +175,7 @@ class CharTokenizer(Tokenizer):
         payload = json.loads(_read_tokenizer_file(data_dir, CHAR_FILE, "char"))
         chars = payload.get("chars") if isinstance(payload, dict) else None
         if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-            raise MinigptError(f"{Path(data_dir, CHAR_FILE)} is damaged: it has no list of characters (\"chars\")")
+            raise MinigptError(f'{Path(data_dir, CHAR_FILE)} is damaged: it has no list of characters ("chars")')
         return cls(chars, with_eot=bool(payload.get("eot")))
 
 

@@ -14,7 +14,11 @@ from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_checkpoint
 from minigpt.config import DPOConfig, load_config
 from minigpt.data.batches import IGNORE_INDEX
+from minigpt.data.chat import prepare_chat
 from minigpt.data.preference import prepare_preference
+from minigpt.infer.chat import ChatSession
+from minigpt.infer.engine import Engine
+from minigpt.infer.sampling import SamplingParams
 from minigpt.loader import load_model
 from minigpt.lora import LoRASettings, apply_lora
 from minigpt.tokenizers import build_tokenizer
@@ -262,3 +266,71 @@ def test_bad_dpo_settings_are_one_line_and_nothing_is_written(source, char_data,
         assert code == 2 and out == "" and fragment in err and err.count("\n") == 1, err
         assert "Traceback" not in err
     assert (files_under(tmp_path), files_under(pairs)) == before
+
+
+# ---- a rule taught by preferences alone --------------------------------------------------------------
+
+
+def answers(run, words):
+    """The greedy answer of RUN to each word, each in a fresh conversation (run loaded as `minigpt chat` does)."""
+    model, tokenizer, _ = load_model(str(run))
+    engine = Engine(model.eval(), tokenizer, max_batch=1)
+    with torch.inference_mode():
+        return ["".join(ChatSession(engine, SamplingParams(max_tokens=6, temperature=0)).reply(w)) for w in words]
+
+
+def follows_rule(run, words) -> float:
+    return sum(a == rule(w) for a, w in zip(answers(run, words), words)) / len(words)
+
+
+@pytest.mark.slow
+def test_dpo_teaches_a_chat_model_the_preferred_answers(tmp_path):
+    """A tiny chat model answers yes or no at random, and DPO on pairs that prefer yes for words starting a-m
+    and no for n-z makes it follow that rule on 60 held-out words.
+
+    The chat data's coin is weighted by the word's first letter (80:20, towards the rule for half of the
+    letters and against it for the others), so the model looks at the first letter as a chat model looks at
+    its question, and half of the held-out words start against the rule. With an even coin for every answer
+    nothing at the answer's first position looks at the word: DPO then separates the pairs by the answers'
+    later characters, pushing the rejected answer's continuation down, and greedy answers come out as 'nes'
+    while the reward accuracy reaches 1 (likelihood displacement, DPO's known failure, not what this tests).
+    Conservative DPO (label smoothing) keeps the margin bounded, which keeps the answers' wording: with
+    plain DPO, reward margins grow without end and a model this small loses its 'yes' ('es', 'o')."""
+    rng = random.Random(2)
+    letters = list(LETTERS)
+    rng.shuffle(letters)
+    against = set(letters[:13])  # letters whose coin leans against the rule
+    words = list(dict.fromkeys(random_words(6000, rng)))
+    held_out = [w for w in words if w[0] in against][:30] + [w for w in words if w[0] not in against][:30]
+    rest = [w for w in words if w not in set(held_out)]
+
+    def coin(word):
+        leaning = rule(word) if word[0] not in against else ("no" if rule(word) == "yes" else "yes")
+        return leaning if rng.random() < 0.8 else ("no" if leaning == "yes" else "yes")
+
+    chat_rows = [
+        {"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": coin(w)}]} for w in rest[:2400]
+    ]
+    prepare_chat(str(write_jsonl(tmp_path / "chat.jsonl", chat_rows)), "char", tmp_path / "chat", max_tokens=17)
+    model = [
+        "model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_size=16", "model.pos_encoding=rope",
+        "model.norm=rmsnorm", "model.mlp=relu2", "model.tie_weights=false", "model.qk_norm=true", "model.bias=false",
+    ]  # fmt: skip
+    common = ["train.progress=false", "dtype=float32", "train.warmup_steps=5", "train.eval_steps=2"]
+    chat_run = tmp_path / "chat_run"
+    chat = ["train.max_steps=300", "train.batch_size=16", "train.lr=3e-3", "train.eval_interval=300"]
+    train(load_config(None, [f"data.dir={tmp_path / 'chat'}", f"out_dir={chat_run}", *model, *common, *chat]))
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [pair(w) for w in rest[2400:5400]])
+    prepare_preference(str(pairs), source_tokenizer(str(chat_run)), tmp_path / "pairs", max_tokens=17)
+    dpo_run = tmp_path / "dpo_run"
+    dpo = ["train.max_steps=200", "train.batch_size=32", "train.lr=1e-3", "train.eval_interval=100"]
+    dpo += ["train.dpo.beta=1", "train.dpo.label_smoothing=0.05", "train.log_interval=10"]
+    dpo += [f"train.init_from={chat_run}", "train.objective=dpo"]
+    train(load_config(None, [f"data.dir={tmp_path / 'pairs'}", f"out_dir={dpo_run}", *common, *dpo]))
+
+    before, after = follows_rule(chat_run, held_out), follows_rule(dpo_run, held_out)
+    assert after >= 0.8 and after >= before + 0.2, (before, after)
+    records = read_metrics(dpo_run)
+    assert all("reward_accuracy" in r for r in records if "train_loss" in r)
+    assert [r for r in records if "val_reward_accuracy" in r][-1]["val_reward_accuracy"] >= 0.9

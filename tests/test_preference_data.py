@@ -1,6 +1,7 @@
 """`prepare --format preference`: pairs to token files with answer masks, and the batches DPO trains on."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,16 @@ def test_pairs_longer_than_the_block_are_refused_with_the_fix(pairs_dir):
         MinigptError, match="sequences of up to \\d+ tokens, more than block_size \\+ 1 = 9; .*--max-tokens 9"
     ):
         PairLoader(pairs_dir / "train.bin", meta["dtype"], 8, 4, **chat_files(pairs_dir, "train"))
+
+
+def test_the_demo_pairs_prepare_and_keep_their_held_out_questions_apart(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import dpo_demo
+
+    pairs, heldout = dpo_demo.make_pairs(seed=0, per_task=20)
+    assert all(p["chosen"].endswith(dpo_demo.STOP) and p["chosen"] != p["rejected"] for p in pairs)
+    assert not {p["prompt"] for p in pairs} & {q["prompt"] for q in heldout}
+    tokenizer = build_tokenizer("char", [text for p in pairs for text in p.values()])
+    tokenizer.add_chat_tokens()
+    meta = prepare_preference(str(_write_jsonl(tmp_path / "pairs.jsonl", pairs)), tokenizer, tmp_path / "d")
+    assert meta["pairs"] == len(pairs) == 80 and meta["dropped"] == {"too_long": 0, "identical": 0}

@@ -28,16 +28,6 @@ def shakespeare_text(shakespeare_file) -> str:
 
 
 @pytest.fixture
-def minigpt_cache(tmp_path, monkeypatch, shakespeare_file) -> Path:
-    """A download cache (MINIGPT_CACHE) that already holds tiny Shakespeare."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "tinyshakespeare.txt").write_bytes(shakespeare_file.read_bytes())
-    monkeypatch.setenv("MINIGPT_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def no_network(monkeypatch):
     """Fail any attempt to resolve or connect to a host (local pipes still work)."""
 

@@ -39,7 +39,7 @@ def folder(tmp_path):
     return root
 
 
-def test_shakespeare_char(tmp_path, minigpt_cache, shakespeare_text):
+def test_shakespeare_char(tmp_path, shakespeare_text):
     out = tmp_path / "sc"
     meta = prepare("shakespeare", "char", out, num_proc=2, progress=False)
     assert meta["vocab_size"] == 65 and meta["eot_token"] is None and meta["dtype"] == "uint16"
@@ -54,7 +54,7 @@ def test_shakespeare_char(tmp_path, minigpt_cache, shakespeare_text):
     assert (train, val) == (shakespeare_text[:cut], shakespeare_text[cut:])
 
 
-def test_shakespeare_gpt2_matches_tiktoken(tmp_path, minigpt_cache, shakespeare_text):
+def test_shakespeare_gpt2_matches_tiktoken(tmp_path, shakespeare_text):
     out = tmp_path / "sg"
     meta = prepare("shakespeare", "gpt2", out, num_proc=2, progress=False)
     enc = tiktoken.get_encoding("r50k_base")
@@ -185,7 +185,7 @@ def test_existing_data_is_never_overwritten(tmp_path):
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch, minigpt_cache, error):
+def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch, error):
     out = tmp_path / "out"
     out.mkdir()  # an existing (empty) folder must survive, without our files
     real_encode, calls = prepare_module._encode_job, []
@@ -216,12 +216,17 @@ def test_rerun_after_a_killed_run(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["char_vocab.json", "meta.json", "train.bin", "val.bin"]
 
 
-def test_shakespeare_without_cache_or_network_says_where_to_put_it(tmp_path):
-    cache = tmp_path / "empty_cache"
-    message = r"could not download tiny Shakespeare.*put the file at .*tinyshakespeare.txt"
-    with pytest.raises(MinigptError, match=message):
-        prepare("shakespeare", "char", tmp_path / "out", cache_dir=cache, progress=False)
-    assert not (tmp_path / "out").exists() and not (cache / "tinyshakespeare.txt").exists()
+def test_shakespeare_is_offline_and_is_the_shipped_text(tmp_path, monkeypatch, shakespeare_text):
+    """`prepare shakespeare` never touches the network: the text ships inside the package."""
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("prepare shakespeare tried the network")
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # a fresh machine: nothing cached
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    monkeypatch.setattr("socket.create_connection", no_network)
+    meta = prepare("shakespeare", "char", tmp_path / "out", progress=False)
+    assert meta["train_tokens"] + meta["val_tokens"] == len(shakespeare_text)
 
 
 def test_throughput_measurement_runs(tmp_path, shakespeare_text):

@@ -78,3 +78,9 @@ def test_shipped_configs_load_and_round_trip(path, tmp_path):
     config = load_config(path)
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml").to_dict() == config.to_dict()
+
+
+def test_quickstart_ends_in_the_promised_minutes():
+    """The quickstart is laid on a time budget, not a step count: on a busy machine it still ends."""
+    config = load_config(CONFIGS[0].with_name("quickstart.yaml"))
+    assert config.train.max_seconds is not None and config.train.max_seconds <= 300

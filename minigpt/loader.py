@@ -10,19 +10,22 @@ a Hugging Face folder or Hub name (a folder with config.json and no meta.json, o
 naming it: it is never sent to the Hub as a repository id.
 
 A LoRA run's checkpoint holds only its adapters (and the embedding rows of tokens its base lacks);
-loading it loads its base (the run's train.init_from) through this same function, puts the adapters
-back and merges them, so every command gets one plain model.
+loading it loads its base through this same function, puts the adapters back and merges them, so
+every command gets one plain model. The base is the one the run was trained on, pinned when it
+started (base_pin): the absolute path of the exact checkpoint (not "the run's best", which moves as
+the base trains on) and the sha256 of its weights; changed weights are refused in one line.
 
 The function is called `load`, the module `loader`: `minigpt.load` stays the function whatever has
 been imported (a submodule named `load` would replace the package attribute on import).
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_checkpoint, load_weights, resolve
 from .device import check_memory
 from .errors import MinigptError
 from .lora import VOCABULARY_MATRICES, restore_lora
@@ -111,7 +114,8 @@ def _load(path: str, latest: bool) -> tuple[GPT, Tokenizer, ModelSource]:
     check_memory(4 * params, f"{checkpoint.path}'s model ({params:,} parameters)", "is its meta.json damaged?")
     model = GPT(config.model)
     if config.train.lora.enabled:  # adapters only: put back on their base and merged
-        base, _, _ = _load(config.train.init_from, latest=False)
+        record = checkpoint.record
+        base, _, _ = _load(pinned_base(record.base) if record.base else _unpinned_base(config.train.init_from), False)
         _copy_base_weights(model, base)
         restore_lora(model, config.train.lora, checkpoint.weights, str(checkpoint.path))
     else:
@@ -131,3 +135,56 @@ def _copy_base_weights(model: GPT, base: GPT) -> None:
         grown[: rows.shape[0]] = rows
         state[name] = grown
     model.load_state_dict(state)
+
+
+def base_pin(init_from: str, source: ModelSource) -> dict:
+    """What pins a run's base for good: init_from as given, the exact folder load_model read (absolute; a
+    Hub model's cached snapshot, named by its revision), the sha256 of its weights and its step."""
+    folder = Path(source.path)
+    pin = {"init_from": init_from, "step": source.record.step if source.record else None}
+    if not folder.exists():  # a Hub name: the snapshot just loaded, from the local cache
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source.path, local_files_only=True))
+        pin["revision"] = folder.name
+    return {**pin, "path": str(folder.absolute()), "sha256": weights_sha256(folder)}
+
+
+def pinned_base(pin: dict) -> str:
+    """The folder of a pinned base, whose weights must be as pinned. A base run's older checkpoints are
+    rotated away as it trains on: then its best checkpoint serves if it holds the very same weights."""
+    folder = Path(pin["path"])
+    if not folder.exists():
+        if folder.parent.name != "checkpoints" or not folder.parent.is_dir():
+            raise MinigptError(
+                f"the base of this LoRA run, {folder} (sha256 {pin['sha256'][:16]}), is gone; put it back there"
+            )
+        folder = resolve(folder.parent.parent)
+    now = weights_sha256(folder)
+    if now != pin["sha256"]:
+        instead = "" if str(folder) == pin["path"] else f" (it is gone; its run's best is {folder})"
+        raise MinigptError(
+            f"the base of this LoRA run changed: {pin['path']} was sha256 {pin['sha256'][:16]}, now {now[:16]}"
+            f"{instead}; put the base back as it was, or train the LoRA run again on the base as it is"
+        )
+    return str(folder)
+
+
+def _unpinned_base(init_from: str) -> str:
+    """A LoRA run from before bases were pinned: its train.init_from, from the working directory as it was.
+    A name that is no local path is sent to the Hub only in the form owner/name (`base` is a missing folder)."""
+    if not Path(init_from).exists() and init_from.count("/") != 1:
+        raise MinigptError(
+            f"the base of this LoRA run, train.init_from={init_from}, does not exist in {Path.cwd()}; load the "
+            "run from the folder it was trained in (it is older than pinned bases, so only that path names it)"
+        )
+    return init_from
+
+
+def weights_sha256(folder: Path) -> str:
+    """One sha256 over the weight files of a checkpoint or Hugging Face folder, in name order."""
+    digest = hashlib.sha256()
+    for file in sorted([*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]):
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()

@@ -34,6 +34,7 @@ class RunRecord:
     world_size: int = 1  # processes that trained it: a resume must use as many
     loader: list[dict] = field(default_factory=list)  # each process's batch loader position
     dtype: str | None = None  # the precision it trained in (what dtype=auto chose): a resume keeps it
+    base: dict | None = None  # train.init_from pinned when the run began: path, sha256 (loader.base_pin)
     minigpt_version: str = __version__
     format: int = FORMAT
 

@@ -118,7 +118,8 @@ def test_a_lora_run_saves_adapters_and_the_loader_rebuilds_its_merged_model(tmp_
     chat = build_tokenizer("char", ["abcdefghij", "x"])
     chat.add_chat_tokens()
     lora = LoRASettings(rank=2, alpha=4)
-    model, base_vocab = build_model(GPTConfig(), chat, str(tmp_path / "base"), lora)
+    model, base = build_model(GPTConfig(), chat, str(tmp_path / "base"), lora)
+    base_vocab = base["vocab_size"]
     assert base_vocab == 12 and model.config.vocab_size == 16
     for p in model.parameters():  # stand-in for training: move the adapters away from their start
         if p.requires_grad:

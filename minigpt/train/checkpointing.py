@@ -133,6 +133,7 @@ def run_record(trainer, val_loss: float | None) -> RunRecord:
         world_size=trainer.world_size,
         loader=gather_from_ranks(trainer.loader.state_dict(), trainer.world_size),
         dtype=str(trainer.dtype).removeprefix("torch."),
+        base=trainer.base,
     )
 
 

@@ -1,15 +1,18 @@
 """How a run that starts from trained weights builds, saves and reloads its model (train.init_from, train.lora).
 
-    model, base_vocab = build_model(config.model, tokenizer, init_from="out/quickstart", lora=LoRASettings(rank=8))
-    weights = checkpoint_weights(model, lora, base_vocab)    # the adapters only, for a LoRA run
+    model, base = build_model(config.model, tokenizer, init_from="out/quickstart", lora=LoRASettings(rank=8))
+    weights = checkpoint_weights(model, lora, base["vocab_size"])    # the adapters only, for a LoRA run
 
-Both settings are part of the run's config, so every checkpoint's record names the base and the
-LoRA settings. A LoRA checkpoint holds the adapters and the embedding rows of tokens the base
-lacks, so it needs its base (train.init_from, as the run gave it) to load: minigpt/loader.py does that.
+Both settings are part of the run's config, and the base as pinned (init_from.py) is in every
+checkpoint's record. A LoRA checkpoint holds the adapters and the embedding rows of tokens the base
+lacks, so it needs that base to load (minigpt/loader.py) and to resume (saved_base).
 """
+
+from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint
 from ..errors import MinigptError
 from ..lora import LoRASettings, apply_lora, load_lora_checkpoint_state, lora_checkpoint_state
 from ..model import GPT, GPTConfig
@@ -18,19 +21,25 @@ from .init_from import init_model
 
 
 def build_model(
-    requested: GPTConfig, tokenizer: Tokenizer, init_from: str | None, lora: LoRASettings
-) -> tuple[GPT, int | None]:
+    requested: GPTConfig, tokenizer: Tokenizer, init_from: str | None, lora: LoRASettings, pin: dict | None = None
+) -> tuple[GPT, dict | None]:
     """A fresh model (requested config), or the source's weights with LoRA adapters when lora.rank > 0.
 
-    Returns the model and the source's vocabulary size (None for a fresh model)."""
+    pin: the base as the run pinned it (saved_base), when resuming. Returns the model and the pinned
+    source, with its vocab_size (None for a fresh model)."""
     if init_from is None:
         if lora.enabled:
             raise MinigptError("train.lora needs trained weights to adapt: set train.init_from to a run or model")
         return GPT(requested), None
-    model, source = init_model(init_from, tokenizer, requested)
+    model, source = init_model(init_from, tokenizer, requested, pin)
     if lora.enabled:
         apply_lora(model, lora)
-    return model, source["vocab_size"]
+    return model, source
+
+
+def saved_base(out_dir: Path) -> dict | None:
+    """The base a run's newest checkpoint pinned (None for a run from before pins): a resumed LoRA run keeps it."""
+    return load_checkpoint(out_dir, latest=True).record.base
 
 
 def checkpoint_weights(model: GPT, lora: LoRASettings, base_vocab_size: int | None) -> dict[str, torch.Tensor] | None:

@@ -5,6 +5,10 @@ name; a LoRA run counts as its merged model. Only the weights come along: the op
 schedule and the step count start fresh, and the run's own checkpoints, best.json and curves
 describe the fine-tuning alone.
 
+The source is pinned when the run begins (loader.base_pin: the exact checkpoint folder, absolute, and
+the sha256 of its weights) and every checkpoint's record keeps the pin as `base`: a LoRA run, whose
+checkpoints hold only adapters, loads and resumes on that very base, wherever it is run from.
+
 The model section comes from the source. A model.* setting in the run's config that differs from
 both the default and the source is a conflict (one line), except dropout, which fine-tuning often
 changes. The data must be encoded with the source's tokenizer (`minigpt prepare SOURCE
@@ -21,7 +25,7 @@ import dataclasses
 import torch
 
 from ..errors import MinigptError
-from ..loader import check_source, load_model
+from ..loader import base_pin, check_source, load_model, pinned_base
 from ..model import GPT, GPTConfig
 from ..tokenizers import Tokenizer
 
@@ -34,21 +38,25 @@ def source_tokenizer(source: str) -> Tokenizer:
     return load_model(source)[1]
 
 
-def init_model(source: str, data_tokenizer: Tokenizer, requested: GPTConfig) -> tuple[GPT, dict]:
+def init_model(
+    source: str, data_tokenizer: Tokenizer, requested: GPTConfig, pin: dict | None = None
+) -> tuple[GPT, dict]:
     """A model with SOURCE's architecture and weights, ready to fine-tune on data_tokenizer's data.
 
-    Returns the model (on the CPU, in training mode) and the source's description: init_from, path (the
-    checkpoint folder it resolved to) and vocab_size (before rows for new tokens were added).
+    pin: the source as a run pinned it (resuming that run), loaded exactly as pinned. Returns the model
+    (on the CPU, in training mode) and the pin: init_from, path, sha256 and step (loader.base_pin), and
+    vocab_size (before rows for new tokens were added).
     """
-    check_source(source, "train.init_from")
-    base, tokenizer, info = load_model(source)
+    if pin is None:
+        check_source(source, "train.init_from")
+    base, tokenizer, info = load_model(source if pin is None else pinned_base(pin))
     check_tokenizer(tokenizer, data_tokenizer, source)
     config = merged_config(base.config, requested, source)
     config.vocab_size = base.config.vocab_size
     model = GPT(config)
     model.load_state_dict(base.state_dict())
     model = grow_vocabulary(model, data_tokenizer.vocab_size)
-    return model.train(), {"init_from": source, "path": info.path, "vocab_size": base.config.vocab_size}
+    return model.train(), pin or {**base_pin(source, info), "vocab_size": base.config.vocab_size}
 
 
 def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:

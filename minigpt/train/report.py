@@ -1,6 +1,7 @@
 """What a training run tells its user and writes to its metrics log.
 
     say(start_line(model, device, dtype, tokens_per_step, data_meta, step, config.train))
+    say(source_line(base, model, config.train.lora.enabled))     # a fine-tune: what it starts from
     report = RunReport(main=True, out_dir=out_dir, metrics=MetricsLog(out_dir), tokens_per_step=6144)
     report.open(step=0, total=2000, show_bar=True, clock=clock)   # progress bar, tokens/s, step time
     report.train_record(step, clock.seconds(), loss, lr, stats)   # a metrics line every log_interval
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from ..checkpoint import read_best
 from ..config import TrainConfig
 from ..device import running_on
+from ..lora import count_parameters
 from ..metrics import MetricsLog
 from .clock import TIMED_STEPS, RunClock, StepTimer, duration
 
@@ -58,6 +60,16 @@ def start_line(
         f"{tokens_per_step:,} tokens per step, {data_meta['train_tokens']:,} train tokens, "
         f"{data_meta['val_tokens']:,} val tokens; from step {step:,} {until}"
     )
+
+
+def source_line(base: dict, model, lora: bool) -> str:
+    """What a fine-tune starts from (its train.init_from, pinned: loader.base_pin) and, for LoRA, what it trains."""
+    step = f" (step {base['step']:,})" if base.get("step") is not None else ""
+    line = f"init_from {base['init_from']}{step}: {base['path']}"
+    if lora:
+        trainable, total = count_parameters(model)
+        line += f"; LoRA: {trainable:,} trainable of {total / 1e6:.3g}M parameters ({100 * trainable / total:.2f}%)"
+    return line
 
 
 def end_line(out_dir: Path) -> str:

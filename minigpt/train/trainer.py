@@ -46,12 +46,12 @@ from .checkpointing import (
 )
 from .clock import RunClock
 from .dpo import DPOObjective, check_data
-from .finetune import build_model
+from .finetune import build_model, saved_base
 from .lock import out_dir_lock
 from .optim import Optimizers
 from .parallel import any_rank, init_distributed, mean_over_ranks, uses_cuda
 from .precision import faster_cpu_dtype
-from .report import RunReport, end_line, peak_flops, say, start_line
+from .report import RunReport, end_line, peak_flops, say, source_line, start_line
 from .step import NonFiniteStop, TrainStep, lm_loss
 
 
@@ -110,7 +110,9 @@ class Trainer:
         if self.device.type == "cpu" and t.init_from is None:  # an absurd size is refused before it is built
             check_memory(training_bytes(config), "training this model", "make the model or train.batch_size smaller")
         # train.init_from: the source's weights and model section (its vocabulary grown for chat tokens)
-        model, self.base_vocab_size = build_model(config.model, self.tokenizer, t.init_from, t.lora)
+        pin = saved_base(self.out_dir) if resume and t.lora.enabled else None  # adapters resume on their base
+        model, self.base = build_model(config.model, self.tokenizer, t.init_from, t.lora, pin)
+        self.base_vocab_size = self.base["vocab_size"] if self.base else None
         self.config = config = dataclasses.replace(config, model=model.config)
         self.model = model.to(self.device)
         # DPO's reference is the starting point: taken now, before a resume loads newer weights
@@ -212,6 +214,8 @@ class Trainer:
         t = self.train_cfg
         if self.main:
             say(start_line(self.model, self.device, self.dtype, self.tokens_per_step, self.data_meta, self.step, t))
+            if self.base is not None:
+                say(source_line(self.base, self.model, t.lora.enabled))
         if t.max_seconds is None and self.step >= t.max_steps:
             if self.main:
                 say(

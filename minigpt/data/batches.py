@@ -50,17 +50,35 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
 
 def open_tokens(path: str | os.PathLike, dtype: str | np.dtype, min_tokens: int = 2) -> np.memmap:
     """Memory-map a token file, checking it holds at least min_tokens tokens."""
-    path = Path(path)
+    path, dtype = Path(path), np.dtype(dtype)
     if not path.is_file():
         raise MinigptError(f"token file {path} does not exist; run `minigpt prepare SOURCE --out {path.parent}` first")
-    if path.stat().st_size < min_tokens * np.dtype(dtype).itemsize:
-        n = path.stat().st_size // np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    if size % dtype.itemsize:  # a cut-off copy or another file: np.memmap would raise its own ValueError
+        raise MinigptError(
+            f"token file {path} is damaged: its {size:,} bytes are not a whole number of {dtype.name} tokens "
+            f"({dtype.itemsize} bytes each); prepare the data again"
+        )
+    if size < min_tokens * dtype.itemsize:
+        n = size // dtype.itemsize
         more = "prepare again with a larger --val-fraction" if path.name == "val.bin" else "prepare more data"
         raise MinigptError(
             f"{path} holds {n} tokens, but a window of block_size + 1 = {min_tokens} is needed; "
             f"use a block_size below {n} or {more}"
         )
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def check_token_ids(path: str | os.PathLike, dtype: str | np.dtype, vocab_size: int) -> None:
+    """Refuse a token file holding an id the model has no embedding for (damaged, or prepared for
+    another vocabulary), before training or evaluation fails on it mid-run. One pass over the file."""
+    tokens = open_tokens(path, dtype, min_tokens=0)
+    largest = int(tokens.max(initial=0))
+    if largest >= vocab_size:
+        raise MinigptError(
+            f"token file {path} holds token id {largest}, but the model's vocabulary has {vocab_size} ids "
+            f"(0 to {vocab_size - 1}); the file is damaged or was prepared for another tokenizer: prepare it again"
+        )
 
 
 def chat_files(data_dir: str | os.PathLike, split: str) -> dict[str, Path]:

@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.batches import IGNORE_INDEX, chat_files, count_eval_batches, eval_windows, load_meta, open_tokens
+from ..data.batches import (
+    IGNORE_INDEX,
+    chat_files,
+    check_token_ids,
+    count_eval_batches,
+    eval_windows,
+    load_meta,
+    open_tokens,
+)
 from ..device import inference, resolve_device, resolve_dtype
 from ..errors import MinigptError, read_user_text
 from ..loader import load_model
@@ -61,6 +69,7 @@ def evaluate(
         n_tokens, source = meta["val_tokens"], f"{data_dir} (val split)"
         if n_tokens < 2:
             raise MinigptError(f"the val split of {data_dir} holds {n_tokens} token(s); at least 2 are needed")
+        check_token_ids(Path(data_dir) / "val.bin", meta["dtype"], model.config.vocab_size)
         tokens = open_tokens(Path(data_dir) / "val.bin", meta["dtype"])
         chat = chat_files(data_dir, "val")  # chat data: only the answers are predicted
         mask = open_tokens(chat["mask_path"], "uint8", len(tokens)) if chat else None

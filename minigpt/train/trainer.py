@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import RunConfig
-from ..data.batches import BatchLoader, chat_files, check_fits, fixed_batches, load_meta
+from ..data.batches import BatchLoader, chat_files, check_fits, check_token_ids, fixed_batches, load_meta
 from ..data.pairs import PairLoader, fixed_pairs
 from ..device import autocast, check_memory, resolve_device, resolve_dtype
 from ..errors import SEED_LIMIT, MinigptError
@@ -119,6 +119,8 @@ class Trainer:
         self.objective = DPOObjective(self.model, t.dpo, t.lora.enabled) if self.dpo else lm_loss
         block = config.model.block_size
         check_fits(self.data_meta, block, data_dir)
+        for split in ("train", "val"):  # an id past the embedding would fail mid-run with an IndexError
+            check_token_ids(data_dir / f"{split}.bin", self.data_meta["dtype"], config.model.vocab_size)
         if config.dtype == "auto" and self.dtype == torch.bfloat16 and self.device.type == "cpu" and not resume:
             self.dtype = faster_cpu_dtype(self.model, t.batch_size, self.device, world_size)
         self.sharded = t.parallel == "fsdp" and world_size > 1

@@ -270,11 +270,15 @@ def _prepare(args):
         from .train.init_from import source_tokenizer
 
         tokenizer = source_tokenizer(args.tokenizer_from)
-    if args.format == "chat":
-        from .data.chat import prepare_chat
-        from .data.chat import summary as chat_summary
-
-        meta = prepare_chat(
+    if args.format != "text":
+        # conversations and preference pairs: rows through the chat template, the same options
+        if args.format == "chat":
+            from .data.chat import prepare_chat as prepare_rows
+            from .data.chat import summary as rows_summary
+        else:
+            from .data.preference import prepare_preference as prepare_rows
+            from .data.preference import summary as rows_summary
+        meta = prepare_rows(
             args.source,
             tokenizer,
             args.out,
@@ -283,22 +287,7 @@ def _prepare(args):
             split=args.split,
             config=args.config,
         )
-        print("\n".join(chat_summary(meta)), file=sys.stderr)
-        return
-    if args.format == "preference":
-        from .data.preference import prepare_preference
-        from .data.preference import summary as preference_summary
-
-        meta = prepare_preference(
-            args.source,
-            tokenizer,
-            args.out,
-            val_fraction=args.val_fraction,
-            max_tokens=args.max_tokens,
-            split=args.split,
-            config=args.config,
-        )
-        print("\n".join(preference_summary(meta)), file=sys.stderr)
+        print("\n".join(rows_summary(meta)), file=sys.stderr)
         return
     meta = prepare(
         args.source,

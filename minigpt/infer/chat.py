@@ -26,12 +26,11 @@ from typing import TextIO
 import torch
 
 from ..chat_template import TRANSCRIPT_STOP, plain_transcript
-from ..device import resolve_device, resolve_dtype, running_on
+from ..device import running_on
 from ..errors import MinigptError
-from ..loader import load_model
-from .engine import Engine, Event, check_max_context, fastest_threads
+from .engine import Engine, Event, check_max_context
+from .ready import load_for_generation
 from .sampling import CLI_NAMES, SamplingParams, check_sampling
-from .speculative import load_drafter
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
 
@@ -127,21 +126,24 @@ def chat_with(
     """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
     check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
     check_max_context(max_context, "--max-context")
-    torch_device = resolve_device(device)
-    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
-    torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
-    drafter = load_drafter(speculative, model, tokenizer, torch_device)
-    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
-        fastest_threads(model, torch_device, torch_dtype)
+    ready = load_for_generation(
+        path,
+        latest=latest,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        speculative=speculative,
+        measure_threads=measure_threads,
+    )
     run_chat(
-        model,
-        tokenizer,
+        ready.model,
+        ready.tokenizer,
         params,
         system=system,
         max_context=max_context,
-        device=torch_device,
-        dtype=torch_dtype,
-        drafter=drafter,
+        device=ready.device,
+        dtype=ready.dtype,
+        drafter=ready.drafter,
     )
 
 

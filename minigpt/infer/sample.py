@@ -15,12 +15,11 @@ from typing import TextIO
 
 import torch
 
-from ..device import check_memory, resolve_device, resolve_dtype, running_on
+from ..device import check_memory
 from ..errors import MinigptError, read_user_text
-from ..loader import load_model
-from .engine import Engine, fastest_threads
+from .engine import Engine
+from .ready import load_for_generation
 from .sampling import CLI_NAMES, PYTHON_NAMES, SamplingParams, check_sampling
-from .speculative import load_drafter
 
 
 def read_prompt(prompt: str, prompt_file: str | None) -> str:
@@ -164,16 +163,18 @@ def run_sample(
     if num_samples < 1:
         raise MinigptError(f"--num-samples must be at least 1, got {num_samples}")
     prompt = read_prompt(prompt, prompt_file)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
-    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
-    ids = encode_prompt(tokenizer, prompt, model.config.block_size)  # errors surface before any output
-    check_samples_fit(model.config, len(ids), params.max_tokens, num_samples)
-    drafter = load_drafter(speculative, model, tokenizer, torch_device)
-    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
-        fastest_threads(model, torch_device, torch_dtype)
-    how = f", speculative decoding with {speculative}" if speculative else ""
-    print(f"sampling on {running_on(torch_device, torch_dtype)}{how}", file=sys.stderr)
+    ready = load_for_generation(
+        path,
+        latest=latest,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        speculative=speculative,
+        measure_threads=measure_threads,
+    )
+    ids = encode_prompt(ready.tokenizer, prompt, ready.model.config.block_size)  # errors before any output
+    check_samples_fit(ready.model.config, len(ids), params.max_tokens, num_samples)
+    print(f"sampling on {ready.running_on()}", file=sys.stderr)
 
     def header(i: int) -> None:
         if num_samples > 1:
@@ -184,16 +185,16 @@ def run_sample(
         print(prompt, end="", flush=True)
     try:
         texts = generate_text(
-            model,
-            tokenizer,
+            ready.model,
+            ready.tokenizer,
             ids,
             params,
             num_samples=num_samples,
             stream_to=sys.stdout if stream else None,
-            device=torch_device,
-            dtype=torch_dtype,
+            device=ready.device,
+            dtype=ready.dtype,
             names=CLI_NAMES,
-            drafter=drafter,
+            drafter=ready.drafter,
         )
     except GenerationInterrupted as interrupted:
         _print_samples(prompt, interrupted.texts, stream, header)

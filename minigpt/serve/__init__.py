@@ -50,10 +50,8 @@ def serve(
         raise MinigptError(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
-    from ..device import resolve_device, resolve_dtype, running_on
-    from ..infer.engine import Engine, check_max_context, fastest_threads
-    from ..infer.speculative import load_drafter
-    from ..loader import load_model
+    from ..infer.engine import Engine, check_max_context
+    from ..infer.ready import load_for_generation
 
     if max_batch < 1 or max_waiting < 0:
         raise MinigptError(
@@ -64,26 +62,31 @@ def serve(
         raise MinigptError(f"--port must be in 0..65535, got {port}")
     api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
     sock = bind(host, port)  # before the model loads: a port in use or a wrong host is one line, at once
-    device_ = resolve_device(device)
-    model, tokenizer, _ = load_model(path, latest=latest, device=device_, quantize=quantize)
+    ready = load_for_generation(
+        path,
+        latest=latest,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        speculative=speculative,
+        measure_threads=measure_threads,
+    )
     engine = Engine(
-        model,
-        tokenizer,
+        ready.model,
+        ready.tokenizer,
         max_batch=max_batch,
         max_waiting=max_waiting,
         max_context=max_context,
-        device=device_,
-        dtype=resolve_dtype(dtype, device_, phase="generate"),
-        drafter=load_drafter(speculative, model, tokenizer, device_),
+        device=ready.device,
+        dtype=ready.dtype,
+        drafter=ready.drafter,
     )
-    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
-        fastest_threads(model, device_, engine.dtype)
     app = create_app(engine, model_name(path), api_key=api_key, access_log=not quiet)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host
     port = sock.getsockname()[1]
-    how = f", speculative decoding with {speculative} at batch 1" if speculative else ""
+    at_batch_1 = " at batch 1" if speculative else ""  # the engine drafts only while one sequence runs
     print(
-        f"serving {path} on http://{host}:{port} ({where}) on {running_on(device_, engine.dtype)}{how}; "
+        f"serving {path} on http://{host}:{port} ({where}) on {ready.running_on()}{at_batch_1}; "
         f"API key {'on' if api_key else 'off'}",
         file=sys.stderr,
     )

@@ -100,6 +100,27 @@ CHOICES = {
     "train.on_nan": ("stop", "skip"),
     "train.objective": ("lm", "dpo"),
 }
+# What train.parallel=fsdp cannot take: (the setting, is it on?, why, what to use instead).
+FSDP_REFUSES = (
+    (
+        "train.objective=dpo",
+        lambda train: train.objective == "dpo",
+        "the frozen reference would be a whole copy of the model in every process",
+        "train.parallel=ddp",
+    ),
+    (
+        "train.lora",
+        lambda train: train.lora.enabled,
+        "LoRA's gradients and optimizer state are a small fraction of the model's, which is what FSDP would shard",
+        "train.parallel=ddp",
+    ),
+    (
+        "train.optimizer=muon",
+        lambda train: train.optimizer == "muon",
+        "Muon orthogonalises whole matrices, FSDP splits them across processes",
+        "train.optimizer=adamw or train.parallel=ddp",
+    ),
+)
 POSITIVE = (
     "train.batch_size",
     "train.grad_accum",
@@ -261,11 +282,6 @@ def validate(config: RunConfig) -> None:
             "train.objective=dpo needs train.init_from: the chat-tuned run to start from, which is also "
             "the frozen reference"
         )
-    if config.train.objective == "dpo" and config.train.parallel == "fsdp":
-        raise MinigptError(
-            "train.objective=dpo cannot be used with train.parallel=fsdp (the frozen reference would be a "
-            "whole copy of the model in every process); use train.parallel=ddp"
-        )
     for key in ("beta1", "beta2"):  # Adam's moment decays: 1 would never forget, below 0 is no average
         value = getattr(config.train, key)
         if not 0 <= value < 1:
@@ -276,16 +292,9 @@ def validate(config: RunConfig) -> None:
         raise MinigptError(f"train.min_lr_ratio must be in [0, 1], got {config.train.min_lr_ratio}")
     if not 0 < config.train.decay_fraction <= 1:
         raise MinigptError(f"train.decay_fraction must be in (0, 1], got {config.train.decay_fraction}")
-    if config.train.parallel == "fsdp" and config.train.lora.enabled:
-        raise MinigptError(
-            "train.lora cannot be used with train.parallel=fsdp (LoRA's gradients and optimizer state are a "
-            "small fraction of the model's, which is what FSDP would shard); use train.parallel=ddp"
-        )
-    if config.train.parallel == "fsdp" and config.train.optimizer == "muon":
-        raise MinigptError(
-            "train.optimizer=muon cannot be used with train.parallel=fsdp (Muon orthogonalises whole matrices, "
-            "FSDP splits them across processes); use train.optimizer=adamw or train.parallel=ddp"
-        )
+    for setting, is_on, why, instead in FSDP_REFUSES:
+        if config.train.parallel == "fsdp" and is_on(config.train):
+            raise MinigptError(f"{setting} cannot be used with train.parallel=fsdp ({why}); use {instead}")
     check_device_name(config.device)
     dataclasses.replace(config.model, vocab_size=1).validate()  # the vocabulary comes later, from the data
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ..metrics import read_metrics
-from .process import prepare_char, timed, train_command, whole_val_loss
+from .process import prepare_char, progress, timed, train_command, whole_val_loss
 
 BUDGETS = (30, 90, 300)
 FAST_CONFIG = "configs/shakespeare_char_fast.yaml"
@@ -38,6 +38,7 @@ def bench_budgets(
                     "whole_val_loss": whole_val_loss(out),
                 }
             )
+            progress(f"time budget {budget:g} s: whole-val loss {runs[-1]['whole_val_loss']:.3f}, {whole:.0f} s in all")
     losses = [r["whole_val_loss"] for r in runs]
     return {"config": config, "runs": runs, "losses_fall": all(a > b for a, b in zip(losses, losses[1:]))}
 

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from .process import progress
+
 GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "positions": 1024}
 SIDES = ("minigpt", "transformers")
 MODES = ("full", "lora")
@@ -71,11 +73,9 @@ def bench_finetune(
         row["speedup"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 2)
         row["memory_ratio"] = round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 2)
         results[mode] = row
-        print(
-            f"{mode}: minigpt {ours['tokens_per_s']:,.0f} tokens/s, transformers {theirs['tokens_per_s']:,.0f} "
-            f"({row['speedup']:.2f}x)",
-            file=sys.stderr,
-            flush=True,
+        progress(
+            f"fine-tuning, {mode}: minigpt {ours['tokens_per_s']:,.0f} tokens/s, transformers "
+            f"{theirs['tokens_per_s']:,.0f} ({row['speedup']:.2f}x)"
         )
     return results
 

@@ -21,6 +21,7 @@ from ..model import GPT, GPTConfig
 from ..serve import background_server
 from ..serve.app import create_app
 from ..tokenizers import CharTokenizer
+from .process import progress
 
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # its 65 characters
 PROMPT = "ROMEO:\nWhat light through yonder window breaks?\n"
@@ -46,7 +47,10 @@ def bench_serving(
     result = {"device": device, "params": model.num_params(), "max_tokens": max_tokens, "max_batch": max_batch}
     with background_server(create_app(engine, "bench")) as url:
         _stream(url, max_tokens, seed=0)  # warm-up
-        result["concurrent"] = {c: _concurrent(url, c, max_tokens) for c in clients}
+        result["concurrent"] = {}
+        for c in clients:
+            result["concurrent"][c] = _concurrent(url, c, max_tokens)
+            progress(f"serving, {c} clients: {result['concurrent'][c]['tokens_per_s']:,.0f} tokens/s")
         largest = max(clients)
         start = time.perf_counter()
         tokens = sum(_stream(url, max_tokens, seed=i)[1] for i in range(largest))

@@ -15,12 +15,13 @@ This module imports lm_eval (the optional `eval` extra) on import: only `eval --
 """
 
 import difflib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import MinigptError
+from ..errors import MinigptError, first_line
 from ..infer.engine import Engine
 from ..infer.sample import document_start
 from ..infer.sampling import SamplingParams
@@ -171,6 +172,9 @@ def run_tasks(
         raise MinigptError(f"--limit must be positive, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise MinigptError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    if include_path is not None and not Path(include_path).is_dir():
+        missing = "does not exist" if not Path(include_path).exists() else "is not a folder"
+        raise MinigptError(f"--include-path {include_path} {missing}; give a folder of task YAML files")
     # lm-eval's own index of its thousands of tasks takes tens of seconds: skip it when the folder has them all
     manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
     if manager is None or not set(tasks) <= set(manager.all_tasks):
@@ -183,12 +187,60 @@ def run_tasks(
             raise MinigptError(f"unknown task {task!r}; {hint}")
     return simple_evaluate(
         model=MinigptLM(model, tokenizer, batch_size=batch_size, device=device),
-        tasks=tasks,
+        tasks=[built for task in tasks for built in _load_task(manager, task)],
         num_fewshot=num_fewshot,
         limit=limit,
         task_manager=manager,
         log_samples=False,
     )
+
+
+def _load_task(manager, name: str) -> list:
+    """A task, group or tag, built (its data read or downloaded here), and its rows' answers checked.
+
+    Built before simple_evaluate, which takes the built objects, so that data that is missing or out
+    of reach is one line naming the task, not a traceback from deep inside lm-eval or datasets.
+    """
+    import datasets
+
+    # datasets' bars ("Generating test split") would stand on stderr above a one-line error
+    quiet = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        loaded = manager.load(name)
+        for task_name, task in loaded["tasks"].items():
+            _check_answers(task_name, task)
+    except ConnectionError:  # datasets' offline mode and an unreachable Hub alike
+        raise MinigptError(
+            f"the data of task {name!r} could not be downloaded; it needs the network once (then it is "
+            "cached), or give a task of your own with local data files through --include-path"
+        ) from None
+    except FileNotFoundError as e:
+        raise MinigptError(f"a data file of task {name!r} is missing ({first_line(e)}); check its YAML") from None
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+    group = loaded["groups"].get(name)
+    return [group] if group is not None else list(loaded["tasks"].values())  # a task, or a tag's tasks
+
+
+def _check_answers(name: str, task) -> None:
+    """Every row's answer of a multiple-choice task must be one of its choices: lm-eval scores an
+    index past the end as wrong (with a warning) and fails on a negative one with an IndexError."""
+    if task.OUTPUT_TYPE != "multiple_choice":
+        return
+    for row, doc in enumerate(task.eval_docs, start=1):
+        # as lm-eval reads the gold: from doc_to_text in tasks whose choices are contexts (winogrande)
+        answers = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+        choices = task.doc_to_choice(doc)
+        for answer in answers if isinstance(answers, list) else [answers]:
+            if isinstance(answer, int) and not 0 <= answer < len(choices):
+                problem = f"the answer index {answer} is out of range for its {len(choices)} choices"
+            elif isinstance(answer, str) and answer not in choices:
+                problem = f"the answer {answer!r} is not one of its {len(choices)} choices"
+            else:
+                continue
+            raise MinigptError(f"task {name!r}, row {row}: {problem}; fix the task's data")
 
 
 def results_table(results: dict) -> str:

@@ -18,12 +18,17 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..checkpoint import SHARDS, model_state, save_checkpoint
 from ..errors import MinigptError
 from ..run import RunRecord
+
+try:  # FSDP2's public home since torch 2.6, newer than minigpt's floor: only FSDP runs need it
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+except ImportError:
+    MixedPrecisionPolicy = fully_shard = None
+FSDP_TORCH = "2.6"
 
 STAGING = ".shards-"  # shards being written, moved into the checkpoint folder when it is saved
 
@@ -35,6 +40,11 @@ def shard_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype
     Build the optimizer after this: it must see the sharded parameters. On GPUs under bf16 the gathered
     weights are bf16 and gradients are reduced in fp32; the shards (the master weights) stay fp32.
     """
+    if fully_shard is None:
+        raise MinigptError(
+            f"train.parallel=fsdp needs torch {FSDP_TORCH} or newer (torch.distributed.fsdp.fully_shard); this "
+            f"is torch {torch.__version__}: upgrade torch, or use train.parallel=ddp"
+        )
     policy = MixedPrecisionPolicy()
     if device.type == "cuda" and dtype == torch.bfloat16:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

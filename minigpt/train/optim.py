@@ -5,6 +5,8 @@ optimizer=muon, the hidden 2-D matrices (attention and MLP weights) are trained 
 orthogonalises each update, and embeddings, the LM head, norms and biases by AdamW (Muon is
 meant for hidden layers only). `Optimizers` holds them and acts as one optimizer: adding an
 optimizer is one more entry in `_build`, adding a schedule one more branch in `lr_multiplier`.
+
+torch.optim.Muon came with torch 2.9, newer than minigpt's floor: only optimizer=muon needs it.
 """
 
 import inspect
@@ -14,6 +16,8 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import MinigptError
+
+MUON_TORCH = "2.9"  # the first torch with torch.optim.Muon
 
 
 class Optimizers:
@@ -71,6 +75,11 @@ def _build(model: torch.nn.Module, train: TrainConfig) -> list[torch.optim.Optim
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizers = []
     if train.optimizer == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise MinigptError(
+                f"train.optimizer=muon needs torch {MUON_TORCH} or newer (torch.optim.Muon); this is torch "
+                f"{torch.__version__}: upgrade torch, or use train.optimizer=adamw"
+            )
         hidden = [p for n, p in params if p.dim() == 2 and n.startswith("transformer.h.")]
         optimizers.append(Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay))
         params = [(n, p) for n, p in params if not (p.dim() == 2 and n.startswith("transformer.h."))]
@@ -103,7 +112,8 @@ class AdamW(torch.optim.AdamW):
         return inspect.unwrap(torch.optim.AdamW.step)(self, closure)
 
 
-class Muon(torch.optim.Muon):
+# on an older torch the class is defined all the same (importing minigpt must work there), never built
+class Muon(getattr(torch.optim, "Muon", torch.optim.Optimizer)):
     """torch's Muon (default adjust_lr_fn), with the Newton-Schulz iterations of all the matrices of one
     shape run as one batch of products: same numbers, and 10 ms a step instead of 28 for the 16
     matrices of a 4 x 128 model on a 2-core CPU, where each small product is mostly overhead."""

@@ -63,10 +63,39 @@ def train(config: RunConfig, resume: bool = False) -> dict:
         if rank == 0:
             check_not_foreign(config.out_dir)
         with out_dir_lock(config.out_dir) if rank == 0 else nullcontext():  # one run per out_dir at a time
-            return Trainer(config, resume, rank, world_size, local_rank).run()
+            with _end_setup_on_signals():
+                trainer = Trainer(config, resume, rank, world_size, local_rank)
+            return trainer.run()
     finally:
         if world_size > 1:
             dist.destroy_process_group()
+
+
+class _SetupStopped(BaseException):
+    """A signal during set-up; a BaseException, so that no `except Exception` on the way swallows it."""
+
+
+@contextmanager
+def _end_setup_on_signals():
+    """SIGINT / SIGTERM during set-up (building a large model takes minutes) end the run at once, in one
+    line with the shell's exit code (130, 143); the out_dir lock then removes a folder it made. The loop's
+    own handlers (Trainer._stop_on_signals) take over from there: they finish the step and save."""
+
+    def stop(signum, frame):
+        raise _SetupStopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _SetupStopped as stopped:
+        name = signal.Signals(stopped.args[0]).name
+        raise MinigptError(
+            f"stopped by {name} while setting up the run, before its first step; nothing was saved",
+            exit_code=128 + stopped.args[0],
+        ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def training_bytes(config: RunConfig) -> float:

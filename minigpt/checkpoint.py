@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import MinigptError, first_line
+from .errors import MinigptError, first_line, write_fix
 from .run import RunRecord
 
 PREFIX = "step_"
@@ -82,11 +82,11 @@ def save_checkpoint(
     """
     final = checkpoint_dir(out_dir, record.step)
     root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by a run killed mid-save
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         save_file(model_state(model) if weights is None else weights, tmp / "model.safetensors")
         with open(tmp / "state.pt", "wb") as f:  # written through Python, so a full disk shows as an OSError
@@ -105,34 +105,36 @@ def save_checkpoint(
         if record.val_loss is not None and (best is None or record.val_loss < best["val_loss"]):
             _write_json_atomic(root / "best.json", {"step": record.step, "val_loss": record.val_loss})
     except (OSError, SafetensorError, RuntimeError) as e:
-        reason = _write_error(e)
-        if reason is None:
+        error = _os_error(e)
+        if error is None:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+        fix = write_fix(error, root)
         kept = (
-            "the previous checkpoint is intact; free disk space and resume with --resume"
+            f"the previous checkpoint is intact; {fix} and resume with --resume"
             if list_checkpoints(root)
-            else "no checkpoint was saved yet; free disk space and run again"
+            else f"no checkpoint was saved yet; {fix} and run again"
         )
+        reason = error.strerror or str(error)
         raise MinigptError(f"could not save checkpoint to {final} ({reason}); {kept}", exit_code=1) from e
     _prune(root, keep)
     return final
 
 
-def _write_error(e: Exception) -> str | None:
-    """Why writing failed, as the OS said it (None if this was no failed write).
+def _os_error(e: Exception) -> OSError | None:
+    """The OS's failure behind a failed write, as an OSError (None if this was no failed write).
 
     Each library reports a failed write its own way: Python raises OSError; safetensors raises
     SafetensorError "... (os error 28)"; torch.save, writing to a Python file, raises RuntimeError
     with the OSError as its context.
     """
     if isinstance(e, OSError):
-        return e.strerror or str(e)
+        return e
     if isinstance(e, SafetensorError):
         code = re.search(r"os error (\d+)", str(e))
-        return os.strerror(int(code.group(1))) if code else first_line(e)
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1)))) if code else OSError(first_line(e))
     if isinstance(e.__context__, OSError):
-        return _write_error(e.__context__)
+        return e.__context__
     return None
 
 

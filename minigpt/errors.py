@@ -4,6 +4,7 @@ The command line catches it and prints its message as a single line with
 exit code 2 (bad input) or 1 (a runtime failure such as a full disk).
 """
 
+import errno
 import os
 import re
 import stat
@@ -25,6 +26,14 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def write_fix(error: OSError, path) -> str:
+    """What to do about a write that failed with `error`: where permission was refused (or the file
+    system is read-only) freeing disk space would not help, so name the path to make writable."""
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {path} writable"
+    return "free disk space"
 
 
 def read_user_text(path, what: str = "", *, invalid: dict[str, int] | None = None, max_bytes=MAX_TEXT_BYTES) -> str:

@@ -8,11 +8,12 @@ reader skips it, and resuming drops it.
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import MinigptError
+from .errors import MinigptError, write_fix
 
 FILE = "metrics.jsonl"
 
@@ -52,30 +53,39 @@ class MetricsLog:
 
     def start(self) -> None:
         """A new run: an empty log."""
-        self.file.write_text("")
+        with self._writing("run again"):
+            self.file.write_text("")
 
     def truncate_after(self, step: int) -> None:
         """Resuming from `step`: forget what was logged after it (the resumed run logs it again)."""
         kept = [r for r in read_metrics(self.file) if r.get("step", 0) <= step] if self.file.exists() else []
         tmp = self.file.with_name(FILE + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.file)
+        with self._writing("resume with --resume"):
+            try:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, self.file)
+            finally:
+                tmp.unlink(missing_ok=True)  # gone after the replace; a failed one leaves nothing behind
 
     def append(self, record: dict) -> None:
-        try:
+        with self._writing("resume with --resume"):  # the last checkpoint is still there to resume from
             with open(self.file, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        except OSError as e:  # a full disk: one line, and the last checkpoint is still there to resume from
-            raise MinigptError(
-                f"could not write {self.file} ({e.strerror or e}); free disk space and resume with --resume",
-                exit_code=1,
-            ) from e
         for writer in self.writers:
             writer.log(record)
 
     def close(self) -> None:
         for writer in self.writers:
             writer.close()
+
+    @contextmanager
+    def _writing(self, then: str):
+        """A failed write of the log as one line: what the OS said, and what to do (`then` after it)."""
+        try:
+            yield
+        except OSError as e:
+            fix = write_fix(e, self.file)
+            raise MinigptError(f"could not write {self.file} ({e.strerror or e}); {fix} and {then}", exit_code=1) from e
 
 
 class _TensorBoard:

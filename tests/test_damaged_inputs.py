@@ -6,6 +6,8 @@ checks the error the way tests/test_bad_inputs.py does (check_error: one `error:
 
 import json
 import shutil
+import subprocess
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -127,3 +129,45 @@ def test_a_hub_task_offline_is_one_line_and_does_not_hang(trained_run, tmp_path)
     result = run_cli("eval", trained_run, "--tasks", "hellaswag", "--limit", "2", cwd=tmp_path, timeout=240)
     check_error(result.returncode, result.stderr, 2, "the data of task 'hellaswag' could not be downloaded")
     assert "--include-path" in result.stderr
+
+
+@contextmanager
+def immutable(path):
+    """`chattr +i path`: a file or folder that even root cannot change (chmod does not stop root, who
+    runs these tests); skips where the file system or the container refuses the attribute."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize(
+    "locked, fragment",
+    [
+        (
+            "checkpoints",
+            "could not save checkpoint to {run}/checkpoints/step_0000008 (Operation not permitted); the previous "
+            "checkpoint is intact; make {run}/checkpoints writable and resume with --resume",
+        ),
+        (
+            "metrics.jsonl",
+            "could not write {run}/metrics.jsonl (Operation not permitted); make {run}/metrics.jsonl writable "
+            "and resume with --resume",
+        ),
+    ],
+    ids=["checkpoints-folder", "metrics-file"],
+)
+def test_a_write_refused_by_permissions_names_the_path_not_the_disk(char_data, tmp_path, capsys, locked, fragment):
+    run = tmp_path / "run"
+    argv = ["train", "-", f"data.dir={char_data}", f"out_dir={run}", *TINY, "train.checkpoint_interval=4"]
+    assert run_main(capsys, *argv, "train.max_steps=4")[0] == 0
+    with immutable(run / locked):
+        before = snapshot(run / "checkpoints")
+        code, _, err = run_main(capsys, *argv, "train.max_steps=8", "--resume")
+        # the run says what it did up to the failed save: the error is the last line, and the only one
+        lines = err.strip().splitlines()
+        check_error(code, lines[-1], 1, fragment.format(run=run))
+        assert "Traceback" not in err and sum(line.startswith("error") for line in lines) == 1
+        assert snapshot(run / "checkpoints") == before and not list(run.glob("**/*.tmp*"))

@@ -1,4 +1,7 @@
-"""Built-in corpora: `shakespeare` (downloaded once) and `pydocs` (offline).
+"""Built-in corpora, both offline: `shakespeare` (shipped with the package) and `pydocs`.
+
+`shakespeare` is tiny Shakespeare (1.1 MB of public-domain plays, the text of
+Karpathy's char-rnn and nanoGPT), so the fine-tuning examples need no network.
 
 `pydocs` is real human-written English that every Python installation
 carries: the reference manual bundled for `help()` (pydoc_data.topics), the
@@ -17,13 +20,9 @@ import inspect
 import itertools
 import os
 import sysconfig
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import MinigptError
-
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 BUILTIN_CORPORA = ("shakespeare", "pydocs")
 
 # C modules (no .py source to read) whose import does nothing but define names.
@@ -33,31 +32,9 @@ PYDOCS_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_tes
 MIN_DOC_CHARS = 40  # skip one-line stubs such as "Return self."
 
 
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where downloads are kept: the argument, else $MINIGPT_CACHE, else ~/.cache/minigpt."""
-    if override is not None:
-        return Path(override)
-    return Path(os.environ.get("MINIGPT_CACHE") or Path.home() / ".cache" / "minigpt")
-
-
-def shakespeare_path(cache: str | os.PathLike | None = None) -> Path:
-    """The tiny Shakespeare text file, downloaded on first use only."""
-    path = cache_dir(cache) / "tinyshakespeare.txt"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    try:
-        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
-            partial.write_bytes(response.read())
-    except OSError as e:
-        partial.unlink(missing_ok=True)
-        raise MinigptError(
-            f"could not download tiny Shakespeare from {SHAKESPEARE_URL} ({e}); "
-            f"put the file at {path} yourself, or use the offline corpus 'pydocs'"
-        ) from None
-    partial.replace(path)
-    return path
+def shakespeare_path() -> Path:
+    """The tiny Shakespeare text file that ships inside the package."""
+    return Path(__file__).with_name("tinyshakespeare.txt")
 
 
 def pydocs_documents() -> Iterator[str]:

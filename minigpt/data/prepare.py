@@ -136,7 +136,6 @@ def prepare(
     config: str | None = None,
     num_proc: int | None = None,
     max_chars: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Tokenize SOURCE into `out` (train.bin, val.bin, meta.json, tokenizer files); return the meta dict.
@@ -145,8 +144,7 @@ def prepare(
     `text_column` names the column with the text in json/parquet/Hub data
     (default "text"; plain-text files ignore it, with a note). `split` and
     `config` select a Hub dataset's split and configuration (its `name=`);
-    `max_chars` stops after that many characters; `cache_dir` is where
-    built-in corpora are downloaded (default $MINIGPT_CACHE or ~/.cache/minigpt).
+    `max_chars` stops after that many characters.
     Null, missing and empty texts are dropped and counted in the meta.
 
     Validation split: one document -> its last `val_fraction` of characters;
@@ -158,7 +156,7 @@ def prepare(
     if isinstance(tokenizer, str):
         check_spec(tokenizer)
     out = check_out_folder(out)
-    corpus = open_corpus(source, text_column=text_column, split=split, config=config, cache_dir=cache_dir)
+    corpus = open_corpus(source, text_column=text_column, split=split, config=config)
     head = list(itertools.islice(corpus.documents(max_chars), 2))
     if not head:
         raise MinigptError(f"no text found in {source!r} (every document is empty)")
@@ -425,7 +423,6 @@ def open_corpus(
     text_column: str | None = None,
     split: str = "train",
     config: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
 ) -> Corpus:
     """Resolve SOURCE: a built-in name first, then a local path or glob, then a Hub name.
 
@@ -434,7 +431,7 @@ def open_corpus(
     """
     column = text_column or DEFAULT_TEXT_COLUMN
     if source == "shakespeare":
-        corpus = _files_corpus(source, [shakespeare_path(cache_dir)], column)
+        corpus = _files_corpus(source, [shakespeare_path()], column)
     elif source == "pydocs":
         corpus = Corpus(source, lambda counts: pydocs_documents())
     elif (files := _local_files(source)) is not None:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, run_main
 
 from minigpt import GPT, GPTConfig
 from minigpt.data.batches import IGNORE_INDEX, BatchLoader, chat_files, fixed_batches, load_meta
@@ -130,10 +131,30 @@ def test_system_and_user_tokens_contribute_no_gradient(chat_dir):
     assert (grad[context] == 0).all() and (grad[~context] > 0).all()
 
 
-def test_training_refuses_chat_data_whose_conversations_outgrow_the_block(chat_dir):
+def test_chat_data_fits_a_block_that_holds_its_longest_conversation(chat_dir):
     from minigpt.data.batches import check_fits
 
     meta = load_meta(chat_dir)  # prepared with the default --max-tokens 1025
-    check_fits(meta, 1024, chat_dir)
+    lengths = [
+        np.diff([*np.fromfile(chat_dir / f"{split}_starts.bin", dtype=np.uint64), meta[f"{split}_tokens"]])
+        for split in ("train", "val")
+    ]
+    longest = int(max(length.max() for length in lengths))
+    assert max(meta["train_longest"], meta["val_longest"]) == longest < 65
+    check_fits(meta, longest - 1, chat_dir)  # block_size + 1 tokens: the longest conversation whole
+    with pytest.raises(
+        MinigptError, match=f"of up to {longest} tokens, more than block_size \\+ 1 = {longest - 1}; .*--max-tokens"
+    ):
+        check_fits(meta, longest - 2, chat_dir)
+    # a folder prepared before the longest was recorded: only its --max-tokens is known
+    old = {key: value for key, value in meta.items() if not key.endswith("_longest")}
+    check_fits(old, 1024, chat_dir)
     with pytest.raises(MinigptError, match="up to 1025 tokens, more than block_size \\+ 1 = 65; .*--max-tokens 65"):
-        check_fits(meta, 64, chat_dir)
+        check_fits(old, 64, chat_dir)
+
+
+def test_training_with_block_64_takes_chat_data_prepared_with_the_default_max_tokens(chat_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "-", f"data.dir={chat_dir}", f"out_dir={out}", *TINY, "model.block_size=64", "train.max_steps=2"]
+    code, _, err = run_main(capsys, *argv)
+    assert code == 0, err

@@ -9,7 +9,7 @@ import torch
 from helpers import run_main, save_untrained_run
 
 from minigpt import GPT, GPTConfig
-from minigpt.data.batches import IGNORE_INDEX, chat_files, load_meta
+from minigpt.data.batches import IGNORE_INDEX, chat_files, check_fits, load_meta
 from minigpt.data.pairs import PairLoader, fixed_pairs
 from minigpt.data.preference import prepare_preference
 from minigpt.errors import MinigptError
@@ -205,6 +205,11 @@ def test_pairs_longer_than_the_block_are_refused_with_the_fix(pairs_dir):
         MinigptError, match="sequences of up to \\d+ tokens, more than block_size \\+ 1 = 9; .*--max-tokens 9"
     ):
         PairLoader(pairs_dir / "train.bin", meta["dtype"], 8, 4, **chat_files(pairs_dir, "train"))
+    # training checks it up front, from the longest sequence prepare recorded, through the same code
+    longest = max(meta["train_longest"], meta["val_longest"])
+    check_fits(meta, longest - 1, pairs_dir)
+    with pytest.raises(MinigptError, match=f"preference pairs in {pairs_dir} hold sequences of up to {longest} tokens"):
+        check_fits(meta, longest - 2, pairs_dir)
 
 
 def test_the_demo_pairs_prepare_and_keep_their_held_out_questions_apart(tmp_path, monkeypatch):

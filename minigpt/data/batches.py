@@ -87,12 +87,29 @@ def chat_files(data_dir: str | os.PathLike, split: str) -> dict[str, Path]:
     return {"mask_path": mask, "starts_path": starts} if mask.is_file() else {}
 
 
+SEQUENCES = {  # data whose sequences a training window must hold whole, as its refusal names them
+    "chat": "the chat data in {} holds conversations",
+    "preference": "the preference pairs in {} hold sequences",
+}
+
+
 def check_fits(meta: dict, block_size: int, data_dir) -> None:
-    """Chat data must keep conversations a window can hold whole, or windows would hold no answer to train on."""
-    if meta.get("format") == "chat" and meta["max_tokens"] > block_size + 1:
+    """Chat data and preference pairs must keep sequences a window can hold whole, or windows would hold
+    answers cut off (or none at all) to train on. Compared with the longest sequence prepare kept, not
+    with its --max-tokens: a limit of 1025 with 20-token conversations fits any block from 19 up."""
+    if meta.get("format") in SEQUENCES:
+        recorded = [meta[key] for key in ("train_longest", "val_longest") if key in meta]
+        # data prepared before the longest was recorded: all that is known is that none is longer than max_tokens
+        longest = max(recorded) if recorded else meta["max_tokens"]
+        check_longest(longest, block_size, meta["format"], data_dir)
+
+
+def check_longest(longest: int, block_size: int, kind: str, data_dir) -> None:
+    """Refuse sequences of up to `longest` tokens (of `kind`, a SEQUENCES format) for a model of block_size."""
+    if longest > block_size + 1:
         raise MinigptError(
-            f"the chat data in {data_dir} keeps conversations of up to {meta['max_tokens']} tokens, more than "
-            f"block_size + 1 = {block_size + 1}; prepare it again with --max-tokens {block_size + 1}"
+            f"{SEQUENCES[kind].format(data_dir)} of up to {longest} tokens, more than block_size + 1 = "
+            f"{block_size + 1}; prepare the data again with --max-tokens {block_size + 1}"
         )
 
 

@@ -159,6 +159,7 @@ class _Split:
             "tokens": len(self.ids),
             "target_tokens": sum(self.mask),
             "bytes": self.answer_bytes,
+            "longest": int(np.diff([*self.starts, len(self.ids)]).max(initial=0)),  # what a window must hold
         }
 
 

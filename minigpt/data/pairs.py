@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import MinigptError
-from .batches import IGNORE_INDEX, batch_rng, open_tokens, windows_to_batch
+from .batches import IGNORE_INDEX, batch_rng, check_longest, open_tokens, windows_to_batch
 
 
 class Pairs:
@@ -38,11 +38,7 @@ class Pairs:
         self.ends = np.append(self.starts[1:], len(self.tokens))
         self.count = len(self.starts) // 2
         self.length = int((self.ends - self.starts).max())  # T + 1 of every batch
-        if self.length > block_size + 1:
-            raise MinigptError(
-                f"the preference pairs in {folder} hold sequences of up to {self.length} tokens, more than "
-                f"block_size + 1 = {block_size + 1}; prepare them again with --max-tokens {block_size + 1}"
-            )
+        check_longest(self.length, block_size, "preference", folder)
 
     def batch(self, pairs: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of these pairs: their chosen sequences, then their rejected ones, padded to self.length."""

@@ -23,6 +23,7 @@ from ..formats.gguf import save_gguf
 from ..infer.engine import Engine
 from ..infer.sampling import SamplingParams
 from ..model import GPT, GPTConfig
+from ..nn.decode_layout import decode_layout
 from ..nn.int8 import quantize_int8
 from ..tokenizers import CharTokenizer, load_tokenizer
 from .process import progress
@@ -56,7 +57,8 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2)) -> 
             weights = decode_weights(model)
             for gguf_type, ours in PRECISIONS:
                 path = save_gguf(model, tokenizer, Path(tmp) / f"{len(rows)}.gguf", outtype=gguf_type)
-                mine = quantize_int8(copy.deepcopy(model)) if ours == "int8" else model
+                # minigpt's weights as sample, chat and serve lay them out (infer/ready.py)
+                mine = (quantize_int8 if ours == "int8" else decode_layout)(copy.deepcopy(model))
                 for n in threads:
                     llm = Llama(
                         str(path),

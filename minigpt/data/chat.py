@@ -53,10 +53,7 @@ def prepare_chat(
     config: str | None = None,
 ) -> dict:
     """Tokenize the conversations in SOURCE into `out`; return the meta dict (with the counts)."""
-    if not 0 <= val_fraction < 1:
-        raise MinigptError(f"val_fraction must be in [0, 1), e.g. 0.1; got {val_fraction!r}")
-    if max_tokens < 2:
-        raise MinigptError(f"--max-tokens must be at least 2 (use the model's block_size + 1), got {max_tokens}")
+    check_options(val_fraction, max_tokens)
     out = check_out_folder(out)
     rows = open_rows(source, split=split, config=config)
     conversations = [to_messages(row, i) for i, row in enumerate(rows, start=1)]  # rows count from 1
@@ -96,7 +93,7 @@ def prepare_chat(
         "config": config,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return write_staged(out, tokenizer, lambda staging: (meta, _write_files(staging, splits, dtype)))
+    return write_staged(out, tokenizer, lambda staging: (meta, write_sequences(staging, splits, dtype)))
 
 
 def to_messages(row: dict, index: int) -> list[dict]:
@@ -137,30 +134,60 @@ def masked_ids(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], l
     return ids, mask
 
 
-class _Split:
-    """The encoded conversations of one split."""
+def check_options(val_fraction: float, max_tokens: int) -> None:
+    """The options chat and preference data share, checked before any row is read."""
+    if not 0 <= val_fraction < 1:
+        raise MinigptError(f"val_fraction must be in [0, 1), e.g. 0.1; got {val_fraction!r}")
+    if max_tokens < 2:
+        raise MinigptError(f"--max-tokens must be at least 2 (use the model's block_size + 1), got {max_tokens}")
+
+
+class MaskedSequences:
+    """The token sequences of one split, end to end, with their loss mask and where each begins."""
 
     def __init__(self):
         self.ids: list[int] = []
         self.mask: list[bool] = []
         self.starts: list[int] = []
-        self.answer_bytes = 0
 
-    def add(self, ids: list[int], mask: list[bool], messages: Iterable[dict]) -> None:
+    def add(self, ids: list[int], mask: list[bool]) -> None:
         self.starts.append(len(self.ids))
         self.ids += ids
         self.mask += mask
+
+    def counts(self) -> dict:
+        return {
+            "tokens": len(self.ids),
+            "target_tokens": sum(self.mask),
+            "longest": int(np.diff([*self.starts, len(self.ids)]).max(initial=0)),  # what a window must hold
+        }
+
+
+def write_sequences(staging: Path, splits: dict[str, MaskedSequences], dtype) -> list[str]:
+    """Write {split}.bin, {split}_mask.bin and {split}_starts.bin of each split; return their names."""
+    names = []
+    for name, s in splits.items():
+        np.array(s.ids, dtype=dtype).tofile(staging / f"{name}.bin")
+        np.array(s.mask, dtype=np.uint8).tofile(staging / f"{name}_mask.bin")
+        np.array(s.starts, dtype=np.uint64).tofile(staging / f"{name}_starts.bin")
+        names += [f"{name}.bin", f"{name}_mask.bin", f"{name}_starts.bin"]
+    return names
+
+
+class _Split(MaskedSequences):
+    """The encoded conversations of one split, and the bytes of their answers."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer_bytes = 0
+
+    def add(self, ids: list[int], mask: list[bool], messages: Iterable[dict]) -> None:
+        super().add(ids, mask)
         self.answer_bytes += sum(len(m["content"].encode("utf-8")) for m in messages if m["role"] == "assistant")
 
     def counts(self) -> dict:
         # bytes: of the assistant turns, the only text predicted (bits per byte then means per byte of answers)
-        return {
-            "conversations": len(self.starts),
-            "tokens": len(self.ids),
-            "target_tokens": sum(self.mask),
-            "bytes": self.answer_bytes,
-            "longest": int(np.diff([*self.starts, len(self.ids)]).max(initial=0)),  # what a window must hold
-        }
+        return {"conversations": len(self.starts), **super().counts(), "bytes": self.answer_bytes}
 
 
 def _check_splits(splits: dict[str, _Split], val_fraction: float, dropped: int, max_tokens: int) -> None:
@@ -169,16 +196,6 @@ def _check_splits(splits: dict[str, _Split], val_fraction: float, dropped: int, 
         raise MinigptError(f"no conversation is left for the train split{too_long}")
     if val_fraction > 0 and not splits["val"].starts:
         raise MinigptError(f"the val split is empty{too_long}; raise --val-fraction or add conversations")
-
-
-def _write_files(staging: Path, splits: dict[str, _Split], dtype) -> list[str]:
-    names = []
-    for name, s in splits.items():
-        np.array(s.ids, dtype=dtype).tofile(staging / f"{name}.bin")
-        np.array(s.mask, dtype=np.uint8).tofile(staging / f"{name}_mask.bin")
-        np.array(s.starts, dtype=np.uint64).tofile(staging / f"{name}_starts.bin")
-        names += [f"{name}.bin", f"{name}_mask.bin", f"{name}_starts.bin"]
-    return names
 
 
 def summary(meta: dict) -> Iterator[str]:

@@ -29,13 +29,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
 from ..chat_template import check_messages
 from ..errors import MinigptError
 from ..tokenizers import Tokenizer
+from .chat import MaskedSequences, check_options, write_sequences
 from .prepare import check_out_folder, in_val, open_rows, write_staged
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -59,10 +59,7 @@ def prepare_preference(
             "preference data is encoded with the tokenizer of the chat-tuned run DPO starts from: "
             "add --tokenizer-from PATH (that run)"
         )
-    if not 0 <= val_fraction < 1:
-        raise MinigptError(f"val_fraction must be in [0, 1), e.g. 0.1; got {val_fraction!r}")
-    if max_tokens < 2:
-        raise MinigptError(f"--max-tokens must be at least 2 (use the model's block_size + 1), got {max_tokens}")
+    check_options(val_fraction, max_tokens)
     out = check_out_folder(out)
     rows = open_rows(source, split=split, config=config)
     pairs = [to_pair(row, f"{source} row {i + 1}") for i, row in enumerate(rows)]
@@ -81,7 +78,7 @@ def prepare_preference(
         if max(len(ids) for ids, _ in sequences) > max_tokens:
             dropped["too_long"] += 1
             continue
-        splits["val" if in_val(i, val_fraction) else "train"].add(sequences)
+        splits["val" if in_val(i, val_fraction) else "train"].add_pair(sequences)
     _check_splits(splits, val_fraction, dropped, max_tokens)
 
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
@@ -101,7 +98,7 @@ def prepare_preference(
         "config": config,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return write_staged(out, tokenizer, lambda staging: (meta, _write_files(staging, splits, dtype)))
+    return write_staged(out, tokenizer, lambda staging: (meta, write_sequences(staging, splits, dtype)))
 
 
 def to_pair(row: dict, where: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -144,28 +141,15 @@ def answer_ids(tokenizer: Tokenizer, prompt: list[dict], answer: list[dict]) -> 
     return ids, [k >= start for k in range(len(ids))]
 
 
-class _Split:
+class _Split(MaskedSequences):
     """The encoded pairs of one split: sequences end to end, chosen then rejected."""
 
-    def __init__(self):
-        self.ids: list[int] = []
-        self.mask: list[bool] = []
-        self.starts: list[int] = []
-
-    def add(self, sequences: list[tuple[list[int], list[bool]]]) -> None:
+    def add_pair(self, sequences: list[tuple[list[int], list[bool]]]) -> None:
         for ids, mask in sequences:
-            self.starts.append(len(self.ids))
-            self.ids += ids
-            self.mask += mask
+            self.add(ids, mask)
 
     def counts(self) -> dict:
-        lengths = np.diff([*self.starts, len(self.ids)])
-        return {
-            "pairs": len(self.starts) // 2,
-            "tokens": len(self.ids),
-            "target_tokens": sum(self.mask),
-            "longest": int(lengths.max(initial=0)),
-        }
+        return {"pairs": len(self.starts) // 2, **super().counts()}
 
 
 def _check_splits(splits: dict[str, _Split], val_fraction: float, dropped: dict, max_tokens: int) -> None:
@@ -179,16 +163,6 @@ def _check_splits(splits: dict[str, _Split], val_fraction: float, dropped: dict,
         raise MinigptError(f"no preference pair is left for the train split{why}")
     if val_fraction > 0 and not splits["val"].starts:
         raise MinigptError(f"the val split is empty{why}; raise --val-fraction or add pairs")
-
-
-def _write_files(staging: Path, splits: dict[str, _Split], dtype) -> list[str]:
-    names = []
-    for name, s in splits.items():
-        np.array(s.ids, dtype=dtype).tofile(staging / f"{name}.bin")
-        np.array(s.mask, dtype=np.uint8).tofile(staging / f"{name}_mask.bin")
-        np.array(s.starts, dtype=np.uint64).tofile(staging / f"{name}_starts.bin")
-        names += [f"{name}.bin", f"{name}_mask.bin", f"{name}_starts.bin"]
-    return names
 
 
 def summary(meta: dict) -> Iterator[str]:

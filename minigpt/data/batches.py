@@ -153,7 +153,32 @@ def batch_rng(seed: int, number: int, rank: int, world_size: int) -> np.random.G
     return np.random.default_rng([seed, number * world_size + rank])
 
 
-class BatchLoader:
+class DrawnBatches:
+    """What makes a loader of random batches reproducible and resumable: batch i of process `rank` draws from
+    batch_rng(seed, i, rank, world_size), so the whole state is the next batch's number."""
+
+    def __init__(self, seed: int, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise MinigptError(f"rank must be in [0, world_size={world_size}); got {rank}")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.batches_drawn = 0
+
+    def next_rng(self) -> np.random.Generator:
+        """The random numbers of the next batch."""
+        rng = batch_rng(self.seed, self.batches_drawn, self.rank, self.world_size)
+        self.batches_drawn += 1
+        return rng
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "rank": self.rank, "batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["rank"] != self.rank:
+            raise MinigptError(f"loader state belongs to rank {state['rank']}, not rank {self.rank}")
+        self.seed, self.batches_drawn = state["seed"], state["batches_drawn"]
+
+
+class BatchLoader(DrawnBatches):
     """Random (x, y) training batches from one token file, reproducible and resumable."""
 
     def __init__(
@@ -170,39 +195,27 @@ class BatchLoader:
         mask_path: str | os.PathLike | None = None,
         starts_path: str | os.PathLike | None = None,
     ):
-        if not 0 <= rank < world_size:
-            raise MinigptError(f"rank must be in [0, world_size={world_size}); got {rank}")
+        super().__init__(seed, rank, world_size)
         self.tokens = open_tokens(path, dtype, block_size + 1)
         if hasattr(mmap, "MADV_RANDOM"):  # random windows: no read-ahead of pages no batch will use
             self.tokens._mmap.madvise(mmap.MADV_RANDOM)
         self.mask = None if mask_path is None else open_tokens(mask_path, np.uint8, len(self.tokens))
         self.starts = None if starts_path is None else np.fromfile(starts_path, dtype=np.uint64).astype(np.int64)
         self.block_size, self.batch_size = block_size, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = device
-        self.batches_drawn = 0  # the whole state: the next batch's number
 
     @property
     def tokens_per_batch(self) -> int:
         return self.batch_size * self.block_size
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = batch_rng(self.seed, self.batches_drawn, self.rank, self.world_size)
-        self.batches_drawn += 1
+        rng = self.next_rng()
         if self.starts is None:
             starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
         else:
             starts = self.starts[rng.integers(0, len(self.starts), size=self.batch_size)]
         windows, mask = _gather(self.tokens, self.mask, starts, self.block_size + 1)  # (B, T+1)
         return windows_to_batch(windows, self.device, mask)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "rank": self.rank, "batches_drawn": self.batches_drawn}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["rank"] != self.rank:
-            raise MinigptError(f"loader state belongs to rank {state['rank']}, not rank {self.rank}")
-        self.seed, self.batches_drawn = state["seed"], state["batches_drawn"]
 
 
 def eval_windows(

@@ -8,8 +8,8 @@ the next: y is IGNORE_INDEX everywhere but the answer, so a row's summed target 
 the answer's. Rows are padded to the longest sequence of the split, not of the batch: every step has
 the same shape, so a compiled model is not recompiled and the first step shows the memory a run needs.
 
-PairLoader draws batch i's pairs from the same counter-based generator as BatchLoader (batch_rng), so
-its whole state is that number and a resumed run sees the pairs it would have seen; fixed_pairs are
+PairLoader draws batch i's pairs as BatchLoader draws its windows (DrawnBatches), so its whole state
+is that number and a resumed run sees the pairs it would have seen; fixed_pairs are
 the evaluation batches, the same every time.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import MinigptError
-from .batches import IGNORE_INDEX, batch_rng, check_longest, open_tokens, windows_to_batch
+from .batches import IGNORE_INDEX, DrawnBatches, check_longest, open_tokens, windows_to_batch
 
 
 class Pairs:
@@ -50,7 +50,7 @@ class Pairs:
         return windows_to_batch(windows, device, (self.mask[index] != 0) & inside)
 
 
-class PairLoader:
+class PairLoader(DrawnBatches):
     """Random batches of batch_size pairs (2 * batch_size rows), reproducible and resumable like BatchLoader."""
 
     def __init__(
@@ -67,29 +67,17 @@ class PairLoader:
         mask_path: str | os.PathLike | None = None,
         starts_path: str | os.PathLike | None = None,
     ):
-        if not 0 <= rank < world_size:
-            raise MinigptError(f"rank must be in [0, world_size={world_size}); got {rank}")
+        super().__init__(seed, rank, world_size)
         self.pairs = Pairs(path, dtype, block_size, mask_path, starts_path)
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.device = device
-        self.batches_drawn = 0  # the whole state: the next batch's number
+        self.batch_size, self.device = batch_size, device
 
     @property
     def tokens_per_batch(self) -> int:
         return 2 * self.batch_size * (self.pairs.length - 1)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = batch_rng(self.seed, self.batches_drawn, self.rank, self.world_size)
-        self.batches_drawn += 1
+        rng = self.next_rng()
         return self.pairs.batch(rng.integers(0, self.pairs.count, size=self.batch_size), self.device)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "rank": self.rank, "batches_drawn": self.batches_drawn}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["rank"] != self.rank:
-            raise MinigptError(f"loader state belongs to rank {state['rank']}, not rank {self.rank}")
-        self.seed, self.batches_drawn = state["seed"], state["batches_drawn"]
 
 
 def fixed_pairs(

@@ -45,3 +45,63 @@ def test_both_sides_decode_a_small_model(monkeypatch):
         ("q8_0", "int8"),
     ]
     assert all(r[side]["ms_per_token"] > 0 for r in results[1:] for side in ("llama.cpp", "minigpt"))
+
+
+def test_missing_llama_cpp_server_is_one_line(monkeypatch, capsys):
+    from minigpt.bench import serve_llama_cpp
+
+    monkeypatch.delitem(sys.modules, "llama_cpp.server.app", raising=False)
+    monkeypatch.setitem(sys.modules, "sse_starlette", None)  # a server extra missing (or llama_cpp itself)
+    monkeypatch.setattr(serve_llama_cpp.subprocess, "Popen", None)  # nothing is started
+    assert serve_llama_cpp.bench_serving_llama_cpp() is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipped" in err and "pip install 'llama-cpp-python[server]'" in err
+
+
+def test_serving_table_against_llama_cpp():
+    from minigpt.bench.serve_llama_cpp import best_of_threads, serving_llama_cpp_table
+
+    side = {"tokens_per_s": 100.0, "ttft_ms": 20.0}
+    result = {
+        "model": "m",
+        "params": 1e6,
+        "weights": "GGUF f32 / float32",
+        "prompt_tokens": 9,
+        "max_tokens": 8,
+        "max_batch": 8,
+        "llama_cpp_python": "0.3",
+        "same_text": True,
+    }
+    ours = {**side, "tokens_per_s": 250.0}
+    result["rows"] = [{"threads": 1, "clients": 8, "llama.cpp": side, "minigpt": ours, "speedup": 2.5}]
+    slower = {**result["rows"][0], "threads": 2, "minigpt": {**side, "tokens_per_s": 200.0}, "speedup": 2.0}
+    result["rows"].append(slower)
+    result["best"] = best_of_threads(result["rows"])
+    assert result["best"][8]["minigpt"] == {"threads": 1, "tokens_per_s": 250.0, "ttft_ms": 20.0}
+    assert result["best"][8]["speedup"] == 2.5
+    table = serving_llama_cpp_table(result)
+    assert "| 1 | 8 | 100 | 20 | 250 | 20 | 2.50x |" in table
+    assert "8 clients 250 (1 threads) vs 100 (1): 2.50x" in table
+
+
+def test_both_servers_answer_a_small_model(monkeypatch):
+    pytest.importorskip("llama_cpp.server.app")
+    from minigpt.bench import serve_llama_cpp
+
+    started = []
+
+    class Recorded(serve_llama_cpp.subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(serve_llama_cpp.subprocess, "Popen", Recorded)
+    before = torch.get_num_threads()
+    shape = dict(n_layer=2, n_head=2, n_embd=64, block_size=128, bias=False)
+    result = serve_llama_cpp.bench_serving_llama_cpp(clients=(1, 2), max_tokens=8, threads=(1,), shape=shape)
+    assert torch.get_num_threads() == before
+    assert [(r["threads"], r["clients"]) for r in result["rows"]] == [(1, 1), (1, 2)]
+    for row in result["rows"]:
+        assert all(row[side][key] > 0 for side in ("llama.cpp", "minigpt") for key in ("tokens_per_s", "ttft_ms"))
+        assert row["speedup"] > 0
+    assert len(started) == 1 and started[0].poll() is not None  # the server process is gone

@@ -46,14 +46,14 @@ def bench_serving(
     engine = Engine(model, tokenizer, max_batch=max_batch, device=device)
     result = {"device": device, "params": model.num_params(), "max_tokens": max_tokens, "max_batch": max_batch}
     with background_server(create_app(engine, "bench")) as url:
-        _stream(url, max_tokens, seed=0)  # warm-up
+        stream_completion(url, max_tokens, seed=0)  # warm-up
         result["concurrent"] = {}
         for c in clients:
-            result["concurrent"][c] = _concurrent(url, c, max_tokens)
+            result["concurrent"][c] = _rates(client_load(url, c, max_tokens))
             progress(f"serving, {c} clients: {result['concurrent'][c]['tokens_per_s']:,.0f} tokens/s")
         largest = max(clients)
         start = time.perf_counter()
-        tokens = sum(_stream(url, max_tokens, seed=i)[1] for i in range(largest))
+        tokens = sum(stream_completion(url, max_tokens, seed=i)[1] for i in range(largest))
         result["sequential"] = {"clients": largest, "tokens_per_s": tokens / (time.perf_counter() - start)}
     result["speedup"] = result["concurrent"][largest]["tokens_per_s"] / result["sequential"]["tokens_per_s"]
     return result
@@ -69,11 +69,17 @@ def serving_table(result: dict) -> str:
     return "\n".join(rows) + f"\n\n{seq['clients']} concurrent vs one after another: {result['speedup']:.1f}x"
 
 
-def _concurrent(url: str, clients: int, max_tokens: int) -> dict:
+def _rates(load: dict) -> dict:
+    return {"tokens_per_s": load["tokens_per_s"], "ttft_ms": load["ttft_ms"]}
+
+
+def client_load(url: str, clients: int, max_tokens: int, **body) -> dict:
+    """`clients` streaming completions at once (threads), each of max_tokens: aggregate tokens/s over the
+    wall time of all of them and the mean time to first token; body: more request fields for each."""
     results = [None] * clients
 
     def client(i: int) -> None:
-        results[i] = _stream(url, max_tokens, seed=i)
+        results[i] = stream_completion(url, max_tokens, seed=i, **body)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
@@ -82,24 +88,37 @@ def _concurrent(url: str, clients: int, max_tokens: int) -> dict:
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
-    tokens = sum(n for _, n in results)
-    return {"tokens_per_s": tokens / seconds, "ttft_ms": 1000 * sum(ttft for ttft, _ in results) / clients}
+    if None in results:
+        raise RuntimeError(f"a client of {url} got no answer")
+    tokens = sum(n for _, n, _ in results)
+    return {
+        "tokens_per_s": tokens / seconds,
+        "ttft_ms": 1000 * sum(ttft for ttft, _, _ in results) / clients,
+        "tokens": [n for _, n, _ in results],
+        "text": results[0][2],
+    }
 
 
-def _stream(url: str, max_tokens: int, seed: int) -> tuple[float, int]:
-    """One streamed completion: (seconds to the first token, tokens received)."""
-    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed, "stream": True}
+def stream_completion(url: str, max_tokens: int, seed: int, temperature: float = 1.0, **body) -> tuple[float, int, str]:
+    """One streamed completion of PROMPT: (seconds to the first token, tokens received, the text).
+
+    Tokens are counted from the chunks' token_ids (minigpt's server sends them); a server that sends only
+    text (llama.cpp's) must serve a character-level model, whose tokens are its characters."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, **body}
+    body["stream"] = True
     request = urllib.request.Request(
         f"{url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
     start = time.perf_counter()
-    first, tokens = None, 0
+    first, tokens, text = None, 0, []
     with urllib.request.urlopen(request) as response:
         for line in response:
             if not line.startswith(b"data: {"):
                 continue
             for choice in json.loads(line[6:])["choices"]:
-                tokens += len(choice.get("token_ids", []))
+                piece = choice.get("text") or ""
+                text.append(piece)
+                tokens += len(choice["token_ids"]) if "token_ids" in choice else len(piece)
             if first is None and tokens:
                 first = time.perf_counter() - start
-    return first or 0.0, tokens
+    return first or 0.0, tokens, "".join(text)

@@ -213,6 +213,12 @@ def run_bench(
         results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64)
         if results["llama_cpp"] is not None:
             print(llama_cpp_table(results["llama_cpp"]))
+        if serve:  # the same model behind llama.cpp's server and minigpt's, 1, 4 and 8 clients
+            from .serve_llama_cpp import bench_serving_llama_cpp, serving_llama_cpp_table
+
+            results["serving_llama_cpp"] = bench_serving_llama_cpp(max_tokens=64 if quick else 128)
+            if results["serving_llama_cpp"] is not None:
+                print(serving_llama_cpp_table(results["serving_llama_cpp"]))
     if nanogpt is not None:
         from .nanogpt import RECIPES, bench_nanogpt, format_nanogpt_table
 

@@ -316,22 +316,31 @@ def _train(args):
         sys.exit(128 + signal.Signals[result["stopped_by"]])
 
 
-def _sample(args):
-    from .infer.sample import run_sample, unescape
+def _model_choice(args):
+    """The model and how to load it, from the options sample, chat and serve share."""
+    from .infer.ready import ModelChoice
 
-    run_sample(
+    return ModelChoice(
         args.path,
-        _sampling_params(args, on_full="slide"),
-        prompt=unescape(args.prompt),
-        prompt_file=args.prompt_file,
-        num_samples=args.num_samples,
-        stream=args.stream,
         latest=args.latest,
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
         speculative=args.speculative,
-        measure_threads=args.threads is None,
+        measure_threads=args.threads is None,  # no --threads: time which count decodes faster
+    )
+
+
+def _sample(args):
+    from .infer.sample import run_sample, unescape
+
+    run_sample(
+        _model_choice(args),
+        _sampling_params(args, on_full="slide"),
+        prompt=unescape(args.prompt),
+        prompt_file=args.prompt_file,
+        num_samples=args.num_samples,
+        stream=args.stream,
     )
 
 
@@ -339,16 +348,10 @@ def _chat(args):
     from .infer.chat import chat_with
 
     chat_with(
-        args.path,
+        _model_choice(args),
         _sampling_params(args, on_full="slide"),
         system=args.system,
         max_context=args.max_context,
-        latest=args.latest,
-        device=args.device,
-        dtype=args.dtype,
-        quantize=args.quantize,
-        speculative=args.speculative,
-        measure_threads=args.threads is None,
     )
 
 
@@ -356,20 +359,14 @@ def _serve(args):
     from .serve import serve
 
     serve(
-        args.path,
+        _model_choice(args),
         host=args.host,
         port=args.port,
         max_batch=args.max_batch,
         max_waiting=args.max_waiting,
         api_key=args.api_key,
         max_context=args.max_context,
-        latest=args.latest,
-        device=args.device,
-        dtype=args.dtype,
-        quantize=args.quantize,
         quiet=args.quiet,
-        speculative=args.speculative,
-        measure_threads=args.threads is None,
     )
 
 

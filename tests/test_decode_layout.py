@@ -8,7 +8,7 @@ from helpers import naive_generate, save_untrained_run
 from torch import nn
 
 from minigpt.infer.engine import Engine
-from minigpt.infer.ready import load_for_generation
+from minigpt.infer.ready import ModelChoice, load_for_generation
 from minigpt.infer.sampling import SamplingParams
 from minigpt.model import GPT, GPTConfig
 from minigpt.nn import DecodeLinear, Int8Linear, decode_layout
@@ -47,7 +47,7 @@ def test_sample_chat_and_serve_get_the_layout_in_float32_on_a_cpu_and_int8_keeps
     tokenizer = CharTokenizer(list("abcdefgh \n"), with_eot=True)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
     run = save_untrained_run(tmp_path / "run", model, tokenizer)
-    ready = load_for_generation(str(run), device="cpu", dtype="float32")
+    ready = load_for_generation(ModelChoice(str(run), device="cpu", dtype="float32"))
     assert isinstance(ready.model.lm_head, DecodeLinear)
-    ready = load_for_generation(str(run), device="cpu", dtype="float32", quantize="int8")
+    ready = load_for_generation(ModelChoice(str(run), device="cpu", dtype="float32", quantize="int8"))
     assert isinstance(ready.model.transformer.h[0].mlp.c_fc, Int8Linear)

@@ -29,7 +29,7 @@ from ..chat_template import TRANSCRIPT_STOP, plain_transcript
 from ..device import running_on
 from ..errors import MinigptError
 from .engine import Engine, Event, check_max_context
-from .ready import load_for_generation
+from .ready import ModelChoice, load_for_generation
 from .sampling import CLI_NAMES, SamplingParams, check_sampling
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
@@ -111,30 +111,16 @@ class ChatSession:
 
 
 def chat_with(
-    path: str,
+    choice: ModelChoice,
     params: SamplingParams,
     *,
     system: str | None = None,
     max_context: int | None = None,
-    latest: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    quantize: str | None = None,
-    speculative: str | None = None,
-    measure_threads: bool = False,
 ):
     """`minigpt chat PATH`: load the model (a LoRA run comes merged) and talk on stdin / stdout."""
     check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
     check_max_context(max_context, "--max-context")
-    ready = load_for_generation(
-        path,
-        latest=latest,
-        device=device,
-        dtype=dtype,
-        quantize=quantize,
-        speculative=speculative,
-        measure_threads=measure_threads,
-    )
+    ready = load_for_generation(choice)
     run_chat(
         ready.model,
         ready.tokenizer,

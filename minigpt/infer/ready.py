@@ -3,7 +3,7 @@ dtype it runs in, lay float32 weights out for one-token steps on a CPU (nn/decod
 speculative decoding's drafter, and (when no thread count was asked for) time which thread count
 decodes faster.
 
-    ready = load_for_generation("out/quickstart", device="auto", dtype="auto")
+    ready = load_for_generation(ModelChoice("out/quickstart", quantize="int8"))
     engine = Engine(ready.model, ready.tokenizer, device=ready.device, dtype=ready.dtype, drafter=ready.drafter)
 """
 
@@ -16,6 +16,19 @@ from ..loader import load_model
 from ..nn.decode_layout import decode_layout
 from .engine import fastest_threads
 from .speculative import load_drafter
+
+
+@dataclass
+class ModelChoice:
+    """Which model to generate with and how: the options sample, chat and serve share."""
+
+    path: str  # a run, a checkpoint or a Hugging Face model (a LoRA run comes merged)
+    latest: bool = False  # the newest checkpoint instead of the best
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str | None = None  # "int8": weight-only int8 linear layers (CPU)
+    speculative: str | None = None  # "prompt-lookup", or the path of a smaller draft model
+    measure_threads: bool = False  # time 1 thread against one per core and keep the faster
 
 
 @dataclass
@@ -33,23 +46,14 @@ class ReadyModel:
         return running_on(self.device, self.dtype) + how
 
 
-def load_for_generation(
-    path: str,
-    *,
-    latest: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    quantize: str | None = None,
-    speculative: str | None = None,
-    measure_threads: bool = False,
-) -> ReadyModel:
-    """The model at PATH (a run, a checkpoint or a Hugging Face model; a LoRA run comes merged), ready."""
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device, phase="generate")
-    model, tokenizer, _ = load_model(path, latest=latest, device=torch_device, quantize=quantize)
-    if torch_device.type == "cpu" and torch_dtype == torch.float32 and quantize is None:
+def load_for_generation(choice: ModelChoice) -> ReadyModel:
+    """The chosen model, loaded and ready to generate."""
+    torch_device = resolve_device(choice.device)
+    torch_dtype = resolve_dtype(choice.dtype, torch_device, phase="generate")
+    model, tokenizer, _ = load_model(choice.path, latest=choice.latest, device=torch_device, quantize=choice.quantize)
+    if torch_device.type == "cpu" and torch_dtype == torch.float32 and choice.quantize is None:
         decode_layout(model)  # int8 layers have their own layout; a GPU's BLAS does not care
-    drafter = load_drafter(speculative, model, tokenizer, torch_device)
-    if measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
+    drafter = load_drafter(choice.speculative, model, tokenizer, torch_device)
+    if choice.measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
         fastest_threads(model, torch_device, torch_dtype)
-    return ReadyModel(model, tokenizer, torch_device, torch_dtype, drafter, speculative)
+    return ReadyModel(model, tokenizer, torch_device, torch_dtype, drafter, choice.speculative)

@@ -18,7 +18,7 @@ import torch
 from ..device import check_memory
 from ..errors import MinigptError, read_user_text
 from .engine import Engine
-from .ready import load_for_generation
+from .ready import ModelChoice, load_for_generation
 from .sampling import CLI_NAMES, PYTHON_NAMES, SamplingParams, check_sampling
 
 
@@ -138,19 +138,13 @@ def _write_new(stream: TextIO, text: str, shown: int) -> int:
 
 
 def run_sample(
-    path: str,
+    choice: ModelChoice,
     params: SamplingParams,
     *,
     prompt: str = "",
     prompt_file: str | None = None,
     num_samples: int = 1,
     stream: bool = False,
-    latest: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    quantize: str | None = None,
-    speculative: str | None = None,
-    measure_threads: bool = False,
 ) -> None:
     """`minigpt sample`: prompt and samples on stdout, notes on stderr.
 
@@ -163,15 +157,7 @@ def run_sample(
     if num_samples < 1:
         raise MinigptError(f"--num-samples must be at least 1, got {num_samples}")
     prompt = read_prompt(prompt, prompt_file)
-    ready = load_for_generation(
-        path,
-        latest=latest,
-        device=device,
-        dtype=dtype,
-        quantize=quantize,
-        speculative=speculative,
-        measure_threads=measure_threads,
-    )
+    ready = load_for_generation(choice)
     ids = encode_prompt(ready.tokenizer, prompt, ready.model.config.block_size)  # errors before any output
     check_samples_fit(ready.model.config, len(ids), params.max_tokens, num_samples)
     print(f"sampling on {ready.running_on()}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """`minigpt serve PATH`: a model behind the OpenAI API, with the attention playground at `/`.
 
+    from minigpt.infer.ready import ModelChoice
     from minigpt.serve import serve
-    serve("out/shakespeare_char", port=8000, max_batch=8)
+    serve(ModelChoice("out/shakespeare_char"), port=8000, max_batch=8)
 
 The app (app.py) is a thin layer over the generation engine (minigpt/infer/engine.py); protocol.py checks
 requests and shapes responses. FastAPI and uvicorn come with the `serve` extra.
@@ -16,12 +17,13 @@ import time
 from pathlib import Path
 
 from ..errors import MinigptError
+from ..infer.ready import ModelChoice, load_for_generation
 
 API_KEY_VARIABLE = "MINIGPT_API_KEY"
 
 
 def serve(
-    path: str,
+    choice: ModelChoice,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -29,15 +31,9 @@ def serve(
     max_waiting: int = 64,
     api_key: str | None = None,
     max_context: int | None = None,
-    latest: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    quantize: str | None = None,
     quiet: bool = False,
-    speculative: str | None = None,
-    measure_threads: bool = False,
 ) -> None:
-    """Load the model at PATH and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
+    """Load the chosen model and serve it until SIGTERM or Ctrl-C (requests in flight finish first).
 
     Without api_key, the key comes from $MINIGPT_API_KEY; with neither, no key is asked for. Each request
     gets one access line on stderr (method, path, status, tokens, milliseconds) unless quiet.
@@ -51,7 +47,6 @@ def serve(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
     from ..infer.engine import Engine, check_max_context
-    from ..infer.ready import load_for_generation
 
     if max_batch < 1 or max_waiting < 0:
         raise MinigptError(
@@ -62,15 +57,7 @@ def serve(
         raise MinigptError(f"--port must be in 0..65535, got {port}")
     api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
     sock = bind(host, port)  # before the model loads: a port in use or a wrong host is one line, at once
-    ready = load_for_generation(
-        path,
-        latest=latest,
-        device=device,
-        dtype=dtype,
-        quantize=quantize,
-        speculative=speculative,
-        measure_threads=measure_threads,
-    )
+    ready = load_for_generation(choice)
     engine = Engine(
         ready.model,
         ready.tokenizer,
@@ -81,12 +68,12 @@ def serve(
         dtype=ready.dtype,
         drafter=ready.drafter,
     )
-    app = create_app(engine, model_name(path), api_key=api_key, access_log=not quiet)
+    app = create_app(engine, model_name(choice.path), api_key=api_key, access_log=not quiet)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host
     port = sock.getsockname()[1]
-    at_batch_1 = " at batch 1" if speculative else ""  # the engine drafts only while one sequence runs
+    at_batch_1 = " at batch 1" if choice.speculative else ""  # the engine drafts only while one sequence runs
     print(
-        f"serving {path} on http://{host}:{port} ({where}) on {ready.running_on()}{at_batch_1}; "
+        f"serving {choice.path} on http://{host}:{port} ({where}) on {ready.running_on()}{at_batch_1}; "
         f"API key {'on' if api_key else 'off'}",
         file=sys.stderr,
     )

@@ -159,12 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time full and LoRA fine-tuning of a GPT-2 124M-shaped model against transformers + peft",
     )
-    p.add_argument("--serve", action="store_true", help="also time the server with 1, 4 and 8 concurrent clients")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="also time the server with 1, 4 and 8 concurrent clients (with --llama-cpp: beside llama-cpp-python's)",
+    )
     p.add_argument(
         "--llama-cpp",
         action="store_true",
         help="also time llama.cpp's decode beside minigpt's on the same GGUF-exported models, 1 and 2 threads "
-        "(needs llama-cpp-python; about 3 minutes)",
+        "(needs llama-cpp-python; about 3 minutes; with --serve also its server, which needs its [server] extras)",
     )
     p.add_argument(
         "--speculative",

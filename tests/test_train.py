@@ -268,10 +268,14 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 
 
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
-def test_our_optimizers_update_exactly_as_torchs(kind):
-    """Optimizers uses torch's classes with their compile guards left out: the updates are torch's, bit for bit."""
+def test_our_optimizers_update_exactly_as_torchs(kind, monkeypatch):
+    """Optimizers uses torch's classes with their compile guards left out: the updates are torch's, bit for bit
+    (Muon's iterations in bf16, as torch runs them; on CPUs without bf16 units ours run in float32, below)."""
     from minigpt import GPT, GPTConfig
+    from minigpt.train import optim
     from minigpt.train.optim import Optimizers
+
+    monkeypatch.setattr(optim, "cpu_has_bf16", lambda: True)
 
     torch.manual_seed(0)
     models = [GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)) for _ in range(2)]
@@ -296,6 +300,24 @@ def test_our_optimizers_update_exactly_as_torchs(kind):
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
     assert not any(torch.equal(a, b) for a, b in zip(models[0].parameters(), initial))  # every tensor was updated
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_muon_iterates_in_float32_where_bf16_would_be_emulated(bf16_units, monkeypatch):
+    """AVX2-only CPUs emulate bf16 (several times slower than float32): Muon's Newton-Schulz runs in float32
+    there, and still orthogonalises (singular values pushed from anywhere into roughly 0.5-1.5)."""
+    from minigpt.train import optim
+
+    monkeypatch.setattr(optim, "cpu_has_bf16", lambda: bf16_units)
+    expected = torch.bfloat16 if bf16_units else torch.float32
+    assert optim.newton_schulz_dtype(torch.device("cpu")) == expected
+    assert optim.newton_schulz_dtype(torch.device("cuda")) == torch.bfloat16
+    torch.manual_seed(0)
+    updates = torch.randn(3, 32, 64) * torch.logspace(-3, 1, 64)  # columns of very different sizes
+    out = optim._newton_schulz(updates, (3.4445, -4.7750, 2.0315), 5, 1e-7, expected)
+    assert out.dtype == expected
+    singular = torch.linalg.svdvals(out.float())
+    assert singular.min() > 0.3 and singular.max() < 1.6
 
 
 def test_a_cpu_run_never_imports_torch_dynamo(char_data, tmp_path):

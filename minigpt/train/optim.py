@@ -15,6 +15,7 @@ import math
 import torch
 
 from ..config import TrainConfig
+from ..device import cpu_has_bf16
 from ..errors import MinigptError
 
 MUON_TORCH = "2.9"  # the first torch with torch.optim.Muon
@@ -132,18 +133,26 @@ class Muon(getattr(torch.optim, "Muon", torch.optim.Optimizer)):
                 by_shape.setdefault(p.shape, []).append((p, update))
             for (rows, cols), pairs in by_shape.items():
                 updates = torch.stack([update for _, update in pairs])
-                orthogonal = _newton_schulz(updates, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                dtype = newton_schulz_dtype(updates.device)
+                orthogonal = _newton_schulz(updates, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
                 rate = group["lr"] * math.sqrt(max(1, rows / cols))  # wide steps for tall matrices
                 for (p, _), o in zip(pairs, orthogonal):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                     p.add_(o, alpha=-rate)
 
 
-def _newton_schulz(x: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float):
-    """Approximately orthogonalise each matrix of x (n, rows, cols) in bf16: a quintic Newton-Schulz
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16, as torch's Muon and its authors run the iteration, where bf16 is fast: GPUs and CPUs with bf16
+    units. Elsewhere (AVX2-only CPUs) torch emulates bf16 and it is float32 that is fast: on our AVX2
+    machine the quickstart's steps took 1,160 ms with bf16 iterations against 310 ms for AdamW alone."""
+    return torch.bfloat16 if device.type != "cpu" or cpu_has_bf16() else torch.float32
+
+
+def _newton_schulz(x: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype):
+    """Approximately orthogonalise each matrix of x (n, rows, cols) in dtype: a quintic Newton-Schulz
     iteration that pushes every singular value towards 1 (Jordan et al., Muon)."""
     a, b, c = coefficients
-    x = x.bfloat16()
+    x = x.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT

@@ -32,12 +32,15 @@ class DPOConfig:
 
     beta: float = 0.1  # how much moving away from the reference counts: smaller lets the policy stray further
     label_smoothing: float = 0.0  # conservative DPO: the share of pairs taken as mislabelled, in [0, 0.5)
+    sft_weight: float = 0.0  # + this times the chosen answers' mean NLL per token (Llama 3, TRL's rpo_alpha)
 
     def validate(self) -> None:
         if not self.beta > 0:
             raise MinigptError(f"train.dpo.beta must be positive, e.g. 0.1; got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise MinigptError(f"train.dpo.label_smoothing must be in [0, 0.5), e.g. 0.1; got {self.label_smoothing}")
+        if not self.sft_weight >= 0:
+            raise MinigptError(f"train.dpo.sft_weight must be 0 or more, e.g. 1; got {self.sft_weight}")
 
 
 @dataclass

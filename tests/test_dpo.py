@@ -66,8 +66,9 @@ def files_under(folder):
 # ---- the loss ----------------------------------------------------------------------------------
 
 
-def hand_written_loss(policy, reference, x, y, beta, label_smoothing):
-    """DPO written out from the paper, pair by pair and token by token (the chosen rows first)."""
+def hand_written_loss(policy, reference, x, y, beta, label_smoothing, sft_weight=0.0):
+    """DPO written out from the paper, pair by pair and token by token (the chosen rows first), plus
+    sft_weight times the chosen answers' negative log-likelihood per token."""
 
     def logp(model, row):
         logits = model(x[row : row + 1])[0][0]  # (T, V)
@@ -87,7 +88,9 @@ def hand_written_loss(policy, reference, x, y, beta, label_smoothing):
             torch.sigmoid(-z)
         )
         loss = loss + pair_loss / pairs
-    return loss
+    chosen_tokens = sum(int(y[row, t] != IGNORE_INDEX) for row in range(pairs) for t in range(y.shape[1]))
+    nll = -sum(logp(policy, row) for row in range(pairs)) / chosen_tokens
+    return loss + sft_weight * nll
 
 
 def fixed_batch(vocab_size: int, pairs: int = 3, length: int = 10):
@@ -129,22 +132,28 @@ def test_dpo_loss_its_statistics_and_its_derivative_follow_the_formula():
     assert dpo_loss(reference, reference, beta)[0].item() == pytest.approx(math.log(2))  # the start: log 2
 
 
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
-def test_loss_and_gradient_equal_the_hand_written_reference_against_a_frozen_copy(label_smoothing):
+@pytest.mark.parametrize("label_smoothing, sft_weight", [(0.0, 0.0), (0.2, 0.0), (0.1, 0.7)])
+def test_loss_and_gradient_equal_the_hand_written_reference_against_a_frozen_copy(label_smoothing, sft_weight):
     model = tiny_model()
     start = copy.deepcopy(model)
-    objective = DPOObjective(model, DPOConfig(beta=0.5, label_smoothing=label_smoothing), lora=False)
+    settings = DPOConfig(beta=0.5, label_smoothing=label_smoothing, sft_weight=sft_weight)
+    objective = DPOObjective(model, settings, lora=False)
     with torch.no_grad():  # the policy moves on; the reference must stay the starting point
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x, y = fixed_batch(12)
-    loss, _ = objective(model, x, y)
+    loss, stats = objective(model, x, y)
     loss.backward()
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    expected = hand_written_loss(model, start, x, y, 0.5, label_smoothing)
+    expected = hand_written_loss(model, start, x, y, 0.5, label_smoothing, sft_weight)
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    if sft_weight:  # logged on its own: the loss less the DPO part
+        dpo_part = hand_written_loss(model, start, x, y, 0.5, label_smoothing).item()
+        assert stats["chosen_nll"].item() == pytest.approx((expected.item() - dpo_part) / sft_weight, abs=1e-6)
+    else:
+        assert "chosen_nll" not in stats
     for name, p in model.named_parameters():
         assert torch.allclose(ours[name], p.grad, atol=1e-6), name
     assert all(not p.requires_grad for p in objective.reference.parameters())
@@ -258,6 +267,7 @@ def test_bad_dpo_settings_are_one_line_and_nothing_is_written(source, char_data,
         ),
         ([f"data.dir={pairs}", f"train.init_from={run}", "train.objective=dpo", "train.dpo.beta=0"], "beta must be"),
         ([f"data.dir={pairs}", "train.objective=dpo", "train.dpo.label_smoothing=0.5"], "label_smoothing must be"),
+        ([f"data.dir={pairs}", "train.objective=dpo", "train.dpo.sft_weight=-1"], "sft_weight must be 0 or more"),
         ([f"data.dir={pairs}", "train.objective=ppo"], "train.objective is 'ppo'; expected one of lm, dpo"),
     ]
     before = files_under(tmp_path), files_under(pairs)

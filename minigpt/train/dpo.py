@@ -17,6 +17,12 @@ share eps of the pairs as mislabelled: the loss then stops rewarding ever larger
 lowest at margin = log((1 - eps) / eps). Logged with the loss: reward accuracy (the share of pairs
 whose chosen reward is the larger), the mean margin, and the mean chosen and rejected rewards.
 
+train.dpo.sft_weight w > 0 adds w times the chosen answers' negative log-likelihood, a mean over their
+tokens (the NLL term of Llama 3's DPO and of RPO, TRL's rpo_alpha), logged as chosen_nll. DPO alone only
+asks for a larger margin: on pairs that differ in one place, a small model may raise the chosen token
+everywhere (every answer becomes "....") while the margin still grows; the NLL term keeps the chosen
+answers whole.
+
 The reference is the run's starting point (train.init_from), frozen and without dropout. With LoRA it
 is the model itself with its adapters switched off: no second copy of the weights. Without LoRA it is
 a copy made before the first step (and before a resume loads newer weights), in float32.
@@ -92,12 +98,19 @@ class DPOObjective:
 
     def __init__(self, model: torch.nn.Module, settings: DPOConfig, lora: bool):
         self.beta, self.label_smoothing, self.lora = settings.beta, settings.label_smoothing, lora
+        self.sft_weight = settings.sft_weight
         self.reference = model if lora else copy.deepcopy(model).requires_grad_(False).eval()
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         reference = self.reference_logprobs(x, y)
         policy = answer_logprobs(model(x)[0], y)
-        return dpo_loss(policy, reference, self.beta, self.label_smoothing)
+        loss, stats = dpo_loss(policy, reference, self.beta, self.label_smoothing)
+        if self.sft_weight:
+            chosen = len(y) // 2  # the chosen rows come first
+            nll = -policy[:chosen].sum() / (y[:chosen] != IGNORE_INDEX).sum().clamp(min=1)
+            loss = loss + self.sft_weight * nll
+            stats["chosen_nll"] = nll.detach()
+        return loss, stats
 
     @torch.no_grad()
     def reference_logprobs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ def write_synthetic(text: str, folder: Path, megabytes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--text", type=Path, default=None, help="tiny Shakespeare (default: the copy shipped with minigpt)")
+    parser.add_argument("--text", type=Path, default=None, help="tiny Shakespeare (default: the copy in minigpt)")
     parser.add_argument("--synthetic-mb", type=int, default=100)
     parser.add_argument("--tokenizer", default="gpt2")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count())

@@ -15,6 +15,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """sample, chat and serve leave torch on the thread count they timed fastest (engine.fastest_threads):
+    in-process tests of them must not change the thread count later tests run with, or float sums made in
+    another order break the bit-for-bit comparisons of training runs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_file() -> Path:
     if not SHAKESPEARE.is_file():

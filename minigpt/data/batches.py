@@ -66,6 +66,8 @@ def open_tokens(path: str | os.PathLike, dtype: str | np.dtype, min_tokens: int 
             f"{path} holds {n} tokens, but a window of block_size + 1 = {min_tokens} is needed; "
             f"use a block_size below {n} or {more}"
         )
+    if size == 0:  # an empty split (--val-fraction 0) that min_tokens allows: np.memmap cannot map it
+        return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 
 

@@ -106,3 +106,25 @@ def tmpfs(path: Path, size: str):
 def remount(path: Path, options: str) -> None:
     """Change a tmpfs's mount options in place, e.g. "ro" or "size=4m"."""
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True)
+
+
+def multiple_choice_task(folder: Path, rows: list[dict], data_file: str = "rows.jsonl", metrics=("acc",)) -> Path:
+    """An lm-eval task `tiny_mc` in folder: multiple choice over rows {question, choices, answer} written to
+    rows.jsonl (data_file: the file its YAML names, another name for a missing one)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / data_file}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        "doc_to_choice: choices\n"
+        "doc_to_target: answer\n"
+        "metric_list:\n"
+        + "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n" for m in metrics)
+    )
+    return folder

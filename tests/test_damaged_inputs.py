@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from helpers import TINY, run_cli, run_main
+from helpers import TINY, multiple_choice_task, run_cli, run_main
 from test_bad_inputs import check_error, snapshot
 
 
@@ -71,24 +71,6 @@ def test_evaluating_on_a_damaged_val_file_is_one_line(char_data, trained_run, tm
     assert snapshot(tmp_path) == before
 
 
-def task_folder(folder, rows, data_file="rows.jsonl"):
-    """A multiple-choice task `tiny_mc` over rows in a local JSON lines file (data_file: the file its YAML names)."""
-    folder.mkdir()
-    (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "tiny_mc.yaml").write_text(
-        "task: tiny_mc\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {folder / data_file}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "{{question}}"\n'
-        "doc_to_choice: choices\n"
-        "doc_to_target: answer\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-    )
-    return folder
-
-
 ROWS = [
     {"question": "To be or not to", "choices": ["be", "sing"], "answer": 0},
     {"question": "The king is", "choices": ["dead", "here"], "answer": 1},
@@ -107,7 +89,8 @@ BROKEN_TASKS = {  # damage: a fragment of the one error line
 def test_a_broken_task_is_one_line(trained_run, tmp_path, capsys, damage):
     pytest.importorskip("lm_eval")
     rows = [*ROWS[:1], {**ROWS[1], "answer": {"answer-5": 5, "answer-minus-5": -5}.get(damage, 1)}]
-    folder = task_folder(tmp_path / "tasks", rows, "gone.jsonl" if damage == "missing-data-file" else "rows.jsonl")
+    data_file = "gone.jsonl" if damage == "missing-data-file" else "rows.jsonl"
+    folder = multiple_choice_task(tmp_path / "tasks", rows, data_file)
     include = folder / "nonexistent" if damage == "no-folder" else folder
     before = snapshot(tmp_path)
     code, _, err = run_main(capsys, "eval", trained_run, "--tasks", "tiny_mc", "--include-path", include)
@@ -117,7 +100,7 @@ def test_a_broken_task_is_one_line(trained_run, tmp_path, capsys, damage):
 
 def test_a_sound_task_still_runs(trained_run, tmp_path, capsys):
     pytest.importorskip("lm_eval")
-    folder = task_folder(tmp_path / "tasks", ROWS)
+    folder = multiple_choice_task(tmp_path / "tasks", ROWS)
     code, out, err = run_main(capsys, "eval", trained_run, "--tasks", "tiny_mc", "--include-path", folder, "--json")
     assert code == 0, err
     assert json.loads(out)["tiny_mc"]["sample_len"] == 2

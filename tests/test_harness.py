@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import run_cli
+from helpers import multiple_choice_task, run_cli
 
 pytest.importorskip("lm_eval")
 transformers = pytest.importorskip("transformers")
@@ -43,22 +43,8 @@ def gpt2_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
     """A tiny multiple-choice task: YAML over a local JSON lines file."""
-    folder = tmp_path_factory.mktemp("tasks")
     rows = [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
-    (folder / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "tiny_mc.yaml").write_text(
-        "task: tiny_mc\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'tiny.jsonl'}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "{{question}}"\n'
-        'doc_to_choice: "{{choices}}"\n'
-        'doc_to_target: "{{answer}}"\n'
-        "metric_list:\n"
-        + "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n" for m in ("acc", "acc_norm"))
-    )
-    return folder
+    return multiple_choice_task(tmp_path_factory.mktemp("tasks"), rows, metrics=("acc", "acc_norm"))
 
 
 def _requests(task_dir):

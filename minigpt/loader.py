@@ -143,9 +143,7 @@ def base_pin(init_from: str, source: ModelSource) -> dict:
     folder = Path(source.path)
     pin = {"init_from": init_from, "step": source.record.step if source.record else None}
     if not folder.exists():  # a Hub name: the snapshot just loaded, from the local cache
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(source.path, local_files_only=True))
+        folder = _hub_snapshot(source.path, local_only=True)
         pin["revision"] = folder.name
     return {**pin, "path": str(folder.absolute()), "sha256": weights_sha256(folder)}
 
@@ -154,6 +152,8 @@ def pinned_base(pin: dict) -> str:
     """The folder of a pinned base, whose weights must be as pinned. A base run's older checkpoints are
     rotated away as it trains on: then its best checkpoint serves if it holds the very same weights."""
     folder = Path(pin["path"])
+    if not folder.exists() and "revision" in pin:  # a Hub model's snapshot, gone from this machine's cache
+        folder = _hub_snapshot(pin["init_from"], revision=pin["revision"])
     if not folder.exists():
         if folder.parent.name != "checkpoints" or not folder.parent.is_dir():
             raise MinigptError(
@@ -173,12 +173,27 @@ def pinned_base(pin: dict) -> str:
 def _unpinned_base(init_from: str) -> str:
     """A LoRA run from before bases were pinned: its train.init_from, from the working directory as it was.
     A name that is no local path is sent to the Hub only in the form owner/name (`base` is a missing folder)."""
-    if not Path(init_from).exists() and init_from.count("/") != 1:
+    if Path(init_from).exists() or init_from.count("/") == 1:
+        return init_from
+    try:  # a bare Hugging Face name such as gpt2, if this machine has it: looked up locally, never online
+        return str(_hub_snapshot(init_from, local_only=True))
+    except MinigptError:
         raise MinigptError(
-            f"the base of this LoRA run, train.init_from={init_from}, does not exist in {Path.cwd()}; load the "
-            "run from the folder it was trained in (it is older than pinned bases, so only that path names it)"
-        )
-    return init_from
+            f"the base of this LoRA run, train.init_from={init_from}, is no folder in {Path.cwd()} and no Hugging "
+            "Face model this machine has; load the run from the folder it was trained in (it is older than pinned "
+            "bases, so only that path names it), or fetch the model once (`minigpt sample NAME`)"
+        ) from None
+
+
+def _hub_snapshot(name: str, revision: str | None = None, local_only: bool = False) -> Path:
+    """The folder of a Hugging Face model in this machine's cache (fetched first unless local_only)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, local_files_only=local_only))
+    except (OSError, ValueError) as e:  # not cached, offline, no such model or revision, a name the Hub refuses
+        at = f" at revision {revision}" if revision else ""
+        raise MinigptError(f"the Hugging Face model {name}{at} could not be had ({type(e).__name__})") from None
 
 
 def weights_sha256(folder: Path) -> str:

@@ -1,8 +1,10 @@
 """A LoRA run is pinned to the base it was trained on: the exact checkpoint, checked by its sha256."""
 
 import io
+import json
 import os
 import re
+import shutil
 from contextlib import redirect_stderr
 
 import pytest
@@ -97,3 +99,50 @@ def test_lora_run_refuses_a_base_that_changed(char_data, tmp_path, monkeypatch):
         load(lora)
     with pytest.raises(MinigptError, match="the base of this LoRA run changed"):  # nor does it resume on it
         _train(char_data, "lora", "train.init_from=base", "train.lora.rank=2", "train.max_steps=8", resume=True)
+
+
+def _as_before_pins(lora, init_from: str) -> None:
+    """Make the LoRA run's checkpoints look as a run from before bases were pinned: no pin, init_from as given."""
+    for meta in lora.glob("checkpoints/step_*/meta.json"):
+        record = json.loads(meta.read_text())
+        record.pop("base", None)
+        record["config"]["train"]["init_from"] = init_from
+        meta.write_text(json.dumps(record))
+
+
+def test_an_older_lora_run_on_a_hub_name_finds_it_in_the_local_cache_only(pinned_lora, tmp_path, monkeypatch):
+    """Before pins, init_from held a bare name: `gpt2` (a Hub model) and `base` (a folder) look alike. Such a
+    run loads its base from this machine's Hugging Face cache when the name is there, and never goes online."""
+    import huggingface_hub
+
+    root, pinned, _ = pinned_lora
+    lora = tmp_path / "old_lora"
+    shutil.copytree(pinned, lora)
+    cache = tmp_path / "hub"  # the cache layout: models--NAME/refs/main names the snapshot folder
+    shutil.copytree(root / "base" / "checkpoints" / "step_0000020", cache / "models--tinybase" / "snapshots" / "abc1")
+    (cache / "models--tinybase" / "refs").mkdir()
+    (cache / "models--tinybase" / "refs" / "main").write_text("abc1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    expected, _ = load(pinned)
+    _as_before_pins(lora, "tinybase")
+    model, _ = load(lora)
+    assert all(torch.equal(a, b) for a, b in zip(expected.state_dict().values(), model.state_dict().values()))
+    _as_before_pins(lora, "base")  # a folder of the directory it was trained in, not here and not cached
+    with pytest.raises(MinigptError, match=r"init_from=base, is no folder in .* and no Hugging Face model"):
+        load(lora)
+
+
+def test_a_pinned_hub_base_gone_from_the_cache_is_fetched_at_its_revision_or_named(pinned_lora, tmp_path):
+    """A base pinned from the Hub is its snapshot folder in the cache; if the cache was cleared, that revision is
+    fetched again. Offline (as the tests are) that fails in one line naming the model and its revision."""
+    _, pinned, _ = pinned_lora
+    lora = tmp_path / "hub_lora"
+    shutil.copytree(pinned, lora)
+    for meta in lora.glob("checkpoints/step_*/meta.json"):
+        record = json.loads(meta.read_text())
+        gone = str(tmp_path / "cleared" / "snapshots" / "abc1")
+        record["base"] = {**record["base"], "init_from": "someone/tiny", "revision": "abc1", "path": gone}
+        meta.write_text(json.dumps(record))
+    with pytest.raises(MinigptError, match=r"^the Hugging Face model someone/tiny at revision abc1 could not be had"):
+        load(lora)

@@ -30,14 +30,11 @@ import time
 from pathlib import Path
 
 import torch
-from instruction_tuning_demo import TASKS, vocabulary
+from instruction_tuning_demo import TASKS, greedy_answers, vocabulary
 
 from minigpt.config import load_config
 from minigpt.data.batches import IGNORE_INDEX
 from minigpt.data.preference import answer_ids
-from minigpt.infer.chat import ChatSession
-from minigpt.infer.engine import Engine
-from minigpt.infer.sampling import SamplingParams
 from minigpt.loader import load_model
 from minigpt.lora import LoRASettings, apply_lora
 from minigpt.model import GPT, GPTConfig
@@ -75,13 +72,9 @@ def make_pairs(seed: int = 0, per_task: int = 600) -> tuple[list, list]:
 def score(run: str, heldout: list[dict]) -> tuple[float, float]:
     """(share of held-out answers in the house style, share right once the stop is taken off), greedy."""
     model, tokenizer, _ = load_model(run)
-    engine = Engine(model.eval(), tokenizer, max_batch=1)
-    styled = right = 0
-    with torch.inference_mode():
-        for row in heldout:
-            text = "".join(ChatSession(engine, SamplingParams(max_tokens=24, temperature=0)).reply(row["prompt"]))
-            styled += text.endswith(STOP)
-            right += text.removesuffix(STOP).strip() == row["answer"]
+    texts = greedy_answers(model.eval(), tokenizer, [row["prompt"] for row in heldout])
+    styled = sum(text.endswith(STOP) for text in texts)
+    right = sum(text.removesuffix(STOP).strip() == row["answer"] for text, row in zip(texts, heldout))
     return styled / len(heldout), right / len(heldout)
 
 

@@ -78,15 +78,19 @@ def _pair(question: str, answer: str) -> dict:
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
+@torch.inference_mode()
+def greedy_answers(model, tokenizer, questions: list[str]) -> list[str]:
+    """Each question's greedy answer (up to 24 tokens), each in a fresh conversation."""
+    engine = Engine(model, tokenizer, max_batch=1)
+    params = SamplingParams(max_tokens=24, temperature=0)
+    return ["".join(ChatSession(engine, params).reply(question)) for question in questions]
+
+
 def exact_match(model, tokenizer, heldout: list[dict]) -> float:
     """Share of held-out questions answered exactly (greedy, each in a fresh conversation)."""
-    engine = Engine(model, tokenizer, max_batch=1)
-    right = 0
-    for row in heldout:
-        question, answer = (m["content"] for m in row["messages"])
-        session = ChatSession(engine, SamplingParams(max_tokens=24, temperature=0))
-        right += "".join(session.reply(question)).strip() == answer
-    return right / len(heldout)
+    questions, answers = zip(*((m["content"] for m in row["messages"]) for row in heldout))
+    given = greedy_answers(model, tokenizer, list(questions))
+    return sum(text.strip() == answer for text, answer in zip(given, answers)) / len(heldout)
 
 
 def main(argv=None) -> None:

@@ -26,7 +26,7 @@ from ..model import GPT, GPTConfig
 from ..nn.decode_layout import decode_layout
 from ..nn.int8 import quantize_int8
 from ..tokenizers import CharTokenizer, load_tokenizer
-from .process import progress
+from .process import progress, torch_threads
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -49,7 +49,6 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2)) -> 
     bandwidth = copy_bandwidth()
     progress(f"llama.cpp: memory copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     rows = []
-    before = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for name, shape in MODELS.items():
             model, tokenizer = benchmark_model(shape)
@@ -70,9 +69,8 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2)) -> 
                     )
                     theirs = llama_cpp_decode(llm, ids, new_tokens, model.config.vocab_size)
                     llm.close()
-                    torch.set_num_threads(n)
-                    own = minigpt_decode(mine, ids, new_tokens)
-                    torch.set_num_threads(before)
+                    with torch_threads(n):
+                        own = minigpt_decode(mine, ids, new_tokens)
                     row = {"model": name, "params": model.num_params(), "threads": n, "new_tokens": new_tokens}
                     for side, weights_type, ms in (("llama.cpp", gguf_type, theirs), ("minigpt", ours, own)):
                         read = weights * BYTES_PER_WEIGHT[weights_type]

@@ -1,6 +1,7 @@
 """Whole processes for the benchmarks that time what a user waits for, start-up and all: running them,
 and the minigpt commands and inputs the side-by-side and time-budget benchmarks share."""
 
+import contextlib
 import json
 import resource
 import subprocess
@@ -18,6 +19,19 @@ NANOGPT_CPU = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.b
 def progress(message: str) -> None:
     """A benchmark's progress line, on stderr so that the results on stdout stay clean."""
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch on n threads inside the block, back to its count before whatever way the block ends."""
+    import torch  # here: the benchmarks' fresh processes import this module before they need torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def peak_rss_mb() -> float:

@@ -29,14 +29,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import torch
-
 from ..formats.gguf import save_gguf
 from ..infer.engine import Engine
 from ..serve import background_server
 from ..serve.app import create_app
 from .llama_cpp import MODELS, benchmark_model
-from .process import progress
+from .process import progress, torch_threads
 from .serve import PROMPT, client_load, stream_completion
 
 MODEL = "6x384 char (shakespeare_char shape)"
@@ -75,19 +73,15 @@ def bench_serving_llama_cpp(
         "llama_cpp_python": llama_cpp.__version__,
         "rows": [],
     }
-    before = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         path = save_gguf(model, tokenizer, Path(tmp) / "model.gguf", outtype="f32")
         for n in threads:
             with llama_cpp_server(path, n, model.config.block_size, Path(tmp) / "server.log", start_timeout) as url:
                 theirs, their_text = _load(url, clients, max_tokens, **NO_EOS, **SAME_GREEDY)
-            torch.set_num_threads(n)
-            try:
+            with torch_threads(n):
                 engine = Engine(model, tokenizer, max_batch=max_batch, device="cpu")
                 with background_server(create_app(engine, "bench")) as url:
                     ours, our_text = _load(url, clients, max_tokens)
-            finally:
-                torch.set_num_threads(before)
             for c in clients:
                 row = {"threads": n, "clients": c, "llama.cpp": theirs[c], "minigpt": ours[c]}
                 row["speedup"] = round(ours[c]["tokens_per_s"] / theirs[c]["tokens_per_s"], 2)

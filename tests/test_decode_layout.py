@@ -15,9 +15,11 @@ from minigpt.nn import DecodeLinear, Int8Linear, decode_layout
 from minigpt.tokenizers import CharTokenizer
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 2 and 3 split the 48 input features across threads
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 1, 48), (3, 7, 48), (5, 48)])
-def test_a_decode_linear_computes_what_its_linear_does(bias, shape):
+@pytest.mark.parametrize("shape", [(1, 1, 48), (3, 7, 48), (5, 48), (40, 48)])  # 40 rows: past SPLIT_ROWS
+def test_a_decode_linear_computes_what_its_linear_does(threads, bias, shape):
+    torch.set_num_threads(threads)  # tests/conftest.py puts the thread count back
     torch.manual_seed(0)
     linear = nn.Linear(48, 80, bias=bias)
     layer = DecodeLinear(linear)

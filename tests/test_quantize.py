@@ -13,35 +13,56 @@ from minigpt import GPT, GPTConfig
 from minigpt.bench.generate import bench_generation
 from minigpt.errors import MinigptError
 from minigpt.loader import check_quantize
+from minigpt.nn import int8
 from minigpt.nn.int8 import MAX_KERNEL_ROWS, Int8Linear, quantize_int8
 from minigpt.nn.lora import LoRALinear
 from minigpt.tokenizers import load_tokenizer
 
 
-def test_int8_linear_is_within_half_a_step_of_the_float_layer():
+@pytest.fixture(params=["x86", "bf16"])
+def kernel(request, monkeypatch):
+    """Int8Linear layers made in this test use this kernel: x86's integer product, or the bf16 fallback."""
+    if request.param == "x86" and not int8.x86_int8_kernels():
+        pytest.skip("this PyTorch has no x86 int8 kernels (fbgemm)")
+    if request.param == "bf16":
+        monkeypatch.setattr(int8, "x86_int8_kernels", lambda: False)
+    return request.param
+
+
+def test_int8_linear_is_within_its_rounding_of_the_float_layer(kernel):
     torch.manual_seed(0)
     linear = nn.Linear(64, 48)
     quantized = Int8Linear(linear)
+    assert (quantized.packed is not None) == (kernel == "x86")
     step = linear.weight.abs().amax(dim=1) / 127  # one quantization step per output row
-    for rows in (1, MAX_KERNEL_ROWS + 8):  # the int8 kernel, then the dequantized matmul of a long prefill
+    weight = quantized.dequantized_weight()
+    scale_rounding = 2**-8 if kernel == "bf16" else 1e-6  # the bf16 kernel keeps its scales in bf16
+    assert ((weight - linear.weight).abs() <= step[:, None] / 2 + scale_rounding * linear.weight.abs()).all()
+    for rows in (1, MAX_KERNEL_ROWS + 8):  # one token; a long prefill (the bf16 kernel dequantizes for it)
         x = torch.randn(rows, 64)
         y = quantized(x).float()
         exact = linear(x).detach()
         bound = x.abs().sum(dim=1, keepdim=True) * step / 2  # each weight is off by at most half a step
-        bf16 = 0.01 * exact.abs() + 0.02  # the product itself runs in bf16
-        assert ((y - exact).abs() <= bound + bf16).all()
+        if kernel == "x86":  # and each input by half of its own step: 7 bits over the call's range, zero included
+            input_step = (x.max().clamp(min=0) - x.min().clamp(max=0)) / 127
+            bound = bound + weight.abs().sum(dim=1) * input_step / 2 + 1e-5
+        else:
+            bound = bound + 0.01 * exact.abs() + 0.02  # the product itself runs in bf16
+        assert ((y - exact).abs() <= bound).all()
         assert not torch.allclose(y, exact, atol=1e-5)  # it really is quantized
 
 
-def test_the_kernel_and_the_dequantized_path_agree():
+def test_one_row_at_a_time_and_all_rows_at_once_agree(kernel):
     torch.manual_seed(0)
     quantized = Int8Linear(nn.Linear(32, 16, bias=False))
     x = torch.randn(MAX_KERNEL_ROWS + 1, 32)
-    by_rows = torch.cat([quantized(row[None]) for row in x])  # one row at a time: the kernel
-    at_once = quantized(x)  # over MAX_KERNEL_ROWS rows: dequantized weights
-    torch.testing.assert_close(by_rows.float(), at_once.float(), rtol=2e-2, atol=2e-2)
-    reference = F.linear(x, quantized.weight_int8.float() * quantized.scale.float()[:, None])
-    torch.testing.assert_close(at_once.float(), reference, rtol=2e-2, atol=2e-2)
+    by_rows = torch.cat([quantized(row[None]) for row in x])  # one row at a time: the decode kernel
+    at_once = quantized(x)  # a prefill: over MAX_KERNEL_ROWS rows the bf16 kernel dequantizes first
+    # x86 rounds a call's inputs to one scale: all rows at once round more coarsely than one row
+    tolerance = 5e-2 if kernel == "x86" else 2e-2
+    torch.testing.assert_close(by_rows.float(), at_once.float(), rtol=tolerance, atol=tolerance)
+    reference = F.linear(x, quantized.dequantized_weight())
+    torch.testing.assert_close(at_once.float(), reference, rtol=tolerance, atol=tolerance)
 
 
 def test_only_plain_linears_of_an_aligned_width_are_replaced():
@@ -70,7 +91,7 @@ def test_a_quantized_gpt_gives_nearly_the_same_logits(models):
     idx = torch.randint(0, model.config.vocab_size, (2, 40))
     with torch.no_grad():
         exact, got = model(idx)[0], quantized(idx)[0].float()
-    assert (got - exact).abs().max() < 0.05 * exact.abs().max()
+    assert (got - exact).abs().max() < 0.1 * exact.abs().max()  # x86 rounds inputs too; eval measures the loss
     assert (got.argmax(-1) == exact.argmax(-1)).float().mean() > 0.9
 
 

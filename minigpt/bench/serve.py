@@ -17,6 +17,7 @@ import urllib.request
 import torch
 
 from ..infer.engine import Engine
+from ..infer.ready import laid_out_for_decoding
 from ..model import GPT, GPTConfig
 from ..serve import background_server
 from ..serve.app import create_app
@@ -42,7 +43,7 @@ def bench_serving(
     torch.manual_seed(0)
     tokenizer = CharTokenizer(list(SHAKESPEARE_CHARS), with_eot=False)
     config = GPTConfig(vocab_size=65, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    model = GPT(config).to(device).eval()
+    model = laid_out_for_decoding(GPT(config).to(device).eval(), torch.device(device), torch.float32)
     engine = Engine(model, tokenizer, max_batch=max_batch, device=device)
     result = {"device": device, "params": model.num_params(), "max_tokens": max_tokens, "max_batch": max_batch}
     with background_server(create_app(engine, "bench")) as url:

@@ -29,8 +29,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import torch
+
 from ..formats.gguf import save_gguf
 from ..infer.engine import Engine
+from ..infer.ready import laid_out_for_decoding
 from ..serve import background_server
 from ..serve.app import create_app
 from .llama_cpp import MODELS, benchmark_model
@@ -75,6 +78,7 @@ def bench_serving_llama_cpp(
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = save_gguf(model, tokenizer, Path(tmp) / "model.gguf", outtype="f32")
+        laid_out_for_decoding(model, torch.device("cpu"), torch.float32)  # as `minigpt serve` runs it
         for n in threads:
             with llama_cpp_server(path, n, model.config.block_size, Path(tmp) / "server.log", start_timeout) as url:
                 theirs, their_text = _load(url, clients, max_tokens, **NO_EOS, **SAME_GREEDY)

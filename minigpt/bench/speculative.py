@@ -16,9 +16,9 @@ import time
 
 from ..errors import read_user_text
 from ..infer.engine import Engine
+from ..infer.ready import ModelChoice, load_for_generation
 from ..infer.sampling import SamplingParams
 from ..infer.speculative import load_drafter
-from ..loader import load_model
 from .process import progress
 
 PASSAGE_CHARS = 400
@@ -34,7 +34,8 @@ def workloads(text: str) -> dict[str, str]:
 
 
 def bench_speculative(run: str, text_path: str, draft: str | None = None, new_tokens: int = 200, repeats: int = 3):
-    model, tokenizer, _ = load_model(run)
+    ready = load_for_generation(ModelChoice(run))  # as `minigpt sample RUN` loads it
+    model, tokenizer = ready.model, ready.tokenizer
     drafters = {"plain": None, "prompt lookup": load_drafter("prompt-lookup", model, tokenizer)}
     if draft is not None:
         drafters[f"draft model {draft}"] = load_drafter(draft, model, tokenizer)

@@ -26,7 +26,7 @@ class ModelChoice:
     latest: bool = False  # the newest checkpoint instead of the best
     device: str = "auto"
     dtype: str = "auto"
-    quantize: str | None = None  # "int8": weight-only int8 linear layers (CPU)
+    quantize: str | None = None  # "int8": int8 linear layers (CPU)
     speculative: str | None = None  # "prompt-lookup", or the path of a smaller draft model
     measure_threads: bool = False  # time 1 thread against one per core and keep the faster
 
@@ -46,13 +46,20 @@ class ReadyModel:
         return running_on(self.device, self.dtype) + how
 
 
+def laid_out_for_decoding(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """model, its float linear layers laid out for one-token steps where that pays: float32 on a CPU (a GPU's
+    BLAS does not care; int8 layers have their own layout). What the benchmarks time too."""
+    if device.type == "cpu" and dtype == torch.float32:
+        decode_layout(model)
+    return model
+
+
 def load_for_generation(choice: ModelChoice) -> ReadyModel:
     """The chosen model, loaded and ready to generate."""
     torch_device = resolve_device(choice.device)
     torch_dtype = resolve_dtype(choice.dtype, torch_device, phase="generate")
     model, tokenizer, _ = load_model(choice.path, latest=choice.latest, device=torch_device, quantize=choice.quantize)
-    if torch_device.type == "cpu" and torch_dtype == torch.float32 and choice.quantize is None:
-        decode_layout(model)  # int8 layers have their own layout; a GPU's BLAS does not care
+    laid_out_for_decoding(model, torch_device, torch_dtype)
     drafter = load_drafter(choice.speculative, model, tokenizer, torch_device)
     if choice.measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
         fastest_threads(model, torch_device, torch_dtype)

@@ -202,6 +202,24 @@ def test_a_failing_sequence_ends_alone_with_error_and_the_others_go_on():
     assert good.tokens == also_good.tokens == alone and good.finish_reason == "length"
 
 
+def test_the_cache_adds_rows_as_sequences_join_and_the_earlier_rows_keep_theirs():
+    model, tokenizer = tiny("rope")
+    prompts = [tokenizer.encode(t) for t in ("the cat sat on", "a", "hello", "xyz")]
+    params = SamplingParams(max_tokens=15, temperature=0)
+    alone = [run_alone(model, tokenizer, p, params) for p in prompts]
+    engine = Engine(model, tokenizer, max_batch=8)
+    sequences, rows = [], []
+    for prompt in prompts:  # each joins after the earlier ones have decoded a few tokens
+        sequences.append(engine.submit(prompt, params))
+        for _ in range(3):
+            engine.step()
+            rows.append(len(engine.caches[0].row_lengths))
+    while engine.load():
+        engine.step()
+    assert [s.tokens for s in sequences] == alone
+    assert rows[0] == 1 and sorted(set(rows)) == [1, 2, 4]  # doubled as they came; never max_batch's 8
+
+
 def test_the_kv_cache_follows_use_and_is_let_go_when_idle():
     torch.manual_seed(0)
     tokenizer = CharTokenizer(CHARS, with_eot=False)

@@ -279,6 +279,10 @@ def test_ragged_kv_cache_decodes_rows_at_different_positions_like_each_row_alone
     assert batch.lengths.tolist() == [5, 8, 0]  # the view wrote into the shared storage
     batch.copy_row(0, batch, 1)  # a finished row 0 makes room: row 1 moves down
     assert batch.lengths[0] == 8 and torch.equal(batch.k[0, :, :8], batch.k[1, :, :8])
+    kept = batch.k.clone()
+    batch.grow_rows(5)  # a batch that grew: the rows it held keep theirs, the new ones hold nothing
+    assert batch.k.shape[0] == 5 and torch.equal(batch.k[:3], kept) and not batch.k[3:].any()
+    assert batch.lengths.tolist() == batch.row_lengths == [8, 8, 0, 0, 0]
 
 
 def test_positions_take_per_row_offsets():

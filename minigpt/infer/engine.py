@@ -9,8 +9,9 @@ sequences into free slots: each prompt is prefilled on its own (the same prompt 
 is prefilled once), its first token chosen, and its keys and values copied into its slot. Then one
 decode step runs every active slot on its last token at once, each at its own position. Finished
 sequences leave between steps, and the last slot moves into the hole, so the batch stays the first
-n rows. The cache grows with the longest sequence and is let go when the engine is idle: memory
-follows what is being generated, not the model's context.
+n rows. The cache grows with the longest sequence and with the batch (rows doubling up to max_batch),
+and is let go when the engine is idle: memory follows what is being generated, not the model's context
+or max_batch (zeroing a fresh 8-row cache was half of a lone request's time to first token).
 
 A sequence ends at max_tokens ("length"), at a stop token (the tokenizer's end-of-text / end-of-turn
 ids) or stop string ("stop"; the text is cut before it), when cancelled ("cancelled"), or when
@@ -165,7 +166,7 @@ class Engine:
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.max_context = min(max_context or block_size, block_size)
         self.stop_token_ids = set(tokenizer.stop_token_ids) if tokenizer is not None else set()
-        self.caches = None  # the batch's ragged KV cache: made on demand, dropped when idle
+        self.caches = None  # the batch's ragged KV cache: made on demand, grown by rows, dropped when idle
         self.active: list[Sequence] = []  # active[i] owns row i of the caches
         self.next_tokens: list[int] = []  # the token each active row feeds to the next decode step
         self.waiting: deque[Sequence] = deque()
@@ -325,9 +326,12 @@ class Engine:
             except Exception as error:  # this prompt's failure is its own
                 self._fail(sequence, error)
                 continue
-            if self.caches is None:
-                self.caches = self._new_cache(self.max_batch, ragged=True)
             row = len(self.active)
+            if self.caches is None:  # rows are added as the batch grows: a lone sequence zeroes one row, not max_batch
+                self.caches = self._new_cache(1, ragged=True)
+            elif row == len(self.caches[0].row_lengths):
+                for cache in self.caches:
+                    cache.grow_rows(min(self.max_batch, 2 * row))
             for cache, source in zip(self.caches, single):
                 cache.copy_row(row, source)
             self.active.append(sequence)

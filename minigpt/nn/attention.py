@@ -153,6 +153,16 @@ class KVCache:
         self.mask = torch.arange(end, device=k.device) <= positions[:, None, :, None]  # (B, 1, T, end)
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def grow_rows(self, rows: int) -> None:
+        """Room for `rows` rows in this ragged cache (a batch that grew); the rows it holds keep their
+        keys and values, the new ones hold nothing."""
+        added = rows - len(self.row_lengths)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            setattr(self, name, torch.cat([old, old.new_zeros((added, *old.shape[1:]))]))
+        self.lengths = torch.cat([self.lengths, self.lengths.new_zeros(added)])
+        self.row_lengths = self.row_lengths + [0] * added
+
     def rows(self, n: int) -> "KVCache":
         """A ragged cache over the first n rows, sharing this one's storage: appends land here too, so
         reserve() room for them on this cache first (a view cannot grow its parent's storage)."""

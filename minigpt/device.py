@@ -112,7 +112,8 @@ def set_threads(threads: int | None = None) -> int | None:
 def running_on(device: torch.device, dtype: torch.dtype) -> str:
     """Where work runs, for start-up lines: 'cpu, float32, 2 threads' (threads only on the CPU)."""
     where = f"{device.type}, {str(dtype).removeprefix('torch.')}"
-    return f"{where}, {torch.get_num_threads()} threads" if device.type == "cpu" else where
+    threads = torch.get_num_threads()
+    return f"{where}, {threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else where
 
 
 def resolve_dtype(name: str, device: torch.device, phase: str = "train") -> torch.dtype:

@@ -111,7 +111,7 @@ def test_the_command_line_speculates_to_the_same_greedy_text(char_run, capsys):
     for drafter in ("prompt-lookup", char_run):  # a model drafting for itself: every guess kept
         code, fast, err = run_main(capsys, *argv, "--device", "cpu", "--speculative", drafter, "--threads", 1)
         assert code == 0 and fast == plain
-        assert "cpu, float32, 1 threads, speculative decoding" in err
+        assert "cpu, float32, 1 thread, speculative decoding" in err
 
 
 def test_threads_come_from_the_flag_or_the_environment(char_run, capsys, monkeypatch):
@@ -122,7 +122,7 @@ def test_threads_come_from_the_flag_or_the_environment(char_run, capsys, monkeyp
         assert code == 2 and err.count("\n") == 1 and "MINIGPT_THREADS is 'lots'" in err
         monkeypatch.setenv("MINIGPT_THREADS", "1")
         code, _, err = run_main(capsys, "sample", char_run, "--max-new-tokens", 1, "--device", "cpu")
-        assert code == 0 and "1 threads" in err
+        assert code == 0 and "cpu, float32, 1 thread\n" in err
         code, _, err = run_main(capsys, "sample", char_run, "--max-new-tokens", 1, "--threads", -2)
         assert code == 2 and "threads is -2" in err
     finally:

@@ -114,11 +114,14 @@ class KVCache:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot store position {end - 1}")
         if end <= self.capacity:
             return
-        grown = min(self.max_len, -(-end // self.chunk) * self.chunk)
+        self._grow(2, min(self.max_len, -(-end // self.chunk) * self.chunk))
+
+    def _grow(self, dim: int, size: int) -> None:
+        """Enlarge the key and value storage to `size` along dim (2: positions, 0: rows), zeros in the new part."""
         for name in ("k", "v"):
             old = getattr(self, name)
-            new = old.new_zeros((*old.shape[:2], grown, old.shape[3]))
-            new[:, :, : old.shape[2]] = old
+            new = old.new_zeros((*old.shape[:dim], size, *old.shape[dim + 1 :]))
+            new.narrow(dim, 0, old.shape[dim]).copy_(old)
             setattr(self, name, new)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +160,7 @@ class KVCache:
         """Room for `rows` rows in this ragged cache (a batch that grew); the rows it holds keep their
         keys and values, the new ones hold nothing."""
         added = rows - len(self.row_lengths)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            setattr(self, name, torch.cat([old, old.new_zeros((added, *old.shape[1:]))]))
+        self._grow(0, rows)
         self.lengths = torch.cat([self.lengths, self.lengths.new_zeros(added)])
         self.row_lengths = self.row_lengths + [0] * added
 

@@ -12,6 +12,7 @@ from minigpt.infer.ready import ModelChoice, load_for_generation
 from minigpt.infer.sampling import SamplingParams
 from minigpt.model import GPT, GPTConfig
 from minigpt.nn import DecodeLinear, Int8Linear, decode_layout
+from minigpt.nn.decode_layout import HUGE_PAGE
 from minigpt.tokenizers import CharTokenizer
 
 
@@ -42,6 +43,25 @@ def test_a_laid_out_model_generates_what_the_model_does(tied):
     tokens = list(Engine(laid_out, max_batch=1).generate(idx[0].tolist(), SamplingParams(max_tokens=20, temperature=0)))
     assert tokens == naive_generate(model, idx[:1], 20)[0, 9:].tolist()
     assert torch.equal(laid_out.transformer.wte.weight, model.transformer.wte.weight)  # the embedding is untouched
+
+
+def test_a_laid_out_model_keeps_its_weights_in_one_page_aligned_buffer_in_the_order_a_step_reads_them():
+    model = decode_layout(GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval())
+    layers = [m for m in model.modules() if isinstance(m, DecodeLinear)]
+    names = [name for name, m in model.named_modules() if isinstance(m, DecodeLinear)]
+    assert names[:4] == [
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj",
+    ]
+    assert names[-1] == "lm_head"
+    first = layers[0].weight_t.data_ptr()
+    assert first % HUGE_PAGE == 0
+    offset = first
+    for layer in layers:  # each weight right after the one before it
+        assert layer.weight_t.data_ptr() == offset and layer.weight_t.is_contiguous()
+        offset += layer.weight_t.numel() * layer.weight_t.element_size()
 
 
 def test_sample_chat_and_serve_get_the_layout_in_float32_on_a_cpu_and_int8_keeps_its_own(tmp_path):

@@ -12,10 +12,16 @@ i multiplies features i*n/k .. (i+1)*n/k by the matching rows of the weight (one
 torch spreads over its threads), and the k partial results add up. On our 2-core AVX2 machine the
 weights of a GPT-2 124M decode step took 26 ms one way and 19 ms the other (README, performance).
 
+decode_layout puts every weight of the model in one buffer, in the order a step reads them, on 2 MiB pages
+where Linux offers them: the CPU streams one region with 512 times fewer page-table entries to walk. A
+124M decode step took 6% less time so (median of 12 interleaved runs, 2 threads, AVX2 EPYC).
+
     model = decode_layout(model)   # every plain nn.Linear becomes a DecodeLinear, in place
 """
 
+import ctypes
 import math
+import sys
 
 import torch
 from torch import nn
@@ -23,15 +29,21 @@ from torch import nn
 # Up to this many rows a product is split across threads; above it the BLAS keeps every core busy itself
 # and the split's partial results (k x rows x out) would only cost memory. Measured: split wins to 32 rows.
 SPLIT_ROWS = 32
+HUGE_PAGE = 2 * 2**20  # bytes in an x86 huge page
+MADV_HUGEPAGE = 14  # madvise's "back this region with huge pages", from Linux's <sys/mman.h>
 
 
 class DecodeLinear(nn.Module):
     """An nn.Linear whose weight is stored transposed, (in_features, out_features), for one-row products."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, weight_t: torch.Tensor | None = None):
+        """weight_t: where to store the transposed weight (an (in, out) view of a larger buffer), or None for a
+        tensor of its own."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
+        if weight_t is None:
+            weight_t = torch.empty_like(linear.weight.t(), memory_format=torch.contiguous_format)
+        self.register_buffer("weight_t", weight_t.copy_(linear.weight.detach().t()))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     @property
@@ -62,11 +74,41 @@ class DecodeLinear(nn.Module):
 
 def decode_layout(model: nn.Module) -> nn.Module:
     """Replace model's plain nn.Linear layers in place by DecodeLinear ones; returns model, for inference.
+    Their weights share one buffer, in the order of model.named_modules() (for a GPT, the order a step reads).
 
     A weight the output layer shares with the token embedding (tied) gets its own transposed copy: one
     more vocabulary x width matrix in memory, for the layer a decode step reads most of."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, DecodeLinear(child))
+    modules = dict(model.named_modules())
+    linears = [(name, module) for name, module in modules.items() if type(module) is nn.Linear and name]
+    places = one_buffer([linear.weight.t() for _, linear in linears])
+    for (name, linear), weight_t in zip(linears, places):
+        parent, _, attribute = name.rpartition(".")
+        setattr(modules[parent], attribute, DecodeLinear(linear, weight_t))
     return model.requires_grad_(False)
+
+
+def one_buffer(tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Contiguous views, shaped like tensors, of one page-aligned CPU buffer, one after another; Nones where
+    the tensors are not all of one dtype on the CPU (each then keeps a buffer of its own)."""
+    if not tensors or any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors):
+        return [None] * len(tensors)
+    buffer = page_aligned_empty(sum(t.numel() for t in tensors), tensors[0].dtype)
+    views, start = [], 0
+    for t in tensors:
+        views.append(buffer[start : start + t.numel()].view(t.shape))
+        start += t.numel()
+    return views
+
+
+def page_aligned_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised 1-D CPU tensor that starts on a huge-page boundary, on huge pages where Linux offers
+    them (transparent huge pages in "always" or "madvise" mode). The advice must come before anything is
+    written, and is only advice: where it is refused the memory works as any other."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    spare = torch.empty(numel + HUGE_PAGE // itemsize, dtype=dtype)  # room to slide to the next boundary
+    start = (-spare.data_ptr()) % HUGE_PAGE // itemsize
+    buffer = spare[start : start + numel]
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None)
+        libc.madvise(ctypes.c_void_p(buffer.data_ptr()), ctypes.c_size_t(numel * itemsize), MADV_HUGEPAGE)
+    return buffer

@@ -202,6 +202,37 @@ def test_a_failing_sequence_ends_alone_with_error_and_the_others_go_on():
     assert good.tokens == also_good.tokens == alone and good.finish_reason == "length"
 
 
+def test_minus_inf_logits_rule_tokens_out_and_a_row_of_nan_logits_fails_alone():
+    model, tokenizer = tiny()
+    banned, poison = [0, 1, 2], tokenizer.encode("z")[0]
+
+    def logits_hook(module, args, output):  # tokens 0-2 can never come; a decode step fed "z" comes out NaN
+        idx, logits = args[0], output[0]
+        logits[..., banned] = float("-inf")
+        if idx.shape[1] == 1:
+            logits[idx[:, 0] == poison] = float("nan")
+
+    model.register_forward_hook(logits_hook)
+    params = SamplingParams(max_tokens=12, temperature=0)
+    sampled = SamplingParams(max_tokens=12, temperature=1.0, seed=0)
+    good_prompt, bad_prompt = tokenizer.encode("hello"), tokenizer.encode("xyz")
+    good, drawn = run_alone(model, tokenizer, good_prompt, params), run_alone(model, tokenizer, good_prompt, sampled)
+    assert len(good) == len(drawn) == 12 and poison not in good + drawn
+    assert not set(banned) & set(good + drawn)
+    engine = Engine(model, tokenizer, max_batch=3)
+    sequences = [
+        engine.submit(good_prompt, params),
+        engine.submit(bad_prompt, params),
+        engine.submit(good_prompt, sampled),
+    ]
+    for _ in engine.drive(sequences):
+        pass
+    bad = sequences[1]
+    assert bad.finish_reason == "error" and "not finite" in bad.error
+    assert bad.tokens == [poison]  # the untrained model repeats "z"; its first decode step is the NaN one
+    assert sequences[0].tokens == good and sequences[2].tokens == drawn
+
+
 def test_the_cache_adds_rows_as_sequences_join_and_the_earlier_rows_keep_theirs():
     model, tokenizer = tiny("rope")
     prompts = [tokenizer.encode(t) for t in ("the cat sat on", "a", "hello", "xyz")]

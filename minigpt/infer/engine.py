@@ -336,7 +336,7 @@ class Engine:
                 cache.copy_row(row, source)
             self.active.append(sequence)
             self.next_tokens.append(-1)
-            self._choose(row, logits)
+            self._choose([row], logits)
 
     def _prefill(self, sequence: Sequence, window: list[int]):
         """Run window (all of it but what a given cache already holds) through a one-row cache;
@@ -365,17 +365,7 @@ class Engine:
         views = [cache.rows(n) for cache in self.caches]
         idx = torch.tensor(self.next_tokens, dtype=torch.long, device=self.device)[:, None]
         logits, _ = self.model(idx, cache=views, only_last=True)
-        logits = logits[:, -1]  # (n, vocab)
-        finite = torch.isfinite(logits).all(dim=-1).tolist()
-        greedy = [i for i, s in enumerate(self.active) if s.params.greedy and finite[i]]
-        argmax = dict(zip(greedy, logits[greedy].argmax(dim=-1).tolist())) if greedy else {}  # one call for all
-        for i in range(n):
-            if i in argmax:
-                self._emit(i, argmax[i])
-            elif not finite[i]:
-                self._fail(self.active[i], ValueError("the model's logits are not finite"))
-            else:
-                self._choose(i, logits[i : i + 1])
+        self._choose(range(n), logits[:, -1])
 
     def _speculate(self) -> bool:
         """Decode the one active sequence speculatively (see the module docstring); False when the drafter
@@ -411,16 +401,28 @@ class Engine:
                 break
         return True
 
-    def _choose(self, row: int, logits: torch.Tensor) -> None:
-        """Pick the next token of the sequence in row from its (1, vocab) logits."""
-        sequence = self.active[row]
-        p = sequence.params
-        try:
-            token = int(choose_next_token(logits, p.temperature, p.top_k, p.top_p, sequence.generator)[0, 0])
-        except Exception as error:  # e.g. logits that are not finite: this sequence alone ends
-            self._fail(sequence, error)
-            return
-        self._emit(row, token)
+    def _choose(self, rows, logits: torch.Tensor) -> None:
+        """Pick the next token of the sequences in rows from their logits (len(rows), vocab)."""
+        # each row's largest logit, in one call: the greedy rows' tokens; a NaN (max lets it through) or +inf
+        # there means the row's logits are broken, while a few -inf logits are tokens that cannot come
+        best = logits.max(dim=-1)
+        finite, argmax = torch.isfinite(best.values).tolist(), best.indices.tolist()
+        for i, row in enumerate(rows):
+            sequence = self.active[row]
+            p = sequence.params
+            if not finite[i]:
+                self._fail(sequence, ValueError("the model's logits are not finite"))
+            elif p.greedy:
+                self._emit(row, argmax[i])
+            else:
+                try:
+                    token = int(
+                        choose_next_token(logits[i : i + 1], p.temperature, p.top_k, p.top_p, sequence.generator)
+                    )
+                except Exception as error:  # this sequence alone ends
+                    self._fail(sequence, error)
+                    continue
+                self._emit(row, token)
 
     def _emit(self, row: int, token: int) -> None:
         sequence = self.active[row]

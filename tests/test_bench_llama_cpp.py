@@ -2,6 +2,7 @@
 installed, a small model run through both sides (minigpt/bench/llama_cpp.py)."""
 
 import sys
+import types
 
 import pytest
 import torch
@@ -23,8 +24,10 @@ def test_weights_read_per_token_and_the_table():
     layer = 12 * 384 * 384  # attention 4 C^2 and MLP 8 C^2, no biases
     assert llama_cpp.decode_weights(model) == 6 * layer + 65 * 384  # and the tied output layer, once
     side = {"weights": "f32", "ms_per_token": 2.0, "tokens_per_s": 500.0, "bandwidth_use": 0.25}
-    row = {"model": "m", "threads": 2, "new_tokens": 8, "llama.cpp": side, "minigpt": {**side, "ms_per_token": 3.0}}
+    row = {"model": "m", "threads": 2, "new_tokens": 8, "rounds": 3}
+    row |= {"llama.cpp": side, "minigpt": {**side, "ms_per_token": 3.0}}
     table = llama_cpp.llama_cpp_table([{"copy_bandwidth_gb_s": 10.0}, row])
+    assert "8 tokens after the same prompt, each side's best of 3 rounds" in table
     assert "| m | f32 / f32 | 2 | 2.00 (500/s, 25%) | 3.00 (500/s, 25%) | 1.50x |" in table
     assert llama_cpp.copy_bandwidth(megabytes=8, repeats=2) > 1e8
 
@@ -45,6 +48,24 @@ def test_both_sides_decode_a_small_model(monkeypatch):
         ("q8_0", "int8"),
     ]
     assert all(r[side]["ms_per_token"] > 0 for r in results[1:] for side in ("llama.cpp", "minigpt"))
+
+
+def test_the_sides_take_turns_and_each_keeps_its_best_round(monkeypatch):
+    class Llama:  # stands in for llama-cpp-python's: the decode functions below are stand-ins too
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
+    monkeypatch.setattr(llama_cpp, "MODELS", {"small": dict(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=False)})
+    calls, theirs, ours = [], iter([5.0, 3.0, 4.0] * 2), iter([2.0, 6.0, 1.5] * 2)
+    monkeypatch.setattr(llama_cpp, "llama_cpp_decode", lambda *args: calls.append("llama.cpp") or next(theirs))
+    monkeypatch.setattr(llama_cpp, "minigpt_decode", lambda *args: calls.append("minigpt") or next(ours))
+    results = llama_cpp.bench_llama_cpp(new_tokens=2, threads=(1,), rounds=3)
+    assert calls == ["llama.cpp", "minigpt"] * 6  # f32, then q8_0/int8: three rounds each, in turns
+    assert [(r["llama.cpp"]["ms_per_token"], r["minigpt"]["ms_per_token"]) for r in results[1:]] == [(3.0, 1.5)] * 2
 
 
 def test_missing_llama_cpp_server_is_one_line(monkeypatch, capsys):

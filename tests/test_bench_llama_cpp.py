@@ -102,7 +102,7 @@ def test_serving_table_against_llama_cpp():
     assert result["best"][8]["speedup"] == 2.5
     table = serving_llama_cpp_table(result)
     assert "| 1 | 8 | 100 | 20 | 250 | 20 | 2.50x |" in table
-    assert "8 clients 250 (1 threads) vs 100 (1): 2.50x" in table
+    assert "8 at once: 250 on 1 vs 100 on 1: 2.50x" in table
 
 
 def test_both_servers_answer_a_small_model(monkeypatch):

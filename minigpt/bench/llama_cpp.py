@@ -91,7 +91,7 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2), rou
                             "bandwidth_use": round(read * 1000 / ms / bandwidth, 3),
                         }
                     rows.append(row)
-                    progress(f"llama.cpp: {name}, {gguf_type}/{ours}, {n} threads: {theirs:.1f} vs {own:.1f} ms/token")
+                    progress(f"llama.cpp: {name}, {gguf_type}/{ours}, threads {n}: {theirs:.1f} vs {own:.1f} ms/token")
                 path.unlink()
     return [{"copy_bandwidth_gb_s": round(bandwidth / 1e9, 2)}, *rows]
 

@@ -91,7 +91,7 @@ def bench_serving_llama_cpp(
                 row["speedup"] = round(ours[c]["tokens_per_s"] / theirs[c]["tokens_per_s"], 2)
                 result["rows"].append(row)
                 progress(
-                    f"serving vs llama.cpp, {n} threads, {c} clients: {theirs[c]['tokens_per_s']:,.0f} vs "
+                    f"serving vs llama.cpp, threads {n}, clients {c}: {theirs[c]['tokens_per_s']:,.0f} vs "
                     f"{ours[c]['tokens_per_s']:,.0f} tokens/s ({row['speedup']:.2f}x)"
                 )
             result["same_text"] = result.get("same_text", True) and their_text == our_text
@@ -201,9 +201,9 @@ def serving_llama_cpp_table(result: dict) -> str:
         )
     if "best" in result:
         best = ", ".join(
-            f"{c} clients {b['minigpt']['tokens_per_s']:,.0f} ({b['minigpt']['threads']} threads) vs "
-            f"{b['llama.cpp']['tokens_per_s']:,.0f} ({b['llama.cpp']['threads']}): {b['speedup']:.2f}x"
+            f"{c} at once: {b['minigpt']['tokens_per_s']:,.0f} on {b['minigpt']['threads']} vs "
+            f"{b['llama.cpp']['tokens_per_s']:,.0f} on {b['llama.cpp']['threads']}: {b['speedup']:.2f}x"
             for c, b in result["best"].items()
         )
-        lines += ["", f"each side at its best thread count, minigpt vs llama.cpp tokens/s: {best}"]
+        lines += ["", f"each side at its best thread count, clients: minigpt vs llama.cpp tokens/s on threads: {best}"]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """Float linear layers laid out (in, out) for one-token decoding on a CPU: same numbers, used by sample/chat/serve."""
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -62,6 +64,21 @@ def test_a_laid_out_model_keeps_its_weights_in_one_page_aligned_buffer_in_the_or
     for layer in layers:  # each weight right after the one before it
         assert layer.weight_t.data_ptr() == offset and layer.weight_t.is_contiguous()
         offset += layer.weight_t.numel() * layer.weight_t.element_size()
+
+
+def test_each_layer_lets_go_of_its_old_weight_as_it_moves_into_the_buffer(monkeypatch):
+    model = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32, tie_weights=False)).eval()
+    old = [weakref.ref(m.weight) for m in model.modules() if type(m) is nn.Linear]
+    alive_at_each_layer, build = [], DecodeLinear.__init__
+
+    def build_counting(self, linear, weight_t=None):
+        gc.collect()
+        alive_at_each_layer.append(sum(ref() is not None for ref in old))
+        build(self, linear, weight_t)
+
+    monkeypatch.setattr(DecodeLinear, "__init__", build_counting)
+    decode_layout(model)
+    assert alive_at_each_layer == list(range(len(old), 0, -1))  # never two copies of the whole model
 
 
 def test_sample_chat_and_serve_get_the_layout_in_float32_on_a_cpu_and_int8_keeps_its_own(tmp_path):

@@ -77,13 +77,15 @@ def decode_layout(model: nn.Module) -> nn.Module:
     Their weights share one buffer, in the order of model.named_modules() (for a GPT, the order a step reads).
 
     A weight the output layer shares with the token embedding (tied) gets its own transposed copy: one
-    more vocabulary x width matrix in memory, for the layer a decode step reads most of."""
-    modules = dict(model.named_modules())
-    linears = [(name, module) for name, module in modules.items() if type(module) is nn.Linear and name]
-    places = one_buffer([linear.weight.t() for _, linear in linears])
-    for (name, linear), weight_t in zip(linears, places):
+    more vocabulary x width matrix in memory, for the layer a decode step reads most of. Each layer lets go
+    of its old weight as it moves into the buffer (this holds names, not layers), so a model never sits
+    in memory twice: the buffer's pages are only taken up as they are written."""
+    names = [name for name, module in model.named_modules() if type(module) is nn.Linear and name]
+    places = one_buffer([model.get_submodule(name).weight.t() for name in names])
+    for name, weight_t in zip(names, places):
         parent, _, attribute = name.rpartition(".")
-        setattr(modules[parent], attribute, DecodeLinear(linear, weight_t))
+        owner = model.get_submodule(parent)
+        setattr(owner, attribute, DecodeLinear(getattr(owner, attribute), weight_t))
     return model.requires_grad_(False)
 
 
@@ -108,7 +110,7 @@ def page_aligned_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
     spare = torch.empty(numel + HUGE_PAGE // itemsize, dtype=dtype)  # room to slide to the next boundary
     start = (-spare.data_ptr()) % HUGE_PAGE // itemsize
     buffer = spare[start : start + numel]
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None)
-        libc.madvise(ctypes.c_void_p(buffer.data_ptr()), ctypes.c_size_t(numel * itemsize), MADV_HUGEPAGE)
+    madvise = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform == "linux" else None
+    if madvise is not None:
+        madvise(ctypes.c_void_p(buffer.data_ptr()), ctypes.c_size_t(numel * itemsize), MADV_HUGEPAGE)
     return buffer

@@ -26,6 +26,8 @@ import sys
 import torch
 from torch import nn
 
+from .replace import plain_linear_names, replace_layers
+
 # Up to this many rows a product is split across threads; above it the BLAS keeps every core busy itself
 # and the split's partial results (k x rows x out) would only cost memory. Measured: split wins to 32 rows.
 SPLIT_ROWS = 32
@@ -78,14 +80,11 @@ def decode_layout(model: nn.Module) -> nn.Module:
 
     A weight the output layer shares with the token embedding (tied) gets its own transposed copy: one
     more vocabulary x width matrix in memory, for the layer a decode step reads most of. Each layer lets go
-    of its old weight as it moves into the buffer (this holds names, not layers), so a model never sits
-    in memory twice: the buffer's pages are only taken up as they are written."""
-    names = [name for name, module in model.named_modules() if type(module) is nn.Linear and name]
+    of its old weight as it moves into the buffer (replace.py), and the buffer's pages are only taken up
+    as they are written: the model is never in memory twice."""
+    names = plain_linear_names(model)
     places = one_buffer([model.get_submodule(name).weight.t() for name in names])
-    for name, weight_t in zip(names, places):
-        parent, _, attribute = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        setattr(owner, attribute, DecodeLinear(getattr(owner, attribute), weight_t))
+    replace_layers(model, names, lambda linear, i: DecodeLinear(linear, places[i]))
     return model.requires_grad_(False)
 
 

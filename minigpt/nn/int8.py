@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .replace import plain_linear_names, replace_layers
+
 # PyTorch's CPU int8 kernel reads the input in 16-value vectors with aligned loads: narrower rows crash it
 ALIGNMENT = 16
 # above this many rows (a long prompt's prefill), dequantizing once and using bf16 matmuls is faster
@@ -100,8 +102,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     Only plain nn.Linear layers whose input width is a multiple of 16 are replaced; others (LoRA
     layers, odd widths) stay in floating point. Returns model, now for inference only.
     """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.in_features % ALIGNMENT == 0:
-                setattr(parent, name, Int8Linear(child))
+    names = plain_linear_names(model, lambda linear: linear.in_features % ALIGNMENT == 0)
+    replace_layers(model, names, lambda linear, _: Int8Linear(linear))
     return model.requires_grad_(False)

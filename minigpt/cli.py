@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(p, max_new_tokens=200, what="sample")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     _add_speculative(p)
+    _add_compile(p)
     p.set_defaults(run=_sample)
 
     p = commands.add_parser("chat", help="talk with a chat-tuned model (one message per line when piped)")
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(p, max_new_tokens=256, what="answer")
     _add_max_context(p)
     _add_speculative(p)
+    _add_compile(p)
     p.set_defaults(run=_chat)
 
     p = commands.add_parser("serve", help="serve a model over the OpenAI API, with the attention playground at /")
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_context(p)
     p.add_argument("--quiet", action="store_true", help="no access line per request on stderr")
     _add_speculative(p)
-    p.set_defaults(run=_serve)
+    p.set_defaults(run=_serve, compile=False)  # rows at different positions would make it compile anew
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
     _add_model_arguments(p, dtype="float32")  # float32: numbers comparable across machines
@@ -234,6 +236,15 @@ def _add_speculative(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the one-token decode step (torch.compile): no Python inside a step, after 20-60 s of "
+        "compiling at the first tokens; needs a C++ compiler on a CPU (without one: a line, and no compiling)",
+    )
+
+
 def _sampling_params(args, on_full: str):
     """The SamplingParams the sampling flags ask for (checked by the command, in the flags' names)."""
     from .infer.sample import unescape
@@ -332,6 +343,7 @@ def _model_choice(args):
         quantize=args.quantize,
         speculative=args.speculative,
         measure_threads=args.threads is None,  # no --threads: time which count decodes faster
+        compile=args.compile,
     )
 
 

@@ -28,7 +28,10 @@ def test_weights_read_per_token_and_the_table():
     row |= {"llama.cpp": side, "minigpt": {**side, "ms_per_token": 3.0}}
     table = llama_cpp.llama_cpp_table([{"copy_bandwidth_gb_s": 10.0}, row])
     assert "8 tokens after the same prompt, each side's best of 3 rounds" in table
-    assert "| m | f32 / f32 | 2 | 2.00 (500/s, 25%) | 3.00 (500/s, 25%) | 1.50x |" in table
+    assert "| m | f32 / f32 | 2 | 2.00 (500/s, 25%) | 3.00 (500/s, 25%) | 1.50x | - | - |" in table
+    row["minigpt --compile"] = {**side, "ms_per_token": 1.0, "compile_s": 31.4}
+    table = llama_cpp.llama_cpp_table([{"copy_bandwidth_gb_s": 10.0}, row])
+    assert "| 1.50x | 1.00 (31 s) | 0.50x |" in table
     assert llama_cpp.copy_bandwidth(megabytes=8, repeats=2) > 1e8
 
 
@@ -60,12 +63,20 @@ def test_the_sides_take_turns_and_each_keeps_its_best_round(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
     monkeypatch.setattr(llama_cpp, "MODELS", {"small": dict(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=False)})
-    calls, theirs, ours = [], iter([5.0, 3.0, 4.0] * 2), iter([2.0, 6.0, 1.5] * 2)
+    calls, theirs, ours, compiled = [], iter([5.0, 3.0, 4.0] * 2), iter([2.0, 6.0, 1.5] * 2), iter([9.0, 1.0, 2.5, 1.2])
+
+    def ours_decode(model, ids, new_tokens, compile=False):
+        calls.append("compiled" if compile else "minigpt")
+        return next(compiled if compile else ours)
+
     monkeypatch.setattr(llama_cpp, "llama_cpp_decode", lambda *args: calls.append("llama.cpp") or next(theirs))
-    monkeypatch.setattr(llama_cpp, "minigpt_decode", lambda *args: calls.append("minigpt") or next(ours))
+    monkeypatch.setattr(llama_cpp, "minigpt_decode", ours_decode)
     results = llama_cpp.bench_llama_cpp(new_tokens=2, threads=(1,), rounds=3)
-    assert calls == ["llama.cpp", "minigpt"] * 6  # f32, then q8_0/int8: three rounds each, in turns
+    # f32: compiling first (untimed), then three rounds in turns; q8_0/int8: nothing compiled
+    assert calls[:10] == ["compiled"] + ["llama.cpp", "minigpt", "compiled"] * 3
+    assert calls[10:] == ["llama.cpp", "minigpt"] * 3  # q8_0/int8: nothing compiled
     assert [(r["llama.cpp"]["ms_per_token"], r["minigpt"]["ms_per_token"]) for r in results[1:]] == [(3.0, 1.5)] * 2
+    assert results[1]["minigpt --compile"]["ms_per_token"] == 1.0 and "minigpt --compile" not in results[2]
 
 
 def test_missing_llama_cpp_server_is_one_line(monkeypatch, capsys):

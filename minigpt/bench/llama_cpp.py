@@ -41,8 +41,11 @@ PRECISIONS = (("f32", "float32"), ("q8_0", "int8"))  # (llama.cpp's GGUF type, m
 BYTES_PER_WEIGHT = {"f32": 4.0, "q8_0": 34 / 32, "float32": 4.0, "int8": 1.0}  # q8_0: 32 int8 and one f16 scale
 
 
-def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2), rounds: int = 3) -> list[dict] | None:
-    """One row per model, precision and thread count: both sides' ms per token, tokens/s and bandwidth use."""
+def bench_llama_cpp(
+    new_tokens: int = 64, threads: tuple[int, ...] = (1, 2), rounds: int = 3, compiled: tuple[int, ...] | None = None
+) -> list[dict] | None:
+    """One row per model, precision and thread count: both sides' ms per token, tokens/s and bandwidth use.
+    minigpt --compile is timed too in float32, at the thread counts in compiled (None: all of them)."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -69,11 +72,23 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2), rou
                         logits_all=True,  # llama-cpp-python keeps the logits (for the argmax) only so
                         verbose=False,
                     )
-                    theirs, own = float("inf"), float("inf")
-                    for _ in range(rounds):
-                        theirs = min(theirs, llama_cpp_decode(llm, ids, new_tokens, model.config.vocab_size))
+                    sides = {"llama.cpp": gguf_type, "minigpt": ours}
+                    if ours == "float32" and n in (threads if compiled is None else compiled):  # compiled first
+                        sides["minigpt --compile"] = ours
                         with torch_threads(n):
-                            own = min(own, minigpt_decode(mine, ids, new_tokens))
+                            torch._dynamo.reset()  # the split count is compiled in: a new thread count compiles anew
+                            start = time.perf_counter()
+                            minigpt_decode(mine, ids, 4, compile=True)  # compiles, then again for a symbolic length
+                            compile_s = time.perf_counter() - start
+                    ms = dict.fromkeys(sides, float("inf"))
+                    for _ in range(rounds):
+                        ms["llama.cpp"] = min(
+                            ms["llama.cpp"], llama_cpp_decode(llm, ids, new_tokens, model.config.vocab_size)
+                        )
+                        with torch_threads(n):
+                            for side in [side for side in sides if side != "llama.cpp"]:
+                                timed_ms = minigpt_decode(mine, ids, new_tokens, compile=side == "minigpt --compile")
+                                ms[side] = min(ms[side], timed_ms)
                     llm.close()
                     row = {
                         "model": name,
@@ -82,16 +97,21 @@ def bench_llama_cpp(new_tokens: int = 64, threads: tuple[int, ...] = (1, 2), rou
                         "new_tokens": new_tokens,
                         "rounds": rounds,
                     }
-                    for side, weights_type, ms in (("llama.cpp", gguf_type, theirs), ("minigpt", ours, own)):
+                    for side, weights_type in sides.items():
                         read = weights * BYTES_PER_WEIGHT[weights_type]
                         row[side] = {
                             "weights": weights_type,
-                            "ms_per_token": round(ms, 2),
-                            "tokens_per_s": round(1000 / ms, 1),
-                            "bandwidth_use": round(read * 1000 / ms / bandwidth, 3),
+                            "ms_per_token": round(ms[side], 2),
+                            "tokens_per_s": round(1000 / ms[side], 1),
+                            "bandwidth_use": round(read * 1000 / ms[side] / bandwidth, 3),
                         }
+                    if "minigpt --compile" in row:
+                        row["minigpt --compile"]["compile_s"] = round(compile_s, 1)
                     rows.append(row)
-                    progress(f"llama.cpp: {name}, {gguf_type}/{ours}, threads {n}: {theirs:.1f} vs {own:.1f} ms/token")
+                    times = " vs ".join(f"{ms[side]:.1f}" for side in sides)
+                    progress(
+                        f"llama.cpp: {name}, {gguf_type}/{ours}, threads {n}: {times} ms/token ({', '.join(sides)})"
+                    )
                 path.unlink()
     return [{"copy_bandwidth_gb_s": round(bandwidth / 1e9, 2)}, *rows]
 
@@ -134,9 +154,10 @@ def llama_cpp_decode(llm, ids: list[int], new_tokens: int, vocab_size: int) -> f
     return 1000 * float(np.median(times))
 
 
-def minigpt_decode(model, ids: list[int], new_tokens: int) -> float:
-    """minigpt's ms per generated token on its engine, greedy, batch 1, after the prompt."""
-    engine = Engine(model, max_batch=1, device="cpu")  # an int8 model has no lm_head.weight to say where
+def minigpt_decode(model, ids: list[int], new_tokens: int, compile: bool = False) -> float:
+    """minigpt's ms per generated token on its engine, greedy, batch 1, after the prompt; compile: with
+    decode steps compiled (sample and chat --compile)."""
+    engine = Engine(model, max_batch=1, device="cpu", compile_decode=compile)  # int8 models have no lm_head.weight
     params = SamplingParams(max_tokens=new_tokens + 1, temperature=0, ignore_eos=True)
     times, start = [], None
     for _ in engine.generate(ids, params):  # the first token comes with the prefill: not timed
@@ -151,17 +172,29 @@ def llama_cpp_table(results: list[dict]) -> str:
     bandwidth, rows = results[0]["copy_bandwidth_gb_s"], results[1:]
     lines = [
         f"decode at batch 1, greedy, {rows[0]['new_tokens']} tokens after the same prompt, each side's best of "
-        f"{rows[0]['rounds']} rounds taken in turns; memory copy bandwidth {bandwidth:.1f} GB/s",
+        f"{rows[0]['rounds']} rounds taken in turns; memory copy bandwidth {bandwidth:.1f} GB/s; --compile: "
+        "decode steps compiled (sample and chat --compile), the compiling timed apart",
         "",
         "| model | weights (llama.cpp / minigpt) | threads | llama.cpp ms/token (tokens/s, bandwidth) | "
-        "minigpt ms/token (tokens/s, bandwidth) | minigpt / llama.cpp time |",
-        "|---|---|---|---|---|---|",
+        "minigpt ms/token (tokens/s, bandwidth) | minigpt / llama.cpp time | minigpt --compile ms/token "
+        "(compiling) | --compile / llama.cpp time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        row_sides = theirs, ours = row["llama.cpp"], row["minigpt"]
-        cells = [f"{s['ms_per_token']:.2f} ({s['tokens_per_s']:,.0f}/s, {s['bandwidth_use']:.0%})" for s in row_sides]
+        theirs, ours = row["llama.cpp"], row["minigpt"]
+        cells = [
+            f"{s['ms_per_token']:.2f} ({s['tokens_per_s']:,.0f}/s, {s['bandwidth_use']:.0%})" for s in (theirs, ours)
+        ]
+        compiled = row.get("minigpt --compile")
+        if compiled:
+            cells += [
+                f"{compiled['ms_per_token']:.2f} ({compiled['compile_s']:.0f} s)",
+                f"{compiled['ms_per_token'] / theirs['ms_per_token']:.2f}x",
+            ]
+        else:
+            cells += ["-", "-"]
         lines.append(
             f"| {row['model']} | {theirs['weights']} / {ours['weights']} | {row['threads']} | {cells[0]} | {cells[1]} "
-            f"| {ours['ms_per_token'] / theirs['ms_per_token']:.2f}x |"
+            f"| {ours['ms_per_token'] / theirs['ms_per_token']:.2f}x | {cells[2]} | {cells[3]} |"
         )
     return "\n".join(lines)

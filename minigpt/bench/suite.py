@@ -210,7 +210,8 @@ def run_bench(
     if llama_cpp:
         from .llama_cpp import bench_llama_cpp, llama_cpp_table
 
-        results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64)
+        # --quick compiles at 2 threads only: each compile takes 25-50 s on 2 cores
+        results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64, compiled=(2,) if quick else None)
         if results["llama_cpp"] is not None:
             print(llama_cpp_table(results["llama_cpp"]))
         if serve:  # the same model behind llama.cpp's server and minigpt's, 1, 4 and 8 clients

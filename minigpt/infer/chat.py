@@ -130,6 +130,7 @@ def chat_with(
         device=ready.device,
         dtype=ready.dtype,
         drafter=ready.drafter,
+        compile_decode=ready.compile,
     )
 
 
@@ -147,13 +148,23 @@ def run_chat(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     drafter=None,
+    compile_decode: bool = False,
 ) -> None:
     """The chat loop (see the module docstring); interactive defaults to whether stdin is a terminal.
     The streams default to sys.stdin / stdout / stderr as they are when called."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
-    engine = Engine(model, tokenizer, max_batch=1, max_context=max_context, device=device, dtype=dtype, drafter=drafter)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch=1,
+        max_context=max_context,
+        device=device,
+        dtype=dtype,
+        drafter=drafter,
+        compile_decode=compile_decode,
+    )
     session = ChatSession(engine, params, system)
     told_of_dropping = False
     if not session.templated:
@@ -163,7 +174,8 @@ def run_chat(
             file=stderr,
         )
     if interactive:
-        how = ", speculative decoding" if drafter is not None else ""
+        how = ", compiled decode step" if compile_decode else ""
+        how += ", speculative decoding" if drafter is not None else ""
         print(f"chatting on {running_on(torch.device(device), dtype)}{how}; {HELP}", file=stderr)
     for line in _lines(stdin, interactive):
         line = line.rstrip("\r\n")

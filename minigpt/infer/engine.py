@@ -33,6 +33,7 @@ what was kept. Greedy text is then exactly plain greedy decoding's; sampled text
 With more sequences active the step decodes as usual: a batch already reads the weights for many.
 """
 
+import sys
 import threading
 import time
 import traceback
@@ -141,6 +142,10 @@ class Engine:
     tokenizer None: token ids only (no text, no stop tokens), as GPT.generate uses it.
     max_context: the most tokens a sequence may see (default and ceiling: the model's block_size).
     drafter: guesses tokens for speculative decoding at batch 1 (speculative.py); None decodes plainly.
+    compile_decode: run decode steps through torch.compile while every row is at the same position (a
+    sample, samples of one prompt, a chat; prefills and ragged batches stay eager): no Python between the
+    operations of a step, for 20-60 s of compiling at the first steps on 2 CPU cores. Where compiling
+    fails (no C++ compiler) the engine says so in a line and decodes eagerly.
     """
 
     def __init__(
@@ -154,6 +159,7 @@ class Engine:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         drafter=None,
+        compile_decode: bool = False,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -163,6 +169,8 @@ class Engine:
         self.device = torch.device(device) if device is not None else model.lm_head.weight.device
         self.dtype = dtype
         self.drafter = drafter
+        # what decode steps call; the C++ wrapper runs a compiled step with no Python between its operations
+        self.decoder = torch.compile(model, options={"cpp_wrapper": True}) if compile_decode else model
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.max_context = min(max_context or block_size, block_size)
         self.stop_token_ids = set(tokenizer.stop_token_ids) if tokenizer is not None else set()
@@ -364,7 +372,17 @@ class Engine:
             cache.reserve(longest)  # views below share the storage: they cannot grow it themselves
         views = [cache.rows(n) for cache in self.caches]
         idx = torch.tensor(self.next_tokens, dtype=torch.long, device=self.device)[:, None]
-        logits, _ = self.model(idx, cache=views, only_last=True)
+        # compiled only while every row is at the same position: ragged rows would make it compile anew
+        decoder = self.decoder if views[0].uniform else self.model
+        try:
+            logits, _ = decoder(idx, cache=views, only_last=True)
+        except torch._dynamo.exc.BackendCompilerFailed as error:  # e.g. no C++ compiler: decode eagerly
+            print(
+                f"compiling the decode step failed ({type(error.inner_exception).__name__}); decoding without it",
+                file=sys.stderr,
+            )
+            self.decoder = self.model
+            logits, _ = self.model(idx, cache=views, only_last=True)
         self._choose(range(n), logits[:, -1])
 
     def _speculate(self) -> bool:

@@ -4,7 +4,8 @@ speculative decoding's drafter, and (when no thread count was asked for) time wh
 decodes faster.
 
     ready = load_for_generation(ModelChoice("out/quickstart", quantize="int8"))
-    engine = Engine(ready.model, ready.tokenizer, device=ready.device, dtype=ready.dtype, drafter=ready.drafter)
+    engine = Engine(ready.model, ready.tokenizer, device=ready.device, dtype=ready.dtype, drafter=ready.drafter,
+                    compile_decode=ready.compile)
 """
 
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class ModelChoice:
     quantize: str | None = None  # "int8": int8 linear layers (CPU)
     speculative: str | None = None  # "prompt-lookup", or the path of a smaller draft model
     measure_threads: bool = False  # time 1 thread against one per core and keep the faster
+    compile: bool = False  # decode steps through torch.compile (Engine's compile_decode)
 
 
 @dataclass
@@ -39,10 +41,13 @@ class ReadyModel:
     dtype: torch.dtype
     drafter: object  # None, or a drafter of speculative.py
     speculative: str | None  # what --speculative named
+    compile: bool = False  # decode steps compiled
 
     def running_on(self) -> str:
-        """For the start-up line: 'cpu, float32, 1 thread' and the speculative drafter, if any."""
-        how = f", speculative decoding with {self.speculative}" if self.speculative else ""
+        """For the start-up line: 'cpu, float32, 1 thread', a compiled decode step and the speculative
+        drafter, if any."""
+        how = ", compiled decode step" if self.compile else ""
+        how += f", speculative decoding with {self.speculative}" if self.speculative else ""
         return running_on(self.device, self.dtype) + how
 
 
@@ -63,4 +68,4 @@ def load_for_generation(choice: ModelChoice) -> ReadyModel:
     drafter = load_drafter(choice.speculative, model, tokenizer, torch_device)
     if choice.measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
         fastest_threads(model, torch_device, torch_dtype)
-    return ReadyModel(model, tokenizer, torch_device, torch_dtype, drafter, choice.speculative)
+    return ReadyModel(model, tokenizer, torch_device, torch_dtype, drafter, choice.speculative, choice.compile)

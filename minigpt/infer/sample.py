@@ -72,6 +72,7 @@ def generate_text(
     dtype: torch.dtype = torch.float32,
     names=PYTHON_NAMES,
     drafter=None,
+    compile_decode: bool = False,
 ) -> list[str]:
     """Continue `prompt` num_samples times; return the continuations (without the prompt).
 
@@ -84,13 +85,22 @@ def generate_text(
     while it could still be the start of a stop string or of a multi-byte character).
     names: what messages call each setting (the command line passes its flags).
     drafter: speculative decoding's guesser (speculative.py), used while one sample is in flight.
+    compile_decode: decode steps through torch.compile (Engine).
     """
     check_sampling(params, names)
     if num_samples < 1:
         raise MinigptError(f"num_samples must be at least 1, got {num_samples}")
     ids = encode_prompt(tokenizer, prompt, model.config.block_size) if isinstance(prompt, str) else prompt
     check_samples_fit(model.config, len(ids), params.max_tokens, num_samples)
-    engine = Engine(model, tokenizer, max_batch=num_samples, device=device, dtype=dtype, drafter=drafter)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch=num_samples,
+        device=device,
+        dtype=dtype,
+        drafter=drafter,
+        compile_decode=compile_decode,
+    )
     samples = [engine.submit(ids, params.for_choice(i)) for i in range(num_samples)]
     shown = 0
     try:
@@ -181,6 +191,7 @@ def run_sample(
             dtype=ready.dtype,
             names=CLI_NAMES,
             drafter=ready.drafter,
+            compile_decode=ready.compile,
         )
     except GenerationInterrupted as interrupted:
         _print_samples(prompt, interrupted.texts, stream, header)

@@ -55,23 +55,41 @@ class DecodeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        splits = math.gcd(self.in_features, torch.get_num_threads())
+        splits = math.gcd(self.in_features, thread_count())
         if splits > 1 and rows.shape[0] <= SPLIT_ROWS:
-            y = self._split_product(rows, splits)
+            # compiled, the split is one opaque operation: Inductor would write the products as loops of its
+            # own, 2.5x slower than the BLAS's (a 124M decode step: 51 ms against 22)
+            product = split_product_op if torch.compiler.is_compiling() else split_product
+            y = product(rows, self.weight_t, self.bias, splits)
         else:
             y = rows @ self.weight_t if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
         return y.view(*x.shape[:-1], self.out_features)
 
-    def _split_product(self, rows: torch.Tensor, splits: int) -> torch.Tensor:
-        """rows @ weight_t (+ bias) as `splits` products over slices of the input features, one per thread."""
-        width = self.in_features // splits
-        row_parts = rows.view(-1, splits, width).transpose(0, 1)  # (splits, rows, width)
-        weight_parts = self.weight_t.view(splits, width, self.out_features)  # a view: no copy
-        y = torch.bmm(row_parts, weight_parts).sum(0)
-        return y if self.bias is None else y.add_(self.bias)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def split_product(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, splits: int) -> torch.Tensor:
+    """rows @ weight_t (+ bias) as `splits` products over slices of the input features, one per thread."""
+    width = weight_t.shape[0] // splits
+    row_parts = rows.view(-1, splits, width).transpose(0, 1)  # (splits, rows, width)
+    weight_parts = weight_t.view(splits, width, weight_t.shape[1])  # a view: no copy
+    y = torch.bmm(row_parts, weight_parts).sum(0)
+    return y if bias is None else y.add_(bias)
+
+
+split_product_op = torch.library.custom_op("minigpt::split_product", split_product, mutates_args=())
+
+
+@split_product_op.register_fake
+def split_product_shape(rows, weight_t, bias, splits):
+    return rows.new_empty(rows.shape[0], weight_t.shape[1])
+
+
+@torch.compiler.assume_constant_result
+def thread_count() -> int:
+    """torch's thread count; a compiled step takes it as a constant (a changed count only moves the split)."""
+    return torch.get_num_threads()
 
 
 def decode_layout(model: nn.Module) -> nn.Module:

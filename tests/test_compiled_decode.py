@@ -5,12 +5,14 @@ the engine says so in a line and decodes eagerly."""
 import copy
 
 import torch
+from helpers import run_main, save_untrained_run
 from torch._dynamo.utils import counters
 
 from minigpt.infer.engine import Engine
 from minigpt.infer.sampling import SamplingParams
 from minigpt.model import GPT, GPTConfig
 from minigpt.nn import decode_layout
+from minigpt.tokenizers import CharTokenizer
 
 
 def laid_out_model():
@@ -31,12 +33,25 @@ def test_a_compiled_decode_step_gives_the_eager_tokens_and_does_not_compile_at_e
     assert 1 <= counters["stats"]["unique_graphs"] <= 2
 
 
-def test_where_compiling_fails_the_engine_says_so_and_decodes_eagerly(monkeypatch, capsys):
+def test_where_compiling_fails_the_engine_says_so_and_decodes_eagerly(capsys):
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
     model, prompt = laid_out_model(), [7, 8, 9]
     params = SamplingParams(max_tokens=10, temperature=0)
     eager = list(Engine(copy.deepcopy(model), max_batch=1).generate(prompt, params))
-    assert list(Engine(model, max_batch=1, compile_decode=True).generate(prompt, params)) == eager
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)}):  # as if no C++ compiler
+        assert list(Engine(model, max_batch=1, compile_decode=True).generate(prompt, params)) == eager
     err = capsys.readouterr().err
     assert err.count("compiling the decode step failed") == 1 and "decoding without it" in err
+
+
+def test_sample_compile_on_the_command_line_writes_the_same_text(tmp_path, capsys):
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz ,."), with_eot=True)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
+    run = str(save_untrained_run(tmp_path / "run", model, tokenizer))
+    argv = ["sample", run, "--prompt", "to be or not", "--temperature", 0, "--max-new-tokens", 20]
+    code, plain, _ = run_main(capsys, *argv, "--device", "cpu")
+    assert code == 0
+    code, compiled, err = run_main(capsys, *argv, "--device", "cpu", "--compile", "--threads", 1)
+    assert code == 0 and compiled == plain
+    assert "cpu, float32, 1 thread, compiled decode step" in err

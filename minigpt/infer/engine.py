@@ -46,6 +46,7 @@ import torch
 
 from ..device import autocast, inference
 from ..errors import MinigptError
+from ..nn.decode_layout import prepare_to_compile
 from .sampling import SamplingParams, accept_drafts, check_sampling, choose_next_token
 from .text import GeneratedText
 
@@ -170,7 +171,10 @@ class Engine:
         self.dtype = dtype
         self.drafter = drafter
         # what decode steps call; the C++ wrapper runs a compiled step with no Python between its operations
-        self.decoder = torch.compile(model, options={"cpp_wrapper": True}) if compile_decode else model
+        self.decoder = model
+        if compile_decode:
+            prepare_to_compile()
+            self.decoder = torch.compile(model, options={"cpp_wrapper": True})
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.max_context = min(max_context or block_size, block_size)
         self.stop_token_ids = set(tokenizer.stop_token_ids) if tokenizer is not None else set()

@@ -86,10 +86,16 @@ def split_product_shape(rows, weight_t, bias, splits):
     return rows.new_empty(rows.shape[0], weight_t.shape[1])
 
 
-@torch.compiler.assume_constant_result
 def thread_count() -> int:
-    """torch's thread count; a compiled step takes it as a constant (a changed count only moves the split)."""
+    """torch's thread count; a compiled step takes it as a constant (see prepare_to_compile)."""
     return torch.get_num_threads()
+
+
+def prepare_to_compile() -> None:
+    """Let compiled steps take thread_count() as a constant: reading it inside a step would break the graph
+    at every layer, and a changed count only moves the split. Called by whoever compiles, not at import:
+    marking the function imports torch._dynamo, 2 s of every command's start-up."""
+    torch.compiler.assume_constant_result(thread_count)
 
 
 def decode_layout(model: nn.Module) -> nn.Module:

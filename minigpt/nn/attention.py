@@ -93,19 +93,15 @@ class KVCache:
         self.length = 0  # positions in use: every row's length, or the longest row's when ragged
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if ragged else None
         self.row_lengths = [0] * batch_size if ragged else None  # the same, on the host: no device sync
-        self.aligned = True  # every row at the same position (kept, not recomputed: see uniform)
+        # every row at the same position (always so for a plain cache): a flag kept up to date where the
+        # lengths change, not a look at each length, so that a compiled decode step does not specialise on them
+        self.uniform = True
         self.mask = None
         self.parent = None  # the cache a view of the first rows (rows()) writes through to
 
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
-
-    @property
-    def uniform(self) -> bool:
-        """Every row at the same position (always so for a plain cache). A flag kept up to date rather than
-        a look at each row's length, so that a compiled decode step does not specialise on those numbers."""
-        return self.row_lengths is None or self.aligned
 
     @property
     def offset(self) -> int | torch.Tensor:
@@ -169,7 +165,7 @@ class KVCache:
         self._grow(0, rows)
         self.lengths = torch.cat([self.lengths, self.lengths.new_zeros(added)])
         self.row_lengths = self.row_lengths + [0] * added
-        self.aligned = all_equal(self.row_lengths)
+        self.uniform = all_equal(self.row_lengths)
 
     def rows(self, n: int) -> "KVCache":
         """A ragged cache over the first n rows, sharing this one's storage: appends land here too, so
@@ -179,14 +175,14 @@ class KVCache:
         view.k, view.v, view.lengths = self.k[:n], self.v[:n], self.lengths[:n]
         view.row_lengths = self.row_lengths[:n]
         view.length = max(view.row_lengths, default=0)
-        view.aligned = all_equal(view.row_lengths)
+        view.uniform = all_equal(view.row_lengths)
         view.mask, view.parent = None, self
         return view
 
     def _set_row_lengths(self, row_lengths: list[int]) -> None:
         self.row_lengths = row_lengths
         self.length = max(row_lengths) if row_lengths else 0
-        self.aligned = all_equal(row_lengths)
+        self.uniform = all_equal(row_lengths)
         if self.parent is not None:  # a view: its parent's rows moved on too
             self.parent._set_row_lengths(row_lengths + self.parent.row_lengths[len(row_lengths) :])
 

@@ -77,6 +77,10 @@ def test_the_sides_take_turns_and_each_keeps_its_best_round(monkeypatch):
     assert calls[10:] == ["llama.cpp", "minigpt"] * 3  # q8_0/int8: nothing compiled
     assert [(r["llama.cpp"]["ms_per_token"], r["minigpt"]["ms_per_token"]) for r in results[1:]] == [(3.0, 1.5)] * 2
     assert results[1]["minigpt --compile"]["ms_per_token"] == 1.0 and "minigpt --compile" not in results[2]
+    calls.clear()
+    theirs, ours = iter([1.0] * 6), iter([1.0] * 6)  # the stand-ins read these names when called
+    llama_cpp.bench_llama_cpp(new_tokens=2, threads=(1,), rounds=3, compiled_models=("another model",))
+    assert "compiled" not in calls and len(calls) == 12  # --quick compiles its first model only
 
 
 def test_missing_llama_cpp_server_is_one_line(monkeypatch, capsys):

@@ -1,5 +1,5 @@
 """sample and chat --compile: decode steps through torch.compile give the tokens eager steps give, compile
-once and once more when the cache length turns symbolic (not at every token), and where compiling fails
+once (the cache length symbolic from the start, not a compile at every token), and where compiling fails
 the engine says so in a line and decodes eagerly."""
 
 import copy
@@ -22,15 +22,17 @@ def laid_out_model():
 
 
 def test_a_compiled_decode_step_gives_the_eager_tokens_and_does_not_compile_at_every_token():
-    torch.set_num_threads(2)  # the split products run inside the compiled step (tests/conftest.py restores)
+    torch.set_num_threads(2)  # eager steps split their products across threads (tests/conftest.py restores)
     torch._dynamo.reset()
     counters.clear()
-    model, prompt = laid_out_model(), [1, 2, 3, 4, 5]
+    model = laid_out_model()
     params = SamplingParams(max_tokens=30, temperature=0)
-    eager = list(Engine(model, max_batch=1).generate(prompt, params))
-    compiled = list(Engine(model, max_batch=1, compile_decode=True).generate(prompt, params))
-    assert compiled == eager and len(eager) == 30
-    assert 1 <= counters["stats"]["unique_graphs"] <= 2
+    engine = Engine(model, max_batch=1, compile_decode=True)
+    for prompt in ([1, 2, 3, 4, 5], [9, 8]):  # a second prompt, of another length, reuses the compiled step
+        eager = list(Engine(model, max_batch=1).generate(prompt, params))
+        assert list(engine.generate(prompt, params)) == eager and len(eager) == 30
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not torch._inductor.config.freezing  # frozen for the compiled step's calls, not for the process
 
 
 def test_where_compiling_fails_the_engine_says_so_and_decodes_eagerly(capsys):
@@ -55,3 +57,9 @@ def test_sample_compile_on_the_command_line_writes_the_same_text(tmp_path, capsy
     code, compiled, err = run_main(capsys, *argv, "--device", "cpu", "--compile", "--threads", 1)
     assert code == 0 and compiled == plain
     assert "cpu, float32, 1 thread, compiled decode step" in err
+
+
+def test_compile_with_int8_weights_is_refused_before_loading(tmp_path, capsys):
+    code, _, err = run_main(capsys, "sample", str(tmp_path / "no_such_run"), "--compile", "--quantize", "int8")
+    assert code == 2
+    assert err.strip() == "error: --compile and --quantize int8 do not go together; choose one of them"

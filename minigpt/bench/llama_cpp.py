@@ -42,10 +42,15 @@ BYTES_PER_WEIGHT = {"f32": 4.0, "q8_0": 34 / 32, "float32": 4.0, "int8": 1.0}  #
 
 
 def bench_llama_cpp(
-    new_tokens: int = 64, threads: tuple[int, ...] = (1, 2), rounds: int = 3, compiled: tuple[int, ...] | None = None
+    new_tokens: int = 64,
+    threads: tuple[int, ...] = (1, 2),
+    rounds: int = 3,
+    compiled: tuple[int, ...] | None = None,
+    compiled_models: tuple[str, ...] | None = None,
 ) -> list[dict] | None:
     """One row per model, precision and thread count: both sides' ms per token, tokens/s and bandwidth use.
-    minigpt --compile is timed too in float32, at the thread counts in compiled (None: all of them)."""
+    minigpt --compile is timed too in float32, at the thread counts in compiled and for the MODELS named in
+    compiled_models (None: all of them)."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -73,10 +78,14 @@ def bench_llama_cpp(
                         verbose=False,
                     )
                     sides = {"llama.cpp": gguf_type, "minigpt": ours}
-                    if ours == "float32" and n in (threads if compiled is None else compiled):  # compiled first
+                    if (
+                        ours == "float32"
+                        and n in (threads if compiled is None else compiled)
+                        and name in (compiled_models or MODELS)
+                    ):  # compiled first
                         sides["minigpt --compile"] = ours
                         with torch_threads(n):
-                            torch._dynamo.reset()  # the split count is compiled in: a new thread count compiles anew
+                            torch._dynamo.reset()  # the thread count is compiled in: a new one compiles anew
                             start = time.perf_counter()
                             minigpt_decode(mine, ids, 4, compile=True)  # compiles, then again for a symbolic length
                             compile_s = time.perf_counter() - start

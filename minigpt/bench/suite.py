@@ -208,10 +208,12 @@ def run_bench(
         results["speculative"] = bench_speculative(speculative, text, draft=draft)
         print(speculative_table(results["speculative"]))
     if llama_cpp:
+        from .llama_cpp import MODELS as LLAMA_CPP_MODELS
         from .llama_cpp import bench_llama_cpp, llama_cpp_table
 
-        # --quick compiles at 2 threads only: each compile takes 25-50 s on 2 cores
-        results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64, compiled=(2,) if quick else None)
+        # --quick compiles the small model at 2 threads only: a compile takes 30-90 s on 2 cores
+        quick_compile = dict(compiled=(2,), compiled_models=(next(iter(LLAMA_CPP_MODELS)),)) if quick else {}
+        results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64, **quick_compile)
         if results["llama_cpp"] is not None:
             print(llama_cpp_table(results["llama_cpp"]))
         if serve:  # the same model behind llama.cpp's server and minigpt's, 1, 4 and 8 clients

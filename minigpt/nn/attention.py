@@ -343,6 +343,12 @@ class MultiHeadAttention(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 y = MultiHeadAttention._fused_attention(q.float(), k.float(), v.float(), mask, is_causal, dropout_p)
             return y.to(q.dtype)
+        if mask is None and not dropout_p and q.shape[2] == 1 and torch.compiler.is_compiling():
+            # one query (a compiled decode step): products and sums Inductor fuses into one loop over the
+            # cache, 28 microseconds a layer against 72 for the flash kernel (6 x 384, AVX2). Written as
+            # q @ k.T, Inductor would match it back to that kernel
+            scores = (q * k).sum(-1) / math.sqrt(q.shape[-1])  # (B, h, T_k)
+            return (scores.softmax(-1)[..., None] * v).sum(-2, keepdim=True)
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
         # a query with no visible key would come out NaN: let it see everything, then zero it

@@ -24,6 +24,7 @@ import math
 import sys
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .replace import plain_linear_names, replace_layers
@@ -55,12 +56,13 @@ class DecodeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        splits = math.gcd(self.in_features, thread_count())
-        if splits > 1 and rows.shape[0] <= SPLIT_ROWS:
-            # compiled, the split is one opaque operation: Inductor would write the products as loops of its
-            # own, 2.5x slower than the BLAS's (a 124M decode step: 51 ms against 22)
-            product = split_product_op if torch.compiler.is_compiling() else split_product
-            y = product(rows, self.weight_t, self.bias, splits)
+        if torch.compiler.is_compiling():
+            # compiled (Engine's compile_decode, weights frozen), the plain (out, in) product is what Inductor
+            # packs and spreads over threads itself. The copy is made once, while compiling: frozen views of
+            # the one buffer gave wrong tokens (torch 2.13; tests/test_compiled_decode.py)
+            y = F.linear(rows, self.weight_t.t().contiguous(), self.bias)
+        elif (splits := math.gcd(self.in_features, torch.get_num_threads())) > 1 and rows.shape[0] <= SPLIT_ROWS:
+            y = split_product(rows, self.weight_t, self.bias, splits)
         else:
             y = rows @ self.weight_t if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
         return y.view(*x.shape[:-1], self.out_features)
@@ -76,26 +78,6 @@ def split_product(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
     weight_parts = weight_t.view(splits, width, weight_t.shape[1])  # a view: no copy
     y = torch.bmm(row_parts, weight_parts).sum(0)
     return y if bias is None else y.add_(bias)
-
-
-split_product_op = torch.library.custom_op("minigpt::split_product", split_product, mutates_args=())
-
-
-@split_product_op.register_fake
-def split_product_shape(rows, weight_t, bias, splits):
-    return rows.new_empty(rows.shape[0], weight_t.shape[1])
-
-
-def thread_count() -> int:
-    """torch's thread count; a compiled step takes it as a constant (see prepare_to_compile)."""
-    return torch.get_num_threads()
-
-
-def prepare_to_compile() -> None:
-    """Let compiled steps take thread_count() as a constant: reading it inside a step would break the graph
-    at every layer, and a changed count only moves the split. Called by whoever compiles, not at import:
-    marking the function imports torch._dynamo, 2 s of every command's start-up."""
-    torch.compiler.assume_constant_result(thread_count)
 
 
 def decode_layout(model: nn.Module) -> nn.Module:

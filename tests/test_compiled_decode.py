@@ -8,6 +8,7 @@ import torch
 from helpers import run_main, save_untrained_run
 from torch._dynamo.utils import counters
 
+from minigpt.infer.chat import ChatSession
 from minigpt.infer.engine import Engine
 from minigpt.infer.sampling import SamplingParams
 from minigpt.model import GPT, GPTConfig
@@ -63,3 +64,25 @@ def test_compile_with_int8_weights_is_refused_before_loading(tmp_path, capsys):
     code, _, err = run_main(capsys, "sample", str(tmp_path / "no_such_run"), "--compile", "--quantize", "int8")
     assert code == 2
     assert err.strip() == "error: --compile and --quantize int8 do not go together; choose one of them"
+
+
+def test_a_compiled_chat_answers_as_an_eager_one_turn_after_turn():
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz ?!.\n"), with_eot=True)
+    tokenizer.add_chat_tokens()
+    torch.manual_seed(0)
+    model = decode_layout(
+        GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2, n_embd=32))
+    )
+    params = SamplingParams(max_tokens=12, temperature=0)
+    torch._dynamo.reset()
+    counters.clear()
+    sessions = [
+        ChatSession(Engine(model, tokenizer, compile_decode=compiled), params, "be brief") for compiled in (0, 1)
+    ]
+    answers = []
+    for question in ("hi", "what is it?", "ok then"):  # later turns continue the cache the last one left
+        eager, compiled = ("".join(session.reply(question)) for session in sessions)
+        assert compiled == eager
+        answers.append(compiled)
+    assert any(answers) and counters["stats"]["unique_graphs"] == 1  # decoded compiled, compiled once
+    assert len(sessions[1].held.ids) > 30

@@ -211,7 +211,7 @@ def run_bench(
         from .llama_cpp import MODELS as LLAMA_CPP_MODELS
         from .llama_cpp import bench_llama_cpp, llama_cpp_table
 
-        # --quick compiles the small model at 2 threads only: a compile takes 30-90 s on 2 cores
+        # --quick compiles the small model at 2 threads only: a compile takes 30-100 s on 2 cores
         quick_compile = dict(compiled=(2,), compiled_models=(next(iter(LLAMA_CPP_MODELS)),)) if quick else {}
         results["llama_cpp"] = bench_llama_cpp(new_tokens=32 if quick else 64, **quick_compile)
         if results["llama_cpp"] is not None:

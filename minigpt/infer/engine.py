@@ -183,7 +183,7 @@ class Engine:
     drafter: guesses tokens for speculative decoding at batch 1 (speculative.py); None decodes plainly.
     compile_decode: run decode steps through torch.compile while every row is at the same position (a
     sample, samples of one prompt, a chat; prefills and ragged batches stay eager): no Python between the
-    operations of a step, for 30-90 s of compiling at the first steps on 2 CPU cores. Where compiling
+    operations of a step, for 30-100 s of compiling at the first steps on 2 CPU cores. Where compiling
     fails (no C++ compiler) the engine says so in a line and decodes eagerly.
     """
 

@@ -86,3 +86,14 @@ def test_a_compiled_chat_answers_as_an_eager_one_turn_after_turn():
         answers.append(compiled)
     assert any(answers) and counters["stats"]["unique_graphs"] == 1  # decoded compiled, compiled once
     assert len(sessions[1].held.ids) > 30
+
+
+def test_two_compiled_models_of_one_shape_each_decode_with_their_own_weights():
+    torch._dynamo.reset()
+    models = [laid_out_model(), laid_out_model()]
+    with torch.no_grad():
+        models[1].lm_head.weight.mul_(-1)  # the same shapes, other weights: other tokens
+    prompt, params = [1, 2, 3, 4, 5], SamplingParams(max_tokens=12, temperature=0)
+    eager = [list(Engine(model, max_batch=1).generate(prompt, params)) for model in models]
+    compiled = [list(Engine(model, max_batch=1, compile_decode=True).generate(prompt, params)) for model in models]
+    assert eager[0] != eager[1] and compiled == eager

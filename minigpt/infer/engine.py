@@ -158,7 +158,7 @@ def compiled_decoder(model, device: torch.device):
             "max_autotune_gemm_backends": "CPP,ATEN",
             "autotune_num_choices_displayed": 0,  # no tables of kernel timings on stderr
             "max_autotune_report_choices_stats": False,
-            "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
+            "guard_filter_fn": which_weights_guards,
         },
     )
 
@@ -173,6 +173,17 @@ def compiled_decoder(model, device: torch.device):
             settings.freezing = was
 
     return frozen_step
+
+
+def which_weights_guards(guards) -> list[bool]:
+    """Which of a compiled step's guards to check at every call: all but those on the model's modules
+    (their hooks, types and settings: some 400 for a 6 x 384 model, that a decode never changes), except
+    which weight tensors the model holds. Those stay: the weights are frozen into the step, and a second
+    model of the same shapes must not run the first one's. Checked so, they took 0.21-0.30 ms a step of the
+    6 x 384 model against 0.46 for all of them (torch.profiler)."""
+    return [
+        not guard.orig_guard.source.is_unspecialized_nn_module() or guard.guard_type == "ID_MATCH" for guard in guards
+    ]
 
 
 class Engine:

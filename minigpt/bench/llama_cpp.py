@@ -87,7 +87,7 @@ def bench_llama_cpp(
                         with torch_threads(n):
                             torch._dynamo.reset()  # the thread count is compiled in: a new one compiles anew
                             start = time.perf_counter()
-                            minigpt_decode(mine, ids, 4, compile=True)  # compiles, then again for a symbolic length
+                            minigpt_decode(mine, ids, 4, compile=True)  # compiles (once: the cache length is symbolic)
                             compile_s = time.perf_counter() - start
                     ms = dict.fromkeys(sides, float("inf"))
                     for _ in range(rounds):

@@ -1,12 +1,11 @@
-"""sample and chat --compile: decode steps through torch.compile give the tokens eager steps give, compile
-once (the cache length symbolic from the start, not a compile at every token), and where compiling fails
+"""sample and chat --compile: compiled decode steps (infer/compiled_step.py) give the tokens eager steps
+give, compile once (the cache length symbolic, not a compile at every token), and where compiling fails
 the engine says so in a line and decodes eagerly."""
 
 import copy
 
 import torch
 from helpers import run_main, save_untrained_run
-from torch._dynamo.utils import counters
 
 from minigpt.infer.chat import ChatSession
 from minigpt.infer.engine import Engine
@@ -24,15 +23,13 @@ def laid_out_model():
 
 def test_a_compiled_decode_step_gives_the_eager_tokens_compiles_once_and_keeps_to_its_model():
     torch.set_num_threads(2)  # eager steps split their products across threads (tests/conftest.py restores)
-    torch._dynamo.reset()
-    counters.clear()
     model = laid_out_model()
     params = SamplingParams(max_tokens=30, temperature=0)
     engine = Engine(model, max_batch=1, compile_decode=True)
     for prompt in ([1, 2, 3, 4, 5], [9, 8]):  # a second prompt, of another length, reuses the compiled step
         eager = list(Engine(model, max_batch=1).generate(prompt, params))
         assert list(engine.generate(prompt, params)) == eager and len(eager) == 30
-    assert counters["stats"]["unique_graphs"] == 1
+    assert len(engine.compiled.libraries) == 1
     assert not torch._inductor.config.freezing  # frozen for the compiled step's calls, not for the process
     # a second model of the same shapes, other weights: its own tokens, not the first one's frozen weights
     other = laid_out_model()
@@ -44,7 +41,6 @@ def test_a_compiled_decode_step_gives_the_eager_tokens_compiles_once_and_keeps_t
 
 
 def test_where_compiling_fails_the_engine_says_so_and_decodes_eagerly(capsys):
-    torch._dynamo.reset()
     model, prompt = laid_out_model(), [7, 8, 9]
     params = SamplingParams(max_tokens=10, temperature=0)
     eager = list(Engine(copy.deepcopy(model), max_batch=1).generate(prompt, params))
@@ -81,8 +77,6 @@ def test_a_compiled_chat_answers_as_an_eager_one_turn_after_turn():
         GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2, n_embd=32))
     )
     params = SamplingParams(max_tokens=12, temperature=0)
-    torch._dynamo.reset()
-    counters.clear()
     sessions = [
         ChatSession(Engine(model, tokenizer, compile_decode=compiled), params, "be brief") for compiled in (0, 1)
     ]
@@ -91,5 +85,17 @@ def test_a_compiled_chat_answers_as_an_eager_one_turn_after_turn():
         eager, compiled = ("".join(session.reply(question)) for session in sessions)
         assert compiled == eager
         answers.append(compiled)
-    assert any(answers) and counters["stats"]["unique_graphs"] == 1  # decoded compiled, compiled once
+    assert any(answers) and len(sessions[1].engine.compiled.libraries) == 1  # decoded compiled, compiled once
     assert len(sessions[1].held.ids) > 30
+
+
+def test_a_compiled_batch_of_rows_at_one_position_gives_each_its_eager_tokens():
+    model, params = laid_out_model(), SamplingParams(max_tokens=12, temperature=0)
+    prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]  # one length: the rows decode at one position, compiled
+    engine = Engine(model, max_batch=4, compile_decode=True)
+    sequences = [engine.submit(prompt, params) for prompt in prompts]
+    for _ in engine.drive(sequences):
+        pass
+    eager = [list(Engine(model, max_batch=1).generate(prompt, params)) for prompt in prompts]
+    assert [sequence.tokens for sequence in sequences] == eager and len(set(map(tuple, eager))) == 3
+    assert [key[0] for key in engine.compiled.libraries] == [4]  # 3 sequences in 4 rows: the fourth decodes too

@@ -78,16 +78,17 @@ def bench_llama_cpp(
                         verbose=False,
                     )
                     sides = {"llama.cpp": gguf_type, "minigpt": ours}
+                    engines = {"minigpt": Engine(mine, max_batch=1, device="cpu")}  # int8 models have no lm_head.weight
                     if (
                         ours == "float32"
                         and n in (threads if compiled is None else compiled)
                         and name in (compiled_models or MODELS)
                     ):  # compiled first
                         sides["minigpt --compile"] = ours
+                        engines["minigpt --compile"] = Engine(mine, max_batch=1, device="cpu", compile_decode=True)
                         with torch_threads(n):
-                            torch._dynamo.reset()  # the thread count is compiled in: a new one compiles anew
                             start = time.perf_counter()
-                            minigpt_decode(mine, ids, 4, compile=True)  # compiles (once: the cache length is symbolic)
+                            minigpt_decode(engines["minigpt --compile"], ids, 4)  # compiles (threads are compiled in)
                             compile_s = time.perf_counter() - start
                     ms = dict.fromkeys(sides, float("inf"))
                     for _ in range(rounds):
@@ -95,9 +96,8 @@ def bench_llama_cpp(
                             ms["llama.cpp"], llama_cpp_decode(llm, ids, new_tokens, model.config.vocab_size)
                         )
                         with torch_threads(n):
-                            for side in [side for side in sides if side != "llama.cpp"]:
-                                timed_ms = minigpt_decode(mine, ids, new_tokens, compile=side == "minigpt --compile")
-                                ms[side] = min(ms[side], timed_ms)
+                            for side, engine in engines.items():
+                                ms[side] = min(ms[side], minigpt_decode(engine, ids, new_tokens))
                     llm.close()
                     row = {
                         "model": name,
@@ -163,10 +163,9 @@ def llama_cpp_decode(llm, ids: list[int], new_tokens: int, vocab_size: int) -> f
     return 1000 * float(np.median(times))
 
 
-def minigpt_decode(model, ids: list[int], new_tokens: int, compile: bool = False) -> float:
-    """minigpt's ms per generated token on its engine, greedy, batch 1, after the prompt; compile: with
-    decode steps compiled (sample and chat --compile)."""
-    engine = Engine(model, max_batch=1, device="cpu", compile_decode=compile)  # int8 models have no lm_head.weight
+def minigpt_decode(engine: Engine, ids: list[int], new_tokens: int) -> float:
+    """minigpt's ms per generated token on engine (batch 1; with compile_decode as sample and chat --compile
+    run it), greedy, after the prompt."""
     params = SamplingParams(max_tokens=new_tokens + 1, temperature=0, ignore_eos=True)
     times, start = [], None
     for _ in engine.generate(ids, params):  # the first token comes with the prefill: not timed

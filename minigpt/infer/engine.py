@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -47,6 +46,8 @@ import torch
 
 from ..device import autocast, inference
 from ..errors import MinigptError
+from ..nn.attention import all_equal
+from .compiled_step import CompiledStep, CompileFailed
 from .sampling import SamplingParams, accept_drafts, check_sampling, choose_next_token
 from .text import GeneratedText
 
@@ -137,65 +138,17 @@ class Sequence:
         self.cancelled = True
 
 
-def compiled_decoder(model, device: torch.device):
-    """model through torch.compile for one-token steps. The C++ wrapper runs a step with no Python between
-    its operations. On a CPU the weights are also frozen into the compiled step, which lets Inductor pack
-    each one into its own blocked layout and write the one-row products as C++ kernels of its own
-    (max_autotune's CPP templates, fused with the layer norms and GELUs around them), spread over the
-    threads: on the AVX2 machine the 6 x 384 step took 2.3 ms so against 3.5 with PyTorch's BLAS called
-    from the compiled step (README, performance). Frozen weights are a second copy of them, and a step
-    compiled for these weights: the model must not change while the engine runs."""
-    if device.type != "cpu":
-        return torch.compile(model, options={"cpp_wrapper": True})
-    # torch 2.13's kernel timing calls a storage API it deprecates itself: nothing a user can act on
-    warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning, "torch._inductor.select_algorithm")
-    compiled = torch.compile(
-        model,
-        dynamic=True,  # one compile, the cache length symbolic from the start: 32 s against 53 for two
-        options={
-            "cpp_wrapper": True,
-            "max_autotune": True,
-            "max_autotune_gemm_backends": "CPP,ATEN",
-            "autotune_num_choices_displayed": 0,  # no tables of kernel timings on stderr
-            "max_autotune_report_choices_stats": False,
-            "guard_filter_fn": which_weights_guards,
-        },
-    )
-
-    def frozen_step(*args, **kwargs):
-        # torch.compile's options come too late for freezing, which decides how the weights are traced: it
-        # is set for these calls only (set for the process, a compiled training model would freeze too)
-        settings, was = torch._inductor.config, torch._inductor.config.freezing
-        settings.freezing = True  # not config.patch(): 25 microseconds a step against 5
-        try:
-            return compiled(*args, **kwargs)
-        finally:
-            settings.freezing = was
-
-    return frozen_step
-
-
-def which_weights_guards(guards) -> list[bool]:
-    """Which of a compiled step's guards to check at every call: all but those on the model's modules
-    (their hooks, types and settings: some 400 for a 6 x 384 model, that a decode never changes), except
-    which weight tensors the model holds. Those stay: the weights are frozen into the step, and a second
-    model of the same shapes must not run the first one's. Checked so, they took 0.21-0.30 ms a step of the
-    6 x 384 model against 0.46 for all of them (torch.profiler)."""
-    return [
-        not guard.orig_guard.source.is_unspecialized_nn_module() or guard.guard_type == "ID_MATCH" for guard in guards
-    ]
-
-
 class Engine:
     """Continuous batching over up to max_batch sequences; see the module docstring.
 
     tokenizer None: token ids only (no text, no stop tokens), as GPT.generate uses it.
     max_context: the most tokens a sequence may see (default and ceiling: the model's block_size).
     drafter: guesses tokens for speculative decoding at batch 1 (speculative.py); None decodes plainly.
-    compile_decode: run decode steps through torch.compile while every row is at the same position (a
-    sample, samples of one prompt, a chat; prefills and ragged batches stay eager): no Python between the
-    operations of a step, for 30-100 s of compiling at the first steps on 2 CPU cores. Where compiling
-    fails (no C++ compiler) the engine says so in a line and decodes eagerly.
+    compile_decode: run decode steps through a CompiledStep (compiled_step.py: native code, no Python
+    between the operations of a step) while every row is at the same position (a sample, samples of one
+    prompt, a chat; prefills and ragged batches stay eager), for 30-100 s of compiling at the first steps
+    on 2 CPU cores. Its caches are then made at full length from the start. Where compiling fails (no C++
+    compiler) the engine says so in a line and decodes eagerly.
     """
 
     def __init__(
@@ -219,7 +172,7 @@ class Engine:
         self.device = torch.device(device) if device is not None else model.lm_head.weight.device
         self.dtype = dtype
         self.drafter = drafter
-        self.decoder = compiled_decoder(model, self.device) if compile_decode else model  # what decode steps call
+        self.compiled = CompiledStep(model) if compile_decode else None
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.max_context = min(max_context or block_size, block_size)
         self.stop_token_ids = set(tokenizer.stop_token_ids) if tokenizer is not None else set()
@@ -386,9 +339,11 @@ class Engine:
             row = len(self.active)
             if self.caches is None:  # rows are added as the batch grows: a lone sequence zeroes one row, not max_batch
                 self.caches = self._new_cache(1, ragged=True)
+                self._fix_shapes()
             elif row == len(self.caches[0].row_lengths):
                 for cache in self.caches:
                     cache.grow_rows(min(self.max_batch, 2 * row))
+                self._fix_shapes()
             for cache, source in zip(self.caches, single):
                 cache.copy_row(row, source)
             self.active.append(sequence)
@@ -416,23 +371,43 @@ class Engine:
         n = len(self.active)
         if n == 1 and self.drafter is not None and self._speculate():
             return
-        longest = max(self.caches[0].row_lengths[:n]) + 1
+        row_lengths = self.caches[0].row_lengths
         for cache in self.caches:
-            cache.reserve(longest)  # views below share the storage: they cannot grow it themselves
-        views = [cache.rows(n) for cache in self.caches]
-        idx = torch.tensor(self.next_tokens, dtype=torch.long, device=self.device)[:, None]
-        # compiled only while every row is at the same position: ragged rows would make it compile anew
-        decoder = self.decoder if views[0].uniform else self.model
+            cache.reserve(max(row_lengths[:n]) + 1)  # views below share the storage: they cannot grow it themselves
+        logits = None
+        # compiled only while every row is at the same position: the step knows one length
+        if self.compiled is not None and all_equal(row_lengths[:n]):
+            logits = self._compiled_decode(n, row_lengths[0])
+        if logits is None:
+            idx = torch.tensor(self.next_tokens, dtype=torch.long, device=self.device)[:, None]
+            logits, _ = self.model(idx, cache=[cache.rows(n) for cache in self.caches], only_last=True)
+            logits = logits[:, -1]
+        self._choose(range(n), logits[:n])
+
+    def _compiled_decode(self, n: int, length: int) -> torch.Tensor | None:
+        """The next logits of every row of the caches through the compiled step (the first n rows are the
+        active sequences; the rest decode a stand-in token where nothing reads); None where it does not
+        take this length or cannot be compiled, and the step decodes eagerly."""
+        if not self.compiled.fits(length, self.caches[0].capacity):
+            return None
+        rows = len(self.caches[0].row_lengths)
+        idx = torch.tensor(self.next_tokens + [0] * (rows - n), dtype=torch.long, device=self.device)[:, None]
         try:
-            logits, _ = decoder(idx, cache=views, only_last=True)
-        except torch._dynamo.exc.BackendCompilerFailed as error:  # e.g. no C++ compiler: decode eagerly
-            print(
-                f"compiling the decode step failed ({type(error.inner_exception).__name__}); decoding without it",
-                file=sys.stderr,
-            )
-            self.decoder = self.model
-            logits, _ = self.model(idx, cache=views, only_last=True)
-        self._choose(range(n), logits[:, -1])
+            logits = self.compiled(idx, self.caches, length)
+        except CompileFailed as error:  # e.g. no C++ compiler
+            print(f"compiling the decode step failed ({error}); decoding without it", file=sys.stderr)
+            self.compiled = None
+            return None
+        for cache in self.caches:
+            cache.advance(n, 1)
+        return logits
+
+    def _fix_shapes(self) -> None:
+        """For compiled steps: the caches at their full length from the start, so that their shapes stay
+        those the step was compiled for."""
+        if self.compiled is not None:
+            for cache in self.caches:
+                cache.reserve(self.max_context)
 
     def _speculate(self) -> bool:
         """Decode the one active sequence speculatively (see the module docstring); False when the drafter

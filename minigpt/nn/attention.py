@@ -179,6 +179,22 @@ class KVCache:
         view.mask, view.parent = None, self
         return view
 
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "KVCache":
+        """A plain cache over existing key and value storage (B, n_kv_head, capacity, hs) whose first
+        `length` positions are in use: what a compiled decode step builds around the tensors it is given."""
+        cache = object.__new__(cls)
+        cache.max_len, cache.chunk = k.shape[2], k.shape[2]
+        cache.k, cache.v, cache.lengths, cache.row_lengths = k, v, None, None
+        cache.length, cache.uniform, cache.mask, cache.parent = length, True, None, None
+        return cache
+
+    def advance(self, n: int, steps: int) -> None:
+        """The first n rows of this ragged cache hold `steps` more positions each (written by a compiled step)."""
+        lengths = self.lengths if n == len(self.row_lengths) else self.lengths[:n]  # no view when it is every row
+        lengths += steps
+        self._set_row_lengths([length + steps for length in self.row_lengths[:n]] + self.row_lengths[n:])
+
     def _set_row_lengths(self, row_lengths: list[int]) -> None:
         self.row_lengths = row_lengths
         self.length = max(row_lengths) if row_lengths else 0

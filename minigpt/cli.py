@@ -240,8 +240,9 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile the one-token decode step (torch.compile): no Python inside a step, after 30-100 s of "
-        "compiling at the first tokens; needs a C++ compiler on a CPU (without one: a line, and no compiling)",
+        help="compile the one-token decode step ahead of time (torch.export, AOTInductor): no Python inside a "
+        "step, after 30-100 s of compiling at the first tokens; needs a C++ compiler on a CPU (without one: a "
+        "line, and no compiling)",
     )
 
 

@@ -31,7 +31,7 @@ class ModelChoice:
     quantize: str | None = None  # "int8": int8 linear layers (CPU)
     speculative: str | None = None  # "prompt-lookup", or the path of a smaller draft model
     measure_threads: bool = False  # time 1 thread against one per core and keep the faster
-    compile: bool = False  # decode steps through torch.compile (Engine's compile_decode)
+    compile: bool = False  # decode steps compiled ahead of time (Engine's compile_decode)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def generate_text(
     while it could still be the start of a stop string or of a multi-byte character).
     names: what messages call each setting (the command line passes its flags).
     drafter: speculative decoding's guesser (speculative.py), used while one sample is in flight.
-    compile_decode: decode steps through torch.compile (Engine).
+    compile_decode: decode steps compiled ahead of time (Engine, infer/compiled_step.py).
     """
     check_sampling(params, names)
     if num_samples < 1:

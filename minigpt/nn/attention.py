@@ -94,7 +94,7 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if ragged else None
         self.row_lengths = [0] * batch_size if ragged else None  # the same, on the host: no device sync
         # every row at the same position (always so for a plain cache): a flag kept up to date where the
-        # lengths change, not a look at each length, so that a compiled decode step does not specialise on them
+        # lengths change, not a look at each length at every step
         self.uniform = True
         self.mask = None
         self.parent = None  # the cache a view of the first rows (rows()) writes through to

@@ -339,11 +339,10 @@ class Engine:
             row = len(self.active)
             if self.caches is None:  # rows are added as the batch grows: a lone sequence zeroes one row, not max_batch
                 self.caches = self._new_cache(1, ragged=True)
-                self._fix_shapes()
             elif row == len(self.caches[0].row_lengths):
                 for cache in self.caches:
                     cache.grow_rows(min(self.max_batch, 2 * row))
-                self._fix_shapes()
+            self._keep_full_length()
             for cache, source in zip(self.caches, single):
                 cache.copy_row(row, source)
             self.active.append(sequence)
@@ -402,9 +401,9 @@ class Engine:
             cache.advance(n, 1)
         return logits
 
-    def _fix_shapes(self) -> None:
+    def _keep_full_length(self) -> None:
         """For compiled steps: the caches at their full length from the start, so that their shapes stay
-        those the step was compiled for."""
+        those the step was compiled for (a no-op once they are)."""
         if self.compiled is not None:
             for cache in self.caches:
                 cache.reserve(self.max_context)

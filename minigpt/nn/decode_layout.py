@@ -19,7 +19,7 @@ where Linux offers them: the CPU streams one region with 512 times fewer page-ta
     model = decode_layout(model)   # every plain nn.Linear becomes a DecodeLinear, in place
 
 Inside a compiled step (sample and chat --compile) none of this applies: the weights are frozen into the
-step, and PyTorch's compiler packs them and writes the one-row products itself (infer/engine.py).
+step, and PyTorch's compiler packs them and writes the one-row products itself (infer/compiled_step.py).
 """
 
 import ctypes

@@ -4,6 +4,7 @@ the engine says so in a line and decodes eagerly."""
 
 import copy
 
+import pytest
 import torch
 from helpers import run_main, save_untrained_run
 
@@ -11,7 +12,7 @@ from minigpt.infer.chat import ChatSession
 from minigpt.infer.engine import Engine
 from minigpt.infer.sampling import SamplingParams
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import decode_layout
+from minigpt.nn import decode_layout, int8
 from minigpt.tokenizers import CharTokenizer
 
 
@@ -63,10 +64,21 @@ def test_sample_compile_on_the_command_line_writes_the_same_text(tmp_path, capsy
     assert "cpu, float32, 1 thread, compiled decode step" in err
 
 
-def test_compile_with_int8_weights_is_refused_before_loading(tmp_path, capsys):
-    code, _, err = run_main(capsys, "sample", str(tmp_path / "no_such_run"), "--compile", "--quantize", "int8")
-    assert code == 2
-    assert err.strip() == "error: --compile and --quantize int8 do not go together; choose one of them"
+@pytest.mark.skipif(not int8.x86_int8_kernels(), reason="this PyTorch has no x86 int8 kernels (fbgemm)")
+def test_a_compiled_int8_step_calls_the_int8_kernel_and_gives_the_eager_int8_tokens():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    shape = GPTConfig(vocab_size=48, block_size=64, n_layer=2, n_head=2, n_embd=32, tie_weights=False)
+    model = int8.quantize_int8(GPT(shape).eval())  # untied: varied tokens, where a tied random model repeats one
+    params = SamplingParams(max_tokens=30, temperature=0)
+    engine = Engine(model, max_batch=1, device="cpu", compile_decode=True)  # int8 models have no lm_head.weight
+    for prompt in ([1, 2, 3, 4, 5], [9, 8]):
+        eager = list(Engine(model, max_batch=1, device="cpu").generate(prompt, params))
+        assert list(engine.generate(prompt, params)) == eager and len(set(eager)) > 3
+    assert len(engine.compiled.libraries) == 1
+    # the compiled step calls out to each of the model's int8 layers (its 8 products and the output layer)
+    layers = {id(layer) for layer in int8.TRACED_LAYERS.values()}
+    assert layers == {id(m) for m in model.modules() if isinstance(m, int8.Int8Linear)} and len(layers) == 9
 
 
 def test_a_compiled_chat_answers_as_an_eager_one_turn_after_turn():

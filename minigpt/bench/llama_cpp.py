@@ -49,8 +49,8 @@ def bench_llama_cpp(
     compiled_models: tuple[str, ...] | None = None,
 ) -> list[dict] | None:
     """One row per model, precision and thread count: both sides' ms per token, tokens/s and bandwidth use.
-    minigpt --compile is timed too in float32, at the thread counts in compiled and for the MODELS named in
-    compiled_models (None: all of them)."""
+    minigpt --compile is timed too, in both precisions, at the thread counts in compiled and for the MODELS
+    named in compiled_models (None: all of them)."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -79,11 +79,8 @@ def bench_llama_cpp(
                     )
                     sides = {"llama.cpp": gguf_type, "minigpt": ours}
                     engines = {"minigpt": Engine(mine, max_batch=1, device="cpu")}  # int8 models have no lm_head.weight
-                    if (
-                        ours == "float32"
-                        and n in (threads if compiled is None else compiled)
-                        and name in (compiled_models or MODELS)
-                    ):  # compiled first
+                    if n in (threads if compiled is None else compiled) and name in (compiled_models or MODELS):
+                        # compiled first
                         sides["minigpt --compile"] = ours
                         engines["minigpt --compile"] = Engine(mine, max_batch=1, device="cpu", compile_decode=True)
                         with torch_threads(n):

@@ -62,10 +62,6 @@ def laid_out_for_decoding(model: torch.nn.Module, device: torch.device, dtype: t
 
 def load_for_generation(choice: ModelChoice) -> ReadyModel:
     """The chosen model, loaded and ready to generate."""
-    if choice.compile and choice.quantize:  # before loading: a bad option costs no time
-        # the int8 kernels are opaque to the compiler: it breaks the step at every layer (6 x 384: 10 ms a
-        # token compiled, 3.8 eager)
-        raise MinigptError(f"--compile and --quantize {choice.quantize} do not go together; choose one of them")
     torch_device = resolve_device(choice.device)
     torch_dtype = resolve_dtype(choice.dtype, torch_device, phase="generate")
     model, tokenizer, _ = load_model(choice.path, latest=choice.latest, device=torch_device, quantize=choice.quantize)

@@ -18,9 +18,16 @@ and the KV cache stay as they were. Two kernels multiply by these weights:
   AVX2 machine the matmuls of a GPT-2 124M decode step took 16 ms against 34 for the kernel below, and
   a 64-row prefill 75 ms against 1,123 (bf16 has no hardware there and is emulated).
 - elsewhere (ARM, builds without them): weights only; the product runs in bf16.
+
+Under `--compile` the x86 kernel is one opaque operation of the compiled step (`minigpt::int8_linear`,
+below): the compiler cannot see into fbgemm's packed weights, so it calls out to the kernel and compiles
+everything between two such calls. The bf16 kernel is an ordinary PyTorch operation the compiler takes as
+it is.
 """
 
+import itertools
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +56,23 @@ def x86_int8_kernels() -> bool:
     )
 
 
+# The layers a compiled step calls by number (minigpt::int8_linear): held weakly, so a model let go is freed.
+TRACED_LAYERS: "weakref.WeakValueDictionary[int, Int8Linear]" = weakref.WeakValueDictionary()
+_layer_numbers = itertools.count()
+
+
+@torch.library.custom_op("minigpt::int8_linear", mutates_args=())
+def traced_int8_linear(rows: torch.Tensor, layer: int) -> torch.Tensor:
+    """The x86 int8 product of layer number `layer` (TRACED_LAYERS) with rows (n, in_features), as one
+    operation a compiled step calls: its packed weights are no tensors, and torch.export takes tensors."""
+    return TRACED_LAYERS[layer].x86_product(rows)
+
+
+@traced_int8_linear.register_fake
+def _traced_int8_linear_shape(rows: torch.Tensor, layer: int) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], TRACED_LAYERS[layer].out_features)
+
+
 class Int8Linear(nn.Module):
     """An nn.Linear whose weight is stored in int8 with one scale per output feature."""
 
@@ -59,22 +83,29 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # an all-zero row keeps scale > 0
         weight_int8 = torch.round(weight / scale[:, None]).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float()
-        self.packed = None  # the x86 kernels' own layout of weight, scales and bias
+        # the x86 kernels' own layout of weight, scales and bias, in a tuple: torch.export would try to trace
+        # an object held as an attribute, and fbgemm's packed weights cannot be traced
+        self.packed: tuple = ()
         if x86_int8_kernels():
             zero_points = torch.zeros(self.out_features, dtype=torch.long)
             with warnings.catch_warnings():  # the deprecation above, once per layer: the fallback is in place
                 warnings.simplefilter("ignore", UserWarning)
                 quantized = torch._make_per_channel_quantized_tensor(weight_int8, scale.double(), zero_points, 0)
-            self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
+            self.packed = (torch.ops.quantized.linear_prepack(quantized, bias),)
         else:
             self.register_buffer("weight_int8", weight_int8)
             self.register_buffer("scale", scale.to(torch.bfloat16))
             self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
+        if self.packed:
             rows = x.reshape(-1, self.in_features).float()
-            y = torch.ops.quantized.linear_dynamic(rows, self.packed, REDUCE_RANGE)
+            if torch.compiler.is_compiling():  # traced for a compiled step: one call out, by the layer's number
+                number = next(_layer_numbers)
+                TRACED_LAYERS[number] = self
+                y = torch.ops.minigpt.int8_linear(rows, number)
+            else:
+                y = self.x86_product(rows)
         else:
             rows = x.reshape(-1, self.in_features).to(torch.bfloat16, copy=True)  # a fresh, aligned copy
             if rows.shape[0] <= MAX_KERNEL_ROWS:
@@ -85,14 +116,18 @@ class Int8Linear(nn.Module):
                 y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)  # a drop-in for the float layer
 
+    def x86_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (n, in_features) in float32 times the weight, plus the bias, by the x86 kernel."""
+        return torch.ops.quantized.linear_dynamic(rows, self.packed[0], REDUCE_RANGE)
+
     def dequantized_weight(self) -> torch.Tensor:
         """The weight the layer multiplies by, (out, in) in float32: int8 values times their row's scale."""
-        if self.packed is not None:
-            return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize()
+        if self.packed:
+            return torch.ops.quantized.linear_unpack(self.packed[0])[0].dequantize()
         return self.weight_int8.float() * self.scale.float()[:, None]
 
     def extra_repr(self) -> str:
-        kernel = "x86 int8" if self.packed is not None else "int8 weights, bf16 product"
+        kernel = "x86 int8" if self.packed else "int8 weights, bf16 product"
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={kernel}"
 
 

@@ -63,7 +63,8 @@ def test_the_sides_take_turns_and_each_keeps_its_best_round(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
     monkeypatch.setattr(llama_cpp, "MODELS", {"small": dict(n_layer=1, n_head=2, n_embd=32, block_size=64, bias=False)})
-    calls, theirs, ours, compiled = [], iter([5.0, 3.0, 4.0] * 2), iter([2.0, 6.0, 1.5] * 2), iter([9.0, 1.0, 2.5, 1.2] * 2)
+    calls, theirs, ours = [], iter([5.0, 3.0, 4.0] * 2), iter([2.0, 6.0, 1.5] * 2)
+    compiled = iter([9.0, 1.0, 2.5, 1.2] * 2)
 
     def ours_decode(engine, ids, new_tokens):
         calls.append("compiled" if engine.compiled else "minigpt")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from ..device import resolve_device, resolve_dtype, running_on
-from ..errors import MinigptError
 from ..loader import load_model
 from ..nn.decode_layout import decode_layout
 from .engine import fastest_threads

@@ -62,7 +62,8 @@ _layer_numbers = itertools.count()
 
 
 # Defined with torch.library's own calls rather than its custom_op decorator: a compiled step calls this
-# from C++ for every layer, and the decorator's wrappers cost 10 microseconds a call more (measured).
+# from C++ for every layer, and the decorator's wrappers cost about 5 microseconds a call more (the 6 x 384
+# model's compiled int8 step: 0.90 against 1.05 ms a token).
 _operations = torch.library.Library("minigpt", "DEF")
 _operations.define("int8_linear(Tensor rows, int layer) -> Tensor")
 
@@ -92,8 +93,8 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # an all-zero row keeps scale > 0
         weight_int8 = torch.round(weight / scale[:, None]).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float()
-        # the x86 kernels' own layout of weight, scales and bias, in a tuple: torch.export would try to trace
-        # an object held as an attribute, and fbgemm's packed weights cannot be traced
+        # the x86 kernels' own layout of weight, scales and bias, in a tuple: torch.export stands a fake in for
+        # every TorchScript object a module holds as an attribute, and fbgemm's packed weights have no fake
         self.packed: tuple = ()
         if x86_int8_kernels():
             zero_points = torch.zeros(self.out_features, dtype=torch.long)

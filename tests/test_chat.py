@@ -9,6 +9,7 @@ from minigpt import GPT, GPTConfig
 from minigpt.errors import MinigptError
 from minigpt.infer.chat import ChatSession, run_chat
 from minigpt.infer.engine import Engine
+from minigpt.infer.ready import ReadyModel
 from minigpt.infer.sampling import CLI_NAMES, SamplingParams, check_sampling
 from minigpt.tokenizers import build_tokenizer
 
@@ -64,8 +65,7 @@ def test_piped_chat_answers_one_line_per_line_with_commands():
     lines = "hello\n/system talk\nsecond\n/reset\nthird\n/bogus\n" + "more words here\n" * 4 + "/quit\nnever read\n"
     out, err = io.StringIO(), io.StringIO()
     run_chat(
-        model,
-        tokenizer,
+        ReadyModel(model, tokenizer),
         SamplingParams(max_tokens=6, temperature=0),
         stdin=io.StringIO(lines),
         stdout=out,
@@ -107,7 +107,11 @@ def test_a_model_without_chat_template_talks_in_the_servers_plain_transcript():
     assert answer == expected.text.text and session.messages[-1] == {"role": "assistant", "content": answer}
     err = io.StringIO()
     run_chat(
-        model, tokenizer, SamplingParams(max_tokens=4), stdin=io.StringIO("hello\n"), stdout=io.StringIO(), stderr=err
+        ReadyModel(model, tokenizer),
+        SamplingParams(max_tokens=4),
+        stdin=io.StringIO("hello\n"),
+        stdout=io.StringIO(),
+        stderr=err,
     )
     assert err.getvalue().count("no chat template; the conversation is a plain transcript") == 1
 
@@ -118,7 +122,11 @@ def test_standard_input_that_is_not_utf8_is_one_error():
     out = io.StringIO()
     with pytest.raises(MinigptError, match="standard input is not UTF-8 text"):
         run_chat(
-            model, tokenizer, SamplingParams(max_tokens=2, temperature=0), stdin=stdin, stdout=out, stderr=io.StringIO()
+            ReadyModel(model, tokenizer),
+            SamplingParams(max_tokens=2, temperature=0),
+            stdin=stdin,
+            stdout=out,
+            stderr=io.StringIO(),
         )
 
 

@@ -23,13 +23,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TextIO
 
-import torch
-
 from ..chat_template import TRANSCRIPT_STOP, plain_transcript
-from ..device import running_on
 from ..errors import MinigptError
 from .engine import Engine, Event, check_max_context
-from .ready import ModelChoice, load_for_generation
+from .ready import ModelChoice, ReadyModel, load_for_generation
 from .sampling import CLI_NAMES, SamplingParams, check_sampling
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
@@ -121,22 +118,11 @@ def chat_with(
     check_sampling(params, CLI_NAMES)  # before loading: a bad option costs no time
     check_max_context(max_context, "--max-context")
     ready = load_for_generation(choice)
-    run_chat(
-        ready.model,
-        ready.tokenizer,
-        params,
-        system=system,
-        max_context=max_context,
-        device=ready.device,
-        dtype=ready.dtype,
-        drafter=ready.drafter,
-        compile_decode=ready.compile,
-    )
+    run_chat(ready, params, system=system, max_context=max_context)
 
 
 def run_chat(
-    model,
-    tokenizer,
+    ready: ReadyModel,
     params: SamplingParams,
     *,
     system: str | None = None,
@@ -145,25 +131,21 @@ def run_chat(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     interactive: bool | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    drafter=None,
-    compile_decode: bool = False,
 ) -> None:
-    """The chat loop (see the module docstring); interactive defaults to whether stdin is a terminal.
-    The streams default to sys.stdin / stdout / stderr as they are when called."""
+    """The chat loop (see the module docstring) with a loaded model; interactive defaults to whether stdin
+    is a terminal. The streams default to sys.stdin / stdout / stderr as they are when called."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
     engine = Engine(
-        model,
-        tokenizer,
+        ready.model,
+        ready.tokenizer,
         max_batch=1,
         max_context=max_context,
-        device=device,
-        dtype=dtype,
-        drafter=drafter,
-        compile_decode=compile_decode,
+        device=ready.device,
+        dtype=ready.dtype,
+        drafter=ready.drafter,
+        compile_decode=ready.compile,
     )
     session = ChatSession(engine, params, system)
     told_of_dropping = False
@@ -174,9 +156,7 @@ def run_chat(
             file=stderr,
         )
     if interactive:
-        how = ", compiled decode step" if compile_decode else ""
-        how += ", speculative decoding" if drafter is not None else ""
-        print(f"chatting on {running_on(torch.device(device), dtype)}{how}; {HELP}", file=stderr)
+        print(f"chatting on {ready.running_on()}; {HELP}", file=stderr)
     for line in _lines(stdin, interactive):
         line = line.rstrip("\r\n")
         command, _, argument = line.partition(" ")

@@ -37,10 +37,10 @@ class ModelChoice:
 class ReadyModel:
     model: torch.nn.Module
     tokenizer: object
-    device: torch.device
-    dtype: torch.dtype
-    drafter: object  # None, or a drafter of speculative.py
-    speculative: str | None  # what --speculative named
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    drafter: object = None  # None, or a drafter of speculative.py
+    speculative: str | None = None  # what --speculative named
     compile: bool = False  # decode steps compiled
 
     def running_on(self) -> str:

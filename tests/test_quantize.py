@@ -120,8 +120,11 @@ def run_dir(tmp_path_factory, char_data, models):
 
 
 def test_sample_and_eval_take_quantize_int8(run_dir, capsys):
-    code, out, _ = run_main(capsys, "sample", run_dir, "--prompt", "ROMEO:", "--temperature", "0", "--quantize", "int8")
+    code, out, err = run_main(
+        capsys, "sample", run_dir, "--prompt", "ROMEO:", "--temperature", "0", "--quantize", "int8"
+    )
     assert code == 0 and out.startswith("ROMEO:") and len(out) > len("ROMEO:\n") + 100
+    assert "float32" in err and ", int8 weights" in err  # the start-up line says how the weights are kept
     losses = {}
     for quantize in ([], ["--quantize", "int8"]):
         code, out, _ = run_main(capsys, "eval", run_dir, "--json", *quantize)

@@ -42,11 +42,13 @@ class ReadyModel:
     drafter: object = None  # None, or a drafter of speculative.py
     speculative: str | None = None  # what --speculative named
     compile: bool = False  # decode steps compiled
+    quantize: str | None = None  # what --quantize named
 
     def running_on(self) -> str:
-        """For the start-up line: 'cpu, float32, 1 thread', a compiled decode step and the speculative
-        drafter, if any."""
-        how = ", compiled decode step" if self.compile else ""
+        """For the start-up line: 'cpu, float32, 1 thread', int8 weights, a compiled decode step and the
+        speculative drafter, if any."""
+        how = f", {self.quantize} weights" if self.quantize else ""
+        how += ", compiled decode step" if self.compile else ""
         how += f", speculative decoding with {self.speculative}" if self.speculative else ""
         return running_on(self.device, self.dtype) + how
 
@@ -68,4 +70,6 @@ def load_for_generation(choice: ModelChoice) -> ReadyModel:
     drafter = load_drafter(choice.speculative, model, tokenizer, torch_device)
     if choice.measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
         fastest_threads(model, torch_device, torch_dtype)
-    return ReadyModel(model, tokenizer, torch_device, torch_dtype, drafter, choice.speculative, choice.compile)
+    return ReadyModel(
+        model, tokenizer, torch_device, torch_dtype, drafter, choice.speculative, choice.compile, choice.quantize
+    )

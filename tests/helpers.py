@@ -37,6 +37,18 @@ def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     )
 
 
+def torchrun(*args, timeout=300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 ARGS`: two CPU processes (gloo), one thread each."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def naive_generate(model, idx, max_new_tokens: int):
     """The tests' oracle: greedy generation without a KV cache, rerunning the whole text (its last
     block_size tokens) for every new token. Within the context the engine must equal it token for token."""

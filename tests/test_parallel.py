@@ -1,14 +1,11 @@
 """train.parallel: FSDP2 against DDP and one process, exact resume from sharded checkpoints, memory per process."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import REPO, TINY, read_metrics, run_cli
+from helpers import TINY, read_metrics, run_cli, torchrun
 
 from minigpt.checkpoint import SHARDS, checkpoint_dir, load_checkpoint
 from minigpt.config import load_config
@@ -16,24 +13,6 @@ from minigpt.errors import MinigptError
 from minigpt.loader import load_model
 from minigpt.model import GPT, GPTConfig
 from minigpt.train.trainer import train
-
-
-def torchrun(script_and_args: list, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Two CPU processes (gloo) under torchrun, one thread each."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            *map(str, script_and_args),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-    )
 
 
 @pytest.mark.slow
@@ -49,9 +28,8 @@ def test_fsdp_matches_ddp_and_one_process_and_resumes_exactly(char_data, tmp_pat
     single = run_cli("train", "-", *common, "train.grad_accum=2", f"out_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
     for parallel in ("ddp", "fsdp"):
-        run = torchrun(
-            ["-m", "minigpt", "train", "-", *common, f"train.parallel={parallel}", f"out_dir={tmp_path / parallel}"]
-        )
+        options = [*common, f"train.parallel={parallel}", f"out_dir={tmp_path / parallel}"]
+        run = torchrun("-m", "minigpt", "train", "-", *options)
         assert run.returncode == 0, run.stderr[-2000:]
     one, ddp, fsdp = (read_metrics(tmp_path / name) for name in ("single", "ddp", "fsdp"))
     assert [m["step"] for m in one] == [m["step"] for m in ddp] == [m["step"] for m in fsdp]
@@ -77,16 +55,15 @@ def test_fsdp_matches_ddp_and_one_process_and_resumes_exactly(char_data, tmp_pat
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "fsdp", resumed_dir)
     shutil.rmtree(checkpoint_dir(resumed_dir, 8))
-    resumed = torchrun(
-        ["-m", "minigpt", "train", "-", *common, "train.parallel=fsdp", f"out_dir={resumed_dir}", "--resume"]
-    )
+    options = [*common, "train.parallel=fsdp", f"out_dir={resumed_dir}", "--resume"]
+    resumed = torchrun("-m", "minigpt", "train", "-", *options)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr and "step_0000004" in resumed.stderr
     assert read_metrics(resumed_dir) == fsdp
 
 
 SHARD_SIZES = """
-import json, torch, torch.distributed as dist
+import json, pathlib, sys, torch, torch.distributed as dist
 from minigpt.config import TrainConfig
 from minigpt.train.fsdp import local_numel, shard_model
 from minigpt.model import GPT, GPTConfig
@@ -105,7 +82,9 @@ for sharded in (False, True):
     model(x, x)[1].backward()
     optimizer.step(torch.amp.GradScaler(enabled=False))
     sizes["sharded" if sharded else "whole"] = local_numel(model, optimizer.optimizers)
-print(json.dumps({"rank": dist.get_rank(), **sizes}))
+# one file a rank: two ranks printing to one pipe can run their lines together
+out = pathlib.Path(sys.argv[1]) / f"rank{dist.get_rank()}.json"
+out.write_text(json.dumps({"rank": dist.get_rank(), **sizes}))
 dist.destroy_process_group()
 """
 
@@ -114,9 +93,9 @@ dist.destroy_process_group()
 def test_fsdp_halves_parameter_and_optimizer_memory_per_process(tmp_path):
     script = tmp_path / "shard_sizes.py"
     script.write_text(SHARD_SIZES)
-    run = torchrun([script])
+    run = torchrun(script, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    ranks = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    ranks = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     n_params = sum(
         p.numel() for p in GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64)).parameters()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import TINY, read_metrics, run_cli
+from helpers import TINY, read_metrics, run_cli, torchrun
 
 from minigpt.checkpoint import list_checkpoints, load_checkpoint
 from minigpt.config import load_config
@@ -151,22 +151,7 @@ def test_two_processes_match_one_with_twice_the_accumulation(char_data, tmp_path
     ]
     single = run_cli("train", "-", *common, "train.grad_accum=2", f"out_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
-    env_cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "minigpt",
-        "train",
-        "-",
-        *common,
-        f"out_dir={tmp_path / 'ddp'}",
-    ]
-    ddp = subprocess.run(
-        env_cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    )
+    ddp = torchrun("-m", "minigpt", "train", "-", *common, f"out_dir={tmp_path / 'ddp'}")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, two = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
     assert [m["step"] for m in one] == [m["step"] for m in two]

@@ -22,17 +22,25 @@ namespace {
 
 constexpr int64_t kWidth = 32;  // int8 values in one 256-bit vector; in_features must be a multiple of it
 
-// sum += the 32 products a[j] * b[j] of unsigned a and signed b, added in groups of four into 8 int32 lanes
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+constexpr bool kVnni = true;
+// sum += the 32 products a[j] * b[j] of unsigned a and signed b, added in fours into 8 int32 lanes
 inline __m256i multiply_add(__m256i sum, __m256i a, __m256i b) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
   return _mm256_dpbusd_epi32(sum, a, b);
-#elif defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(sum, a, b);
 #else
-  // pairs into 16 bits first: |a| <= 127 and |b| <= 127 keep each pair within 2 x 127 x 127 < 32767, no saturation
-  return _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+  return _mm256_dpbusd_avx_epi32(sum, a, b);
 #endif
 }
+#else
+constexpr bool kVnni = false;
+inline __m256i multiply_add(__m256i sum, __m256i a, __m256i b) {
+  // pairs into 16 bits first, which saturate: a and b within 127 keep each pair under 2 x 127 x 127 < 32767
+  return _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+}
+#endif
+
+inline __m256i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 inline int32_t total(__m256i v) {
   __m128i half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -40,16 +48,20 @@ inline int32_t total(__m256i v) {
   return _mm_cvtsi128_si32(_mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(2, 3, 0, 1))));
 }
 
-// The rows rounded to int8, kept as magnitudes and signed values: the multiply takes an unsigned operand, so
-// it gets |x| and the weight takes x's sign (llama.cpp's trick; no offset to correct afterwards).
+// The rows rounded to int8, q = round(x / scale), laid out for the multiply, whose first operand is unsigned:
+// - with VNNI, q + 128 (0..255): sum (q + 128) w = sum q w + 128 sum w, and sum w costs one multiply-add per
+//   weight vector, shared by all rows, where the alternative below costs one more instruction per row;
+// - on AVX2, |q| and q itself, whose sign goes onto the weight (llama.cpp's trick): q + 128 would overflow
+//   AVX2's 16-bit pair sums, |q| cannot.
 struct RoundedRows {
-  std::vector<int8_t> magnitude, value;
+  std::vector<uint8_t> unsigned_q;  // q + 128 with VNNI, |q| on AVX2
+  std::vector<int8_t> q;            // AVX2 only
   std::vector<float> scale;
 };
 
 RoundedRows round_rows(const float* x, int64_t n_rows, int64_t in_features) {
-  RoundedRows rounded{std::vector<int8_t>(n_rows * in_features), std::vector<int8_t>(n_rows * in_features),
-                      std::vector<float>(n_rows)};
+  RoundedRows rounded{std::vector<uint8_t>(n_rows * in_features),
+                      std::vector<int8_t>(kVnni ? 0 : n_rows * in_features), std::vector<float>(n_rows)};
   at::parallel_for(0, n_rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       const float* row = x + m * in_features;
@@ -58,9 +70,9 @@ RoundedRows round_rows(const float* x, int64_t n_rows, int64_t in_features) {
       const float scale = largest > 0.0f ? largest / 127.0f : 1.0f;
       rounded.scale[m] = scale;
       for (int64_t i = 0; i < in_features; ++i) {
-        const auto q = static_cast<int8_t>(std::nearbyint(row[i] / scale));
-        rounded.value[m * in_features + i] = q;
-        rounded.magnitude[m * in_features + i] = static_cast<int8_t>(std::abs(q));
+        const auto q = static_cast<int32_t>(std::nearbyint(row[i] / scale));
+        rounded.unsigned_q[m * in_features + i] = static_cast<uint8_t>(kVnni ? q + 128 : std::abs(q));
+        if (!kVnni) rounded.q[m * in_features + i] = static_cast<int8_t>(q);
       }
     }
   });
@@ -78,26 +90,52 @@ constexpr int64_t kRowGroup = 4;  // 16 sums in registers: AVX-512 has 32 of the
 constexpr int64_t kRowGroup = 2;  // AVX2 has 16
 #endif
 
-// One group of kOutputs output features by kRows rows. Each vector of weights is loaded once and multiplied
-// with every row, and the group's weights (at most 4 x 3072 bytes) stay in the first-level cache while all rows
-// pass, so memory is read once whatever the number of rows. The kRows x kOutputs sums are independent, so the
-// multiply-adds do not wait on each other.
+// The integer sums q . w of one group of kOutputs output features by kRows rows. Each vector of weights is
+// loaded once and multiplied with every row, and the group's weights (at most 4 x 3072 bytes) stay in the
+// first-level cache while all rows pass, so memory is read once whatever the number of rows. The kRows x
+// kOutputs sums are independent, so the multiply-adds do not wait on each other.
 template <int64_t kRows>
-void group(const RoundedRows& x, int64_t first_row, int64_t in_features, const int8_t* weight, __m256i (&sums)[kRowGroup][kOutputs]) {
-  for (int64_t r = 0; r < kRows; ++r)
-    for (int64_t o = 0; o < kOutputs; ++o) sums[r][o] = _mm256_setzero_si256();
-  const int8_t* magnitude = x.magnitude.data() + first_row * in_features;
-  const int8_t* value = x.value.data() + first_row * in_features;
+void group(const RoundedRows& x, int64_t first_row, int64_t in_features, const int8_t* weight,
+           int32_t (&dots)[kRowGroup][kOutputs]) {
+  __m256i sums[kRows][kOutputs], weight_sums[kOutputs];
+  for (int64_t o = 0; o < kOutputs; ++o) {
+    weight_sums[o] = _mm256_setzero_si256();
+    for (int64_t r = 0; r < kRows; ++r) sums[r][o] = _mm256_setzero_si256();
+  }
+  const uint8_t* unsigned_q = x.unsigned_q.data() + first_row * in_features;
+  const int8_t* q = kVnni ? nullptr : x.q.data() + first_row * in_features;
+  const __m256i ones = _mm256_set1_epi8(1);
   for (int64_t i = 0; i < in_features; i += kWidth, weight += kOutputs * kWidth) {
     __m256i weights[kOutputs];
-    for (int64_t o = 0; o < kOutputs; ++o)
-      weights[o] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(weight + o * kWidth));
+    for (int64_t o = 0; o < kOutputs; ++o) {
+      weights[o] = load(weight + o * kWidth);
+      if (kVnni) weight_sums[o] = multiply_add(weight_sums[o], ones, weights[o]);
+    }
     for (int64_t r = 0; r < kRows; ++r) {
-      const auto a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(magnitude + r * in_features + i));
-      const auto sign = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(value + r * in_features + i));
-      for (int64_t o = 0; o < kOutputs; ++o) sums[r][o] = multiply_add(sums[r][o], a, _mm256_sign_epi8(weights[o], sign));
+      const __m256i a = load(unsigned_q + r * in_features + i);
+      if (kVnni) {
+        for (int64_t o = 0; o < kOutputs; ++o) sums[r][o] = multiply_add(sums[r][o], a, weights[o]);
+      } else {
+        const __m256i sign = load(q + r * in_features + i);
+        for (int64_t o = 0; o < kOutputs; ++o)
+          sums[r][o] = multiply_add(sums[r][o], a, _mm256_sign_epi8(weights[o], sign));
+      }
     }
   }
+  for (int64_t o = 0; o < kOutputs; ++o) {
+    const int32_t offset = kVnni ? 128 * total(weight_sums[o]) : 0;
+    for (int64_t r = 0; r < kRows; ++r) dots[r][o] = total(sums[r][o]) - offset;
+  }
+}
+
+// group<n> for n = rows (at most kRowGroup): each count of rows gets its own unrolled loop
+template <int64_t kRows = kRowGroup>
+void group_of(int64_t rows, const RoundedRows& x, int64_t first_row, int64_t in_features, const int8_t* weight,
+              int32_t (&dots)[kRowGroup][kOutputs]) {
+  if constexpr (kRows > 1) {
+    if (rows < kRows) return group_of<kRows - 1>(rows, x, first_row, in_features, weight, dots);
+  }
+  group<kRows>(x, first_row, in_features, weight, dots);
 }
 
 at::Tensor int8_linear(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scale,
@@ -118,19 +156,16 @@ at::Tensor int8_linear(const at::Tensor& rows, const at::Tensor& weight, const a
   // the groups split across threads, at least 64 KB of weight a task
   const int64_t grain = std::max<int64_t>(1, 65536 / (kOutputs * in_features));
   at::parallel_for(0, weight.size(0), grain, [&](int64_t begin, int64_t end) {
-    __m256i sums[kRowGroup][kOutputs];
+    int32_t dots[kRowGroup][kOutputs];
     for (int64_t g = begin; g < end; ++g) {
       const int8_t* group_weight = w + g * kOutputs * in_features;
       const int64_t first = g * kOutputs, outputs = std::min(kOutputs, out_features - first);  // the last may be short
       for (int64_t m = 0; m < n_rows;) {
-        const int64_t n = n_rows - m >= kRowGroup ? kRowGroup : 1;  // whole groups of rows, then one at a time
-        if (n == kRowGroup)
-          group<kRowGroup>(rounded, m, in_features, group_weight, sums);
-        else
-          group<1>(rounded, m, in_features, group_weight, sums);
+        const int64_t n = std::min(kRowGroup, n_rows - m);
+        group_of(n, rounded, m, in_features, group_weight, dots);
         for (int64_t r = 0; r < n; ++r)
           for (int64_t o = 0; o < outputs; ++o)
-            y[(m + r) * out_features + first + o] = static_cast<float>(total(sums[r][o])) * rounded.scale[m + r] *
+            y[(m + r) * out_features + first + o] = static_cast<float>(dots[r][o]) * rounded.scale[m + r] *
                                                        w_scale[first + o] + (b ? b[first + o] : 0.0f);
         m += n;
       }

@@ -100,6 +100,16 @@ def test_the_avx2_build_of_the_kernel_gives_this_cpus_numbers(tmp_path):
     torch.testing.assert_close(avx2, exact)
 
 
+@pytest.mark.skipif(not int8.native_int8_kernel(), reason="needs minigpt's int8 kernel (x86 Linux)")
+def test_without_a_compiler_int8_layers_fall_back_to_bf16_with_one_line(tmp_path):
+    env = {**ENV, "CXX": str(tmp_path / "no-such-compiler"), "MINIGPT_CACHE": str(tmp_path / "cache")}
+    code = "from minigpt.nn.int8 import Int8Linear; import torch; print(Int8Linear(torch.nn.Linear(64, 8)).native)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
+    assert run.stderr.count("\n") == 1 and "int8 kernel could not be built" in run.stderr, run.stderr
+    assert "no-such-compiler" in run.stderr and "int8 layers multiply in bf16" in run.stderr
+
+
 def test_only_plain_linears_of_an_aligned_width_are_replaced():
     model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 8), LoRALinear(8, 32, rank=2))
     quantize_int8(model)

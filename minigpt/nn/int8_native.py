@@ -59,11 +59,14 @@ def native_int8_kernel() -> bool:
         return False
     try:
         torch.ops.load_library(built_library())
-    except (OSError, subprocess.CalledProcessError) as error:
-        reason = error.stderr.strip().splitlines()[-1] if getattr(error, "stderr", None) else str(error)
-        print(f"minigpt: the int8 kernel could not be built ({reason}); int8 layers multiply in bf16", file=sys.stderr)
-        return False
-    return True
+        return True
+    except OSError as error:  # no compiler, an unwritable cache, a library that does not load
+        reason = str(error)
+    except subprocess.CalledProcessError as error:  # the compiler's first error, not its whole output
+        errors = [line for line in error.stderr.splitlines() if "error" in line]
+        reason = errors[0].strip() if errors else f"{error.cmd[0]} exited with status {error.returncode}"
+    print(f"minigpt: the int8 kernel could not be built ({reason}); int8 layers multiply in bf16", file=sys.stderr)
+    return False
 
 
 def built_library(arch: str = "native") -> Path:

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_context(p)
     p.add_argument("--quiet", action="store_true", help="no access line per request on stderr")
     _add_speculative(p)
-    p.set_defaults(run=_serve, compile=False)  # rows at different positions would make it compile anew
+    _add_compile(p)
+    p.set_defaults(run=_serve)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
     _add_model_arguments(p, dtype="float32")  # float32: numbers comparable across machines

@@ -110,14 +110,17 @@ def test_serving_table_against_llama_cpp():
     }
     ours = {**side, "tokens_per_s": 250.0}
     result["rows"] = [{"threads": 1, "clients": 8, "llama.cpp": side, "minigpt": ours, "speedup": 2.5}]
+    compiled = {**side, "tokens_per_s": 300.0, "compile_s": 41.0}  # --compile at 2 threads only
     slower = {**result["rows"][0], "threads": 2, "minigpt": {**side, "tokens_per_s": 200.0}, "speedup": 2.0}
-    result["rows"].append(slower)
+    result["rows"].append(slower | {"minigpt --compile": compiled, "compiled_speedup": 3.0})
     result["best"] = best_of_threads(result["rows"])
     assert result["best"][8]["minigpt"] == {"threads": 1, "tokens_per_s": 250.0, "ttft_ms": 20.0}
-    assert result["best"][8]["speedup"] == 2.5
+    assert result["best"][8]["minigpt --compile"]["threads"] == 2
+    assert result["best"][8]["speedup"] == 2.5 and result["best"][8]["compiled_speedup"] == 3.0
     table = serving_llama_cpp_table(result)
-    assert "| 1 | 8 | 100 | 20 | 250 | 20 | 2.50x |" in table
-    assert "8 at once: 250 on 1 vs 100 on 1: 2.50x" in table
+    assert "| 1 | 8 | 100 | 20 | 250 | 20 | 2.50x | - | - | - |" in table
+    assert "| 2 | 8 | 100 | 20 | 200 | 20 | 2.00x | 300 (41 s) | 20 | 3.00x |" in table
+    assert "8 at once: llama.cpp 100 on 1, minigpt 250 on 1 (2.50x), minigpt --compile 300 on 2 (3.00x)" in table
 
 
 def test_both_servers_answer_a_small_model(monkeypatch):
@@ -134,7 +137,13 @@ def test_both_servers_answer_a_small_model(monkeypatch):
     monkeypatch.setattr(serve_llama_cpp.subprocess, "Popen", Recorded)
     before = torch.get_num_threads()
     shape = dict(n_layer=2, n_head=2, n_embd=64, block_size=128, bias=False)
-    result = serve_llama_cpp.bench_serving_llama_cpp(clients=(1, 2), max_tokens=8, threads=(1,), shape=shape)
+    result = serve_llama_cpp.bench_serving_llama_cpp(
+        clients=(1, 2),
+        max_tokens=8,
+        threads=(1,),
+        shape=shape,
+        compiled=(),  # compiling: test_compiled_decode
+    )
     assert torch.get_num_threads() == before
     assert [(r["threads"], r["clients"]) for r in result["rows"]] == [(1, 1), (1, 2)]
     for row in result["rows"]:

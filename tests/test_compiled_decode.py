@@ -1,6 +1,7 @@
-"""sample and chat --compile: compiled decode steps (infer/compiled_step.py) give the tokens eager steps
-give, compile once (the cache length symbolic, not a compile at every token), and where compiling fails
-the engine says so in a line and decodes eagerly."""
+"""sample, chat and serve --compile: compiled decode steps (infer/compiled_step.py) give the tokens eager
+steps give, for one sequence and for a batch of rows at different positions, compile once (the cache length
+symbolic, not a compile at every token), and where compiling fails the engine says so in a line and decodes
+eagerly."""
 
 import copy
 
@@ -39,6 +40,29 @@ def test_a_compiled_decode_step_gives_the_eager_tokens_compiles_once_and_keeps_t
     eager_other = list(Engine(other, max_batch=1).generate(prompt, params))
     assert eager_other != eager
     assert list(Engine(other, max_batch=1, compile_decode=True).generate(prompt, params)) == eager_other
+
+
+def test_a_batch_of_rows_at_different_positions_decodes_compiled_as_eagerly():
+    torch.set_num_threads(1)
+    model = laid_out_model()
+    prompts = [[1, 2, 3, 4, 5], [9, 8], [7, 7, 7, 1, 2, 3, 4, 5, 6]]
+
+    def answers(engine):
+        # three prompts of three lengths decode side by side, finishing at different steps; then one alone
+        batch = [engine.submit(p, SamplingParams(max_tokens=12 + 4 * i, temperature=0)) for i, p in enumerate(prompts)]
+        for _ in engine.drive(batch):
+            pass
+        return [sequence.tokens for sequence in batch] + [
+            list(engine.generate([3, 1], SamplingParams(max_tokens=8, temperature=0)))
+        ]
+
+    eager = answers(Engine(model, max_batch=4))
+    engine = Engine(model, max_batch=4, compile_decode=True)
+    engine.compile_steps()  # what serve --compile does before it listens
+    kinds = {key[-1] for key in engine.compiled.libraries}
+    assert kinds == {True, False} and {key[0] for key in engine.compiled.libraries} == {4}  # ragged and plain
+    assert answers(engine) == eager and len(set(map(tuple, eager))) == 4
+    assert len(engine.compiled.libraries) == 2  # the batch and the lone prompt used the libraries compiled first
 
 
 def test_where_compiling_fails_the_engine_says_so_and_decodes_eagerly(capsys):

@@ -42,6 +42,9 @@ from .serve import PROMPT, client_load, stream_completion
 
 MODEL = "6x384 char (shakespeare_char shape)"
 INSTALL = "pip install 'llama-cpp-python[server]'"
+# minigpt's sides, and the name of each one's tokens/s over llama.cpp's in a row
+SPEEDUPS = {"minigpt": "speedup", "minigpt --compile": "compiled_speedup"}
+SIDES = ("llama.cpp", *SPEEDUPS)
 # llama.cpp takes token 11 (';' in the char vocabulary) as end of text when a GPT-2-style GGUF names none;
 # minigpt's char model has no end of text, so llama.cpp is kept from ending early on it
 NO_EOS = {"logit_bias": {"11": -100.0}}
@@ -55,9 +58,11 @@ def bench_serving_llama_cpp(
     max_batch: int = 8,
     shape: dict | None = None,
     start_timeout: float = 120.0,
+    compiled: tuple[int, ...] | None = None,
 ) -> dict | None:
     """Per thread count and number of clients: aggregate tokens/s and mean time to first token of
-    llama.cpp's server and of minigpt's, and minigpt's tokens/s over llama.cpp's."""
+    llama.cpp's server and of minigpt's, and minigpt's tokens/s over llama.cpp's; minigpt serve --compile
+    too at the thread counts in compiled (None: all), its compiling (before it listens) timed apart."""
     try:
         import llama_cpp.server.app  # noqa: F401 (its FastAPI, sse-starlette, starlette-context, pydantic-settings)
     except ImportError as e:
@@ -82,33 +87,56 @@ def bench_serving_llama_cpp(
         for n in threads:
             with llama_cpp_server(path, n, model.config.block_size, Path(tmp) / "server.log", start_timeout) as url:
                 theirs, their_text = _load(url, clients, max_tokens, **NO_EOS, **SAME_GREEDY)
+            ours, texts = {}, [their_text]
             with torch_threads(n):
-                engine = Engine(model, tokenizer, max_batch=max_batch, device="cpu")
-                with background_server(create_app(engine, "bench")) as url:
-                    ours, our_text = _load(url, clients, max_tokens)
+                for side in (
+                    ("minigpt", "minigpt --compile")
+                    if n in (threads if compiled is None else compiled)
+                    else ("minigpt",)
+                ):
+                    engine = Engine(
+                        model, tokenizer, max_batch=max_batch, device="cpu", compile_decode="compile" in side
+                    )
+                    start = time.perf_counter()
+                    engine.compile_steps()  # as minigpt serve --compile does before it listens
+                    compile_s = time.perf_counter() - start
+                    with background_server(create_app(engine, "bench")) as url:
+                        ours[side], text = _load(url, clients, max_tokens)
+                    texts.append(text)
             for c in clients:
-                row = {"threads": n, "clients": c, "llama.cpp": theirs[c], "minigpt": ours[c]}
-                row["speedup"] = round(ours[c]["tokens_per_s"] / theirs[c]["tokens_per_s"], 2)
+                row = {"threads": n, "clients": c, "llama.cpp": theirs[c]}
+                for side, rates in ours.items():
+                    row[side] = rates[c]
+                    row[SPEEDUPS[side]] = round(rates[c]["tokens_per_s"] / theirs[c]["tokens_per_s"], 2)
+                if "minigpt --compile" in row:
+                    row["minigpt --compile"] = {**row["minigpt --compile"], "compile_s": round(compile_s, 1)}
                 result["rows"].append(row)
+                mine = " and ".join(f"{row[side]['tokens_per_s']:,.0f} ({row[SPEEDUPS[side]]:.2f}x)" for side in ours)
                 progress(
-                    f"serving vs llama.cpp, threads {n}, clients {c}: {theirs[c]['tokens_per_s']:,.0f} vs "
-                    f"{ours[c]['tokens_per_s']:,.0f} tokens/s ({row['speedup']:.2f}x)"
+                    f"serving vs llama.cpp, threads {n}, clients {c}: {theirs[c]['tokens_per_s']:,.0f} vs {mine} "
+                    f"tokens/s ({', '.join(ours)})"
                 )
-            result["same_text"] = result.get("same_text", True) and their_text == our_text
+            result["same_text"] = result.get("same_text", True) and all(text == their_text for text in texts)
     result["best"] = best_of_threads(result["rows"])
     return result
 
 
 def best_of_threads(rows: list[dict]) -> dict:
-    """Per number of clients, each side at its fastest thread count, and minigpt's tokens/s over llama.cpp's."""
+    """Per number of clients, each side at its fastest thread count, and minigpt's tokens/s over llama.cpp's
+    (speedup; with --compile, compiled_speedup)."""
     best = {}
     for c in dict.fromkeys(row["clients"] for row in rows):
         mine = [row for row in rows if row["clients"] == c]
         best[c] = {
-            side: max(({"threads": r["threads"], **r[side]} for r in mine), key=lambda s: s["tokens_per_s"])
-            for side in ("llama.cpp", "minigpt")
+            side: max(
+                ({"threads": r["threads"], **r[side]} for r in mine if side in r), key=lambda s: s["tokens_per_s"]
+            )
+            for side in SIDES
+            if any(side in r for r in mine)
         }
-        best[c]["speedup"] = round(best[c]["minigpt"]["tokens_per_s"] / best[c]["llama.cpp"]["tokens_per_s"], 2)
+        for side, speedup in SPEEDUPS.items():
+            if side in best[c]:
+                best[c][speedup] = round(best[c][side]["tokens_per_s"] / best[c]["llama.cpp"]["tokens_per_s"], 2)
     return best
 
 
@@ -190,20 +218,32 @@ def serving_llama_cpp_table(result: dict) -> str:
         f"{result['max_batch']}; same text on both sides: {'yes' if result.get('same_text') else 'no'}",
         "",
         "| threads | clients | llama.cpp server tokens/s | llama.cpp TTFT (mean, ms) | minigpt serve tokens/s "
-        "| minigpt TTFT (mean, ms) | minigpt / llama.cpp tokens/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| minigpt TTFT (mean, ms) | minigpt / llama.cpp tokens/s | minigpt serve --compile tokens/s (compiling) "
+        "| --compile TTFT (mean, ms) | --compile / llama.cpp tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         theirs, ours = row["llama.cpp"], row["minigpt"]
+        compiled = "| - | - | - |"
+        if "minigpt --compile" in row:
+            mine = row["minigpt --compile"]
+            compiled = (
+                f"| {mine['tokens_per_s']:,.0f} ({mine['compile_s']:.0f} s) | {mine['ttft_ms']:,.0f} "
+                f"| {row['compiled_speedup']:.2f}x |"
+            )
         lines.append(
             f"| {row['threads']} | {row['clients']} | {theirs['tokens_per_s']:,.0f} | {theirs['ttft_ms']:,.0f} "
-            f"| {ours['tokens_per_s']:,.0f} | {ours['ttft_ms']:,.0f} | {row['speedup']:.2f}x |"
+            f"| {ours['tokens_per_s']:,.0f} | {ours['ttft_ms']:,.0f} | {row['speedup']:.2f}x {compiled}"
         )
     if "best" in result:
-        best = ", ".join(
-            f"{c} at once: {b['minigpt']['tokens_per_s']:,.0f} on {b['minigpt']['threads']} vs "
-            f"{b['llama.cpp']['tokens_per_s']:,.0f} on {b['llama.cpp']['threads']}: {b['speedup']:.2f}x"
+        best = "; ".join(
+            f"{c} at once: llama.cpp {b['llama.cpp']['tokens_per_s']:,.0f} on {b['llama.cpp']['threads']}, "
+            + ", ".join(
+                f"{side} {b[side]['tokens_per_s']:,.0f} on {b[side]['threads']} ({b[speedup]:.2f}x)"
+                for side, speedup in SPEEDUPS.items()
+                if side in b
+            )
             for c, b in result["best"].items()
         )
-        lines += ["", f"each side at its best thread count, clients: minigpt vs llama.cpp tokens/s on threads: {best}"]
+        lines += ["", f"each side at its best thread count, tokens/s on threads: {best}"]
     return "\n".join(lines)

@@ -219,7 +219,9 @@ def run_bench(
         if serve:  # the same model behind llama.cpp's server and minigpt's, 1, 4 and 8 clients
             from .serve_llama_cpp import bench_serving_llama_cpp, serving_llama_cpp_table
 
-            results["serving_llama_cpp"] = bench_serving_llama_cpp(max_tokens=64 if quick else 128)
+            # --quick: serve --compile at 2 threads only
+            serving_compiled = {"compiled": (2,)} if quick else {}
+            results["serving_llama_cpp"] = bench_serving_llama_cpp(max_tokens=64 if quick else 128, **serving_compiled)
             if results["serving_llama_cpp"] is not None:
                 print(serving_llama_cpp_table(results["serving_llama_cpp"]))
     if nanogpt is not None:

@@ -2,6 +2,7 @@
 
     step = CompiledStep(model)
     logits = step(idx, caches, length)   # idx (rows, 1); caches: make_cache's ragged caches, every row at length
+    logits = step(idx, caches, length, ragged=True)   # rows at their own lengths (caches' lengths), the longest length
 
 torch.export traces the model's one-token step (the cache length symbolic: one trace serves every
 length) and AOTInductor compiles it into a shared library, which the step then calls with no Python
@@ -12,8 +13,9 @@ writes the one-row products as C++ kernels of its own (max_autotune's CPP templa
 layer norms and GELUs around them). So the library holds a second copy of the weights, made for these
 weights: the model must not change while its CompiledStep is in use.
 
-One library per batch size and thread count (both are compiled in), each compiled at its first use:
-30-100 s on 2 CPU cores.
+A ragged step (rows at different positions: a server's batch) writes each row at its own position and
+masks each row's attention to its own keys, over the longest row's length. One library per batch size,
+thread count and kind (all are compiled in), each compiled at its first use: 30-100 s on 2 CPU cores.
 """
 
 import tempfile
@@ -36,7 +38,7 @@ class CompiledStep:
 
     def __init__(self, model):
         self.model = model
-        self.libraries = {}  # (rows, capacity, threads) -> the compiled step
+        self.libraries = {}  # (rows, capacity, threads, ragged) -> the compiled step
         self.positions = None  # arange(capacity): its first `length` entries carry the length into the step
 
     def fits(self, length: int, capacity: int) -> bool:
@@ -45,22 +47,24 @@ class CompiledStep:
         free."""
         return 1 <= length <= capacity - 2
 
-    def __call__(self, idx: torch.Tensor, caches: list[KVCache], length: int) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, caches: list[KVCache], length: int, ragged: bool = False) -> torch.Tensor:
         """The last position's logits (rows, vocab) of idx (rows, 1), fed after the `length` positions every
-        row of caches holds (all of their rows and storage: what rows without a sequence write is never
-        read). The keys and values land in caches; their lengths are the caller's to advance."""
+        row of caches holds, or with ragged after each row's own (caches[0].lengths; length the longest). All
+        of the caches' rows and storage are used: what rows without a sequence write is never read. The keys
+        and values land in caches; their lengths are the caller's to advance."""
         capacity = caches[0].k.shape[2]
-        key = (idx.shape[0], capacity, torch.get_num_threads())
+        key = (idx.shape[0], capacity, torch.get_num_threads(), ragged)
         if key not in self.libraries:
-            self.libraries[key] = self._compile(caches, idx.device)
+            self.libraries[key] = self._compile(caches, idx.device, ragged)
         if self.positions is None or self.positions.shape[0] != capacity:
             self.positions = torch.arange(capacity, device=idx.device)
         # the tensors as the library takes them, flat (DecodeStep's arguments in order): its Python wrapper
         # would flatten them itself, 40 microseconds a step
-        flat = [idx, self.positions[:length], *(cache.k for cache in caches), *(cache.v for cache in caches)]
+        lengths = [caches[0].lengths] if ragged else []
+        flat = [idx, self.positions[:length], *lengths, *(cache.k for cache in caches), *(cache.v for cache in caches)]
         return self.libraries[key].loader.run(flat)[0]
 
-    def _compile(self, caches: list[KVCache], device: torch.device):
+    def _compile(self, caches: list[KVCache], device: torch.device, ragged: bool):
         rows, capacity = caches[0].k.shape[0], caches[0].k.shape[2]
         # traced on stand-ins of the same shapes, at a length the exporter does not specialise on (0 and 1)
         stand_ins = [torch.zeros_like(cache.k) for cache in caches], [torch.zeros_like(cache.v) for cache in caches]
@@ -79,11 +83,13 @@ class CompiledStep:
             warnings.filterwarnings(
                 "ignore", "TypedStorage is deprecated", UserWarning, "torch._inductor.select_algorithm"
             )
+        # the rows' own lengths: stand-ins within the traced length
+        lengths = [torch.zeros(rows, dtype=torch.long, device=device)] if ragged else []
         try:
             program = torch.export.export(
-                DecodeStep(self.model),
-                (idx, torch.arange(2, device=device), *stand_ins),
-                dynamic_shapes=(None, {0: length}, [None] * len(caches), [None] * len(caches)),
+                RaggedDecodeStep(self.model) if ragged else DecodeStep(self.model),
+                (idx, torch.arange(2, device=device), *lengths, *stand_ins),
+                dynamic_shapes=(None, {0: length}, *[None] * len(lengths), [None] * len(caches), [None] * len(caches)),
             )
             with tempfile.TemporaryDirectory() as folder:  # the loaded library needs no file left behind
                 path = torch._inductor.aoti_compile_and_package(
@@ -104,5 +110,15 @@ class DecodeStep(nn.Module):
 
     def forward(self, idx, positions, keys, values):
         caches = [KVCache.over(k, v, positions.shape[0]) for k, v in zip(keys, values)]
+        logits, _ = self.model(idx, cache=caches, only_last=True)
+        return logits[:, -1]
+
+
+class RaggedDecodeStep(DecodeStep):
+    """DecodeStep for rows at their own positions: `lengths` (rows,) says where each row writes, and
+    `positions` the longest row's length."""
+
+    def forward(self, idx, positions, lengths, keys, values):
+        caches = [KVCache.over(k, v, positions.shape[0], lengths) for k, v in zip(keys, values)]
         logits, _ = self.model(idx, cache=caches, only_last=True)
         return logits[:, -1]

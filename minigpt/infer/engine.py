@@ -145,10 +145,11 @@ class Engine:
     max_context: the most tokens a sequence may see (default and ceiling: the model's block_size).
     drafter: guesses tokens for speculative decoding at batch 1 (speculative.py); None decodes plainly.
     compile_decode: run decode steps through a CompiledStep (compiled_step.py: native code, no Python
-    between the operations of a step) while every row is at the same position (a sample, samples of one
-    prompt, a chat; prefills and ragged batches stay eager), for 30-100 s of compiling at the first steps
-    on 2 CPU cores. Its caches are then made at full length from the start. Where compiling fails (no C++
-    compiler) the engine says so in a line and decodes eagerly.
+    between the operations of a step): one library while every row stands at the same position (a sample,
+    samples of one prompt, a chat), another for rows at their own positions (a server's batch), each
+    compiled at its first use (30-100 s on 2 CPU cores); prefills stay eager. Its caches are then made at
+    full length and max_batch rows from the start. Where compiling fails (no C++ compiler) the engine says
+    so in a line and decodes eagerly.
     """
 
     def __init__(
@@ -251,6 +252,18 @@ class Engine:
             yield from sequence.tokens[shown:]
             shown = len(sequence.tokens)
 
+    def compile_steps(self) -> None:
+        """Compile the decode steps now rather than at the first requests' tokens (a server, whose clients
+        would wait): a step of two rows at different positions, then one of a lone row. Nothing to do
+        without compile_decode."""
+        if self.compiled is None:
+            return
+        params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)  # one decode step each
+        for prompts in ([[0], [0, 0]], [[0]]):
+            sequences = [self.submit(prompt, params) for prompt in prompts]
+            for _ in self.drive(sequences):
+                pass
+
     # ---- the background thread ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -338,7 +351,8 @@ class Engine:
                 continue
             row = len(self.active)
             if self.caches is None:  # rows are added as the batch grows: a lone sequence zeroes one row, not max_batch
-                self.caches = self._new_cache(1, ragged=True)
+                # (compiled steps: max_batch rows from the start, one library for every batch)
+                self.caches = self._new_cache(self.max_batch if self.compiled else 1, ragged=True)
             elif row == len(self.caches[0].row_lengths):
                 for cache in self.caches:
                     cache.grow_rows(min(self.max_batch, 2 * row))
@@ -373,26 +387,26 @@ class Engine:
         row_lengths = self.caches[0].row_lengths
         for cache in self.caches:
             cache.reserve(max(row_lengths[:n]) + 1)  # views below share the storage: they cannot grow it themselves
-        logits = None
-        # compiled only while every row is at the same position: the step knows one length
-        if self.compiled is not None and all_equal(row_lengths[:n]):
-            logits = self._compiled_decode(n, row_lengths[0])
+        logits = self._compiled_decode(n, row_lengths[:n]) if self.compiled is not None else None
         if logits is None:
             idx = torch.tensor(self.next_tokens, dtype=torch.long, device=self.device)[:, None]
             logits, _ = self.model(idx, cache=[cache.rows(n) for cache in self.caches], only_last=True)
             logits = logits[:, -1]
         self._choose(range(n), logits[:n])
 
-    def _compiled_decode(self, n: int, length: int) -> torch.Tensor | None:
+    def _compiled_decode(self, n: int, lengths: list[int]) -> torch.Tensor | None:
         """The next logits of every row of the caches through the compiled step (the first n rows are the
-        active sequences; the rest decode a stand-in token where nothing reads); None where it does not
-        take this length or cannot be compiled, and the step decodes eagerly."""
+        active sequences, at these lengths; the rest decode a stand-in token where nothing reads): the plain
+        step while all stand at one position, else the ragged one. None where it does not take this length
+        or cannot be compiled, and the step decodes eagerly."""
+        ragged = not all_equal(lengths)
+        length = max(lengths)
         if not self.compiled.fits(length, self.caches[0].capacity):
             return None
         rows = len(self.caches[0].row_lengths)
         idx = torch.tensor(self.next_tokens + [0] * (rows - n), dtype=torch.long, device=self.device)[:, None]
         try:
-            logits = self.compiled(idx, self.caches, length)
+            logits = self.compiled(idx, self.caches, length, ragged)
         except CompileFailed as error:  # e.g. no C++ compiler
             print(f"compiling the decode step failed ({error}); decoding without it", file=sys.stderr)
             self.compiled = None

@@ -144,15 +144,19 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def _append_ragged(self, k, v):
-        B, h, T, hs = k.shape
-        end = max(self.row_lengths) + T
-        self.reserve(end)
-        self._set_row_lengths([n + T for n in self.row_lengths])
+        B, T = k.shape[0], k.shape[2]
+        end = self.length + T
         positions = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
-        index = positions[:, None, :, None].expand(B, h, T, hs)
-        self.k.scatter_(2, index, k)
-        self.v.scatter_(2, index, v)
-        self.lengths += T
+        rows = torch.arange(B, device=k.device)[:, None]
+        tracked = self.row_lengths is not None  # not so over() a compiled step's tensors: its caller moves them on
+        if tracked:
+            self.reserve(end)
+            self._set_row_lengths([n + T for n in self.row_lengths])
+        # indexed writes (B, T, h, hs), which a compiled step does in place (a scatter_ there copied the caches)
+        self.k[rows, :, positions] = k.transpose(1, 2)
+        self.v[rows, :, positions] = v.transpose(1, 2)
+        if tracked:
+            self.lengths += T
         self.length = end
         # query t of row b sits at positions[b, t] and sees keys 0 .. positions[b, t]
         self.mask = torch.arange(end, device=k.device) <= positions[:, None, :, None]  # (B, 1, T, end)
@@ -180,13 +184,15 @@ class KVCache:
         return view
 
     @classmethod
-    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> "KVCache":
-        """A plain cache over existing key and value storage (B, n_kv_head, capacity, hs) whose first
-        `length` positions are in use: what a compiled decode step builds around the tensors it is given."""
+    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int, lengths: torch.Tensor | None = None) -> "KVCache":
+        """A cache over existing key and value storage (B, n_kv_head, capacity, hs) whose first `length`
+        positions are in use, or with lengths (B,) each row's first lengths[b] (length: the longest): what
+        a compiled decode step builds around the tensors it is given. Appends write in place; the lengths
+        stay as they are given."""
         cache = object.__new__(cls)
         cache.max_len, cache.chunk = k.shape[2], k.shape[2]
-        cache.k, cache.v, cache.lengths, cache.row_lengths = k, v, None, None
-        cache.length, cache.uniform, cache.mask, cache.parent = length, True, None, None
+        cache.k, cache.v, cache.lengths, cache.row_lengths = k, v, lengths, None
+        cache.length, cache.uniform, cache.mask, cache.parent = length, lengths is None, None, None
         return cache
 
     def advance(self, n: int, steps: int) -> None:
@@ -359,11 +365,13 @@ class MultiHeadAttention(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 y = MultiHeadAttention._fused_attention(q.float(), k.float(), v.float(), mask, is_causal, dropout_p)
             return y.to(q.dtype)
-        if mask is None and not dropout_p and q.shape[2] == 1 and torch.compiler.is_compiling():
+        if not dropout_p and q.shape[2] == 1 and torch.compiler.is_compiling():
             # one query (a compiled decode step): products and sums Inductor fuses into one loop over the
             # cache, 28 microseconds a layer against 72 for the flash kernel (6 x 384, AVX2). Written as
             # q @ k.T, Inductor would match it back to that kernel
             scores = (q * k).sum(-1) / math.sqrt(q.shape[-1])  # (B, h, T_k)
+            if mask is not None:  # (B, 1, 1, T_k): rows at different positions, each sees at least itself
+                scores = scores.masked_fill(~mask[:, :, 0], float("-inf"))
             return (scores.softmax(-1)[..., None] * v).sum(-2, keepdim=True)
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)

@@ -27,12 +27,14 @@ def _positions(
     """
     if positions is None and isinstance(offset, torch.Tensor):
         positions = offset[:, None] + torch.arange(seq_len, device=offset.device)
-    last = offset + seq_len - 1 if positions is None else int(positions.max()) if positions.numel() else 0
-    if last >= table.shape[0]:
-        raise ValueError(
-            f"position {last} is beyond max_len={table.shape[0]} of this positional encoding; "
-            f"build it with a larger max_len (a GPT's block_size) or feed at most {table.shape[0]} tokens"
-        )
+    # not in a compiled decode step, which cannot look at the positions it is given: its caller checks them
+    if not torch.compiler.is_compiling():
+        last = offset + seq_len - 1 if positions is None else int(positions.max()) if positions.numel() else 0
+        if last >= table.shape[0]:
+            raise ValueError(
+                f"position {last} is beyond max_len={table.shape[0]} of this positional encoding; "
+                f"build it with a larger max_len (a GPT's block_size) or feed at most {table.shape[0]} tokens"
+            )
     return table[offset : offset + seq_len] if positions is None else table[positions]
 
 

@@ -67,7 +67,11 @@ def serve(
         device=ready.device,
         dtype=ready.dtype,
         drafter=ready.drafter,
+        compile_decode=ready.compile,
     )
+    if ready.compile:  # before it listens: clients would wait for it
+        print("compiling the decode steps (30-100 s on 2 CPU cores)", file=sys.stderr)
+        engine.compile_steps()
     app = create_app(engine, model_name(choice.path), api_key=api_key, access_log=not quiet)
     where = "all interfaces" if host in ("0.0.0.0", "::") else host
     port = sock.getsockname()[1]

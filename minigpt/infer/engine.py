@@ -254,12 +254,13 @@ class Engine:
 
     def compile_steps(self) -> None:
         """Compile the decode steps now rather than at the first requests' tokens (a server, whose clients
-        would wait): a step of two rows at different positions, then one of a lone row. Nothing to do
+        would wait): the ragged and the plain step of every row, and the step of a lone row. Nothing to do
         without compile_decode."""
         if self.compiled is None:
             return
         params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)  # one decode step each
-        for prompts in ([[0], [0, 0]], [[0]]):
+        # rows at two positions, at one (a prompt prefilled once for both), a lone row
+        for prompts in ([[0], [0, 0]], [[0], [0]], [[0]]):
             sequences = [self.submit(prompt, params) for prompt in prompts]
             for _ in self.drive(sequences):
                 pass
@@ -351,7 +352,7 @@ class Engine:
                 continue
             row = len(self.active)
             if self.caches is None:  # rows are added as the batch grows: a lone sequence zeroes one row, not max_batch
-                # (compiled steps: max_batch rows from the start, one library for every batch)
+                # (compiled steps: max_batch rows from the start, so that one library takes every batch)
                 self.caches = self._new_cache(self.max_batch if self.compiled else 1, ragged=True)
             elif row == len(self.caches[0].row_lengths):
                 for cache in self.caches:
@@ -395,18 +396,22 @@ class Engine:
         self._choose(range(n), logits[:n])
 
     def _compiled_decode(self, n: int, lengths: list[int]) -> torch.Tensor | None:
-        """The next logits of every row of the caches through the compiled step (the first n rows are the
-        active sequences, at these lengths; the rest decode a stand-in token where nothing reads): the plain
-        step while all stand at one position, else the ragged one. None where it does not take this length
-        or cannot be compiled, and the step decodes eagerly."""
+        """The next logits of the first n rows of the caches (the active sequences, at these lengths)
+        through a compiled step: for a lone sequence a step of one row; else one of every row, the rows
+        without a sequence decoding a stand-in token where nothing reads, plain while all stand at one
+        position, ragged otherwise. None where it does not take this length or cannot be compiled, and the
+        step decodes eagerly."""
         ragged = not all_equal(lengths)
         length = max(lengths)
         if not self.compiled.fits(length, self.caches[0].capacity):
             return None
         rows = len(self.caches[0].row_lengths)
+        caches = self.caches
+        if n == 1 and rows > 1:  # a server's lone client: a step of 8 rows took 1.5x a step of one
+            caches, rows = [cache.rows(1) for cache in self.caches], 1
         idx = torch.tensor(self.next_tokens + [0] * (rows - n), dtype=torch.long, device=self.device)[:, None]
         try:
-            logits = self.compiled(idx, self.caches, length, ragged)
+            logits = self.compiled(idx, caches, length, ragged)
         except CompileFailed as error:  # e.g. no C++ compiler
             print(f"compiling the decode step failed ({error}); decoding without it", file=sys.stderr)
             self.compiled = None

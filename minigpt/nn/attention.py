@@ -148,7 +148,7 @@ class KVCache:
         end = self.length + T
         positions = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
         rows = torch.arange(B, device=k.device)[:, None]
-        tracked = self.row_lengths is not None  # not so over() a compiled step's tensors: its caller moves them on
+        tracked = self.row_lengths is not None  # False in a compiled step (over()): its caller moves the lengths on
         if tracked:
             self.reserve(end)
             self._set_row_lengths([n + T for n in self.row_lengths])

@@ -24,9 +24,14 @@ TINY = [
 ]
 
 
+def repo_env(**variables) -> dict:
+    """The environment for a fresh Python process that imports this checkout's minigpt, with variables set."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **variables}
+
+
 def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     """`python -m minigpt ARGS` in a fresh process, as a user would run it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = repo_env()
     return subprocess.run(
         [sys.executable, "-m", "minigpt", *map(str, args)],
         capture_output=True,
@@ -39,7 +44,7 @@ def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 
 def torchrun(*args, timeout=300) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=2 ARGS`: two CPU processes (gloo), one thread each."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = repo_env(OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)],
         capture_output=True,

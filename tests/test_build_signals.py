@@ -1,14 +1,13 @@
 """Ctrl-C and SIGTERM while a large model is being built end `minigpt train` at once: one line, the
 shell's exit code, no traceback, no out_dir left behind. A long build is simulated: GPT() sleeps."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import REPO, TINY
+from helpers import REPO, TINY, repo_env
 
 SLOW_BUILD = """
 import sys, time
@@ -35,7 +34,7 @@ def test_a_signal_during_the_model_build_ends_train_at_once(char_data, tmp_path,
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=repo_env(),
     )
     assert process.stderr.readline() == "building\n"
     process.send_signal(sig)

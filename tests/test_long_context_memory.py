@@ -2,7 +2,6 @@
 (8 layers, 8 KV heads x 64) served and chatted with for one short turn stays far below what KV caches
 for its whole context would take (9.5 GB before they grew with use)."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import httpx
 import pytest
 import torch
 import transformers
-from helpers import REPO
+from helpers import repo_env
 from hf_fixtures import make_hf_tokenizer_folder
 from serve_helpers import free_port
 
@@ -49,10 +48,6 @@ def long_context_model(tmp_path_factory):
     return folder
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
 def test_chat_on_a_32k_context_model_stays_small(long_context_model):
     done = subprocess.run(
         [sys.executable, "-c", PEAK_AT_EXIT, "chat", str(long_context_model), "--temperature", "0"]
@@ -60,7 +55,7 @@ def test_chat_on_a_32k_context_model_stays_small(long_context_model):
         input="Whether 'tis nobler?\n",
         capture_output=True,
         text=True,
-        env=_env(),
+        env=repo_env(),
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -76,7 +71,7 @@ def test_serve_on_a_32k_context_model_stays_small(long_context_model):
         + ["--device", "cpu", "--dtype", "float32"],
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=repo_env(),
     )
     try:
         deadline = time.monotonic() + 120

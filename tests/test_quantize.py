@@ -1,14 +1,13 @@
 """minigpt.nn.int8: int8 weights within half a quantization step, the layers it replaces, and the commands."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, naive_generate, run_main, save_untrained_run
+from helpers import naive_generate, repo_env, run_main, save_untrained_run
 from test_sample import widen_weights
 from torch import nn
 
@@ -20,8 +19,6 @@ from minigpt.nn import int8
 from minigpt.nn.int8 import MAX_KERNEL_ROWS, Int8Linear, quantize_int8
 from minigpt.nn.lora import LoRALinear
 from minigpt.tokenizers import load_tokenizer
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(params=["native", "bf16"])
@@ -90,7 +87,8 @@ def test_the_avx2_build_of_the_kernel_gives_this_cpus_numbers(tmp_path):
     script = tmp_path / "product.py"
     script.write_text(PRODUCT)
     for arch in ("haswell", "native"):  # haswell: AVX2 without VNNI, whatever this CPU has
-        run = subprocess.run([sys.executable, script, arch, tmp_path / arch], capture_output=True, text=True, env=ENV)
+        command = [sys.executable, script, arch, tmp_path / arch]
+        run = subprocess.run(command, capture_output=True, text=True, env=repo_env())
         assert run.returncode == 0, run.stderr[-2000:]
     x, weight, scale, bias, avx2 = torch.load(tmp_path / "haswell")
     # the integer sums are exact on both; scaling them may round the last bit differently
@@ -102,7 +100,7 @@ def test_the_avx2_build_of_the_kernel_gives_this_cpus_numbers(tmp_path):
 
 @pytest.mark.skipif(not int8.native_int8_kernel(), reason="needs minigpt's int8 kernel (x86 Linux)")
 def test_without_a_compiler_int8_layers_fall_back_to_bf16_with_one_line(tmp_path):
-    env = {**ENV, "CXX": str(tmp_path / "no-such-compiler"), "MINIGPT_CACHE": str(tmp_path / "cache")}
+    env = repo_env(CXX=str(tmp_path / "no-such-compiler"), MINIGPT_CACHE=str(tmp_path / "cache"))
     code = "from minigpt.nn.int8 import Int8Linear; import torch; print(Int8Linear(torch.nn.Linear(64, 8)).native)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr

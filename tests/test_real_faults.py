@@ -7,14 +7,13 @@ who runs these tests, writes through chmod); a second training run into one out_
 it, those tests skip and say so.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import REPO, TINY, remount, run_cli, tmpfs
+from helpers import TINY, remount, repo_env, run_cli, tmpfs
 
 from minigpt.checkpoint import list_checkpoints, load_checkpoint
 
@@ -98,7 +97,7 @@ def test_a_second_run_into_a_busy_out_dir_is_refused_and_kill_9_leaves_no_stale_
     out = tmp_path / "run"
     first = subprocess.Popen(
         [sys.executable, "-m", "minigpt", *map(str, train_argv(char_data, out, "train.max_steps=100000"))],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=repo_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -132,7 +131,7 @@ def test_ctrl_c_during_start_up_is_one_line(char_data, tmp_path, delay):
     argv = train_argv(char_data, tmp_path / "run", "train.max_steps=100000")
     process = subprocess.Popen(
         [sys.executable, "-m", "minigpt", *map(str, argv)],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=repo_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

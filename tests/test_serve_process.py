@@ -1,7 +1,6 @@
 """`minigpt serve` as a process: graceful SIGTERM, and a bounded load test with clients that leave early."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -16,15 +15,14 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from helpers import repo_env  # noqa: E402
 from serve_helpers import free_port, tiny_run  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def start_server(run_dir, *options):
     port = free_port()
     # one thread: a tiny model's small ops only wait on each other across threads, more so on a busy machine
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = repo_env(OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "minigpt", "serve", str(run_dir), "--port", str(port), *map(str, options)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -137,16 +137,7 @@ def run_chat(
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
-    engine = Engine(
-        ready.model,
-        ready.tokenizer,
-        max_batch=1,
-        max_context=max_context,
-        device=ready.device,
-        dtype=ready.dtype,
-        drafter=ready.drafter,
-        compile_decode=ready.compile,
-    )
+    engine = ready.engine(max_batch=1, max_context=max_context)
     session = ChatSession(engine, params, system)
     told_of_dropping = False
     if not session.templated:

@@ -4,8 +4,7 @@ speculative decoding's drafter, and (when no thread count was asked for) time wh
 decodes faster.
 
     ready = load_for_generation(ModelChoice("out/quickstart", quantize="int8"))
-    engine = Engine(ready.model, ready.tokenizer, device=ready.device, dtype=ready.dtype, drafter=ready.drafter,
-                    compile_decode=ready.compile)
+    engine = ready.engine(max_batch=8)
 """
 
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch
 from ..device import resolve_device, resolve_dtype, running_on
 from ..loader import load_model
 from ..nn.decode_layout import decode_layout
-from .engine import fastest_threads
+from .engine import Engine, fastest_threads
 from .speculative import load_drafter
 
 
@@ -52,6 +51,19 @@ class ReadyModel:
         how += f", speculative decoding with {self.speculative}" if self.speculative else ""
         return running_on(self.device, self.dtype) + how
 
+    def engine(self, **options) -> Engine:
+        """An Engine over this model as it was chosen (device, dtype, drafter, compiled steps); options are
+        the Engine's others (max_batch, max_context, ...)."""
+        return Engine(
+            self.model,
+            self.tokenizer,
+            device=self.device,
+            dtype=self.dtype,
+            drafter=self.drafter,
+            compile_decode=self.compile,
+            **options,
+        )
+
 
 def laid_out_for_decoding(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """model, its float linear layers laid out for one-token steps where that pays: float32 on a CPU (a GPU's
@@ -71,5 +83,12 @@ def load_for_generation(choice: ModelChoice) -> ReadyModel:
     if choice.measure_threads:  # no thread count asked for: the faster of 1 and one per core, timed
         fastest_threads(model, torch_device, torch_dtype)
     return ReadyModel(
-        model, tokenizer, torch_device, torch_dtype, drafter, choice.speculative, choice.compile, choice.quantize
+        model,
+        tokenizer,
+        device=torch_device,
+        dtype=torch_dtype,
+        drafter=drafter,
+        speculative=choice.speculative,
+        compile=choice.compile,
+        quantize=choice.quantize,
     )

@@ -46,7 +46,7 @@ def serve(
         raise MinigptError(
             f"minigpt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'minigpt[serve]'"
         ) from None
-    from ..infer.engine import Engine, check_max_context
+    from ..infer.engine import check_max_context
 
     if max_batch < 1 or max_waiting < 0:
         raise MinigptError(
@@ -58,17 +58,7 @@ def serve(
     api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
     sock = bind(host, port)  # before the model loads: a port in use or a wrong host is one line, at once
     ready = load_for_generation(choice)
-    engine = Engine(
-        ready.model,
-        ready.tokenizer,
-        max_batch=max_batch,
-        max_waiting=max_waiting,
-        max_context=max_context,
-        device=ready.device,
-        dtype=ready.dtype,
-        drafter=ready.drafter,
-        compile_decode=ready.compile,
-    )
+    engine = ready.engine(max_batch=max_batch, max_waiting=max_waiting, max_context=max_context)
     if ready.compile:  # before it listens: clients would wait for it
         print("compiling the decode steps (30-100 s on 2 CPU cores)", file=sys.stderr)
         engine.compile_steps()
